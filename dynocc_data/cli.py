@@ -1,0 +1,233 @@
+"""``dynocc-data``: the command line.
+
+    dynocc-data demo [--out DIR]                      generate from built-in scenes, read back, draw overlays
+    dynocc-data generate INPUT... --out DIR [...]      videos / folders / frame folders / list files -> shards
+    dynocc-data evaluate [--scenes N] [--seed S] ...   score the pipeline on synthetic scenes with ground truth
+    dynocc-data show SHARDS --out DIR                  per-sample overlays and a contact sheet
+    dynocc-data stats SHARDS                           pairs per frame, offsets, confidences, label balance
+    dynocc-data convert youtube3d|diw CSV --out DIR    re-pack YouTube3D / DIW as shards
+
+The library logs; this module prints the summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import DynOccError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("dynocc_data")
+
+
+# ------------------------------------------------------------------------------------- options
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("frames")
+    g.add_argument("--stride", type=int, default=2, help="process every STRIDE-th frame (default 2)")
+    g.add_argument("--gap", type=int, default=2, help="flow between frames GAP apart (default 2)")
+    g.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this; 0 keeps "
+                                                             "the size (default 640)")
+    g.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
+    g.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "torchcodec"],
+                   help="video decoder (default auto: decord, PyAV fallback)")
+    f = p.add_argument_group("flow")
+    f.add_argument("--flow", default="dis", choices=["dis", "raft"], help="optical flow backend (default dis)")
+    f.add_argument("--dis-preset", default="medium", choices=["ultrafast", "fast", "medium"])
+    f.add_argument("--raft-size", default="large", choices=["large", "small"])
+    f.add_argument("--raft-weights", default="default",
+                   help="RAFT checkpoint path, or 'default' for torchvision's weights (needs them cached or a "
+                        "connected machine)")
+    f.add_argument("--raft-iters", type=int, default=12, help="RAFT refinement iterations (default 12)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where flow (RAFT) and post-processing run (default auto)")
+    f.add_argument("--batch-size", type=int, default=4, help="frames processed together (default 4)")
+    o = p.add_argument_group("output")
+    o.add_argument("--seed", type=int, default=0, help="seed of pair sampling (same seed, same output)")
+    o.add_argument("--max-pairs", type=int, default=1000, help="stored pairs per frame at most (default 1000)")
+    o.add_argument("--jpeg-quality", type=int, default=92)
+    o.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most (default 1000)")
+    o.add_argument("--prefix", default="dynocc", help="shard name prefix (default dynocc)")
+
+
+def _generate_config(args: argparse.Namespace):
+    from .generate import GenerateConfig
+
+    if args.flow == "dis":
+        flow_options: dict[str, Any] = {"preset": args.dis_preset}
+    else:
+        flow_options = {"size": args.raft_size, "weights": args.raft_weights, "num_flow_updates": args.raft_iters}
+    return GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
+                          max_frames=args.max_frames, flow=args.flow, flow_options=flow_options,
+                          decoder=args.decoder, max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality,
+                          seed=args.seed)
+
+
+def _print_summary(summary) -> None:
+    d = summary.to_dict()
+    print(f"videos: {d['videos_done']} done, {len(d['failed'])} failed, {d['videos_skipped']} skipped (resume)")
+    for f in d["failed"]:
+        print(f"  failed: {f['video']}: {f['reason']}")
+    for f in d["no_pairs"]:
+        print(f"  no pairs: {f['video']}: {f['reason']}")
+    rej = ", ".join(f"{v} {k}" for k, v in sorted(d["frames_rejected"].items())) or "none"
+    print(f"frames: {d['frames_processed']} processed, {d['frames_written']} written (rejected: {rej})")
+    print(f"pairs: {d['pairs']} ({d['pairs_per_frame']:.1f} per written frame) in {d['shards']} shard(s)")
+    print(f"time: {d['seconds']:.1f} s, {d['frames_per_second']:.2f} frames/s")
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
+                       batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
+                       shard_size=args.shard_size, progress=not args.no_progress)
+    _print_summary(summary)
+    print(f"wrote {args.out}/index.json and {args.out}/stats.json")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_synthetic
+    from .synthetic import SceneConfig
+
+    scene_config = SceneConfig()
+    if args.size:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+        scene_config = replace(scene_config, height=h, width=w)
+    if args.frames:
+        scene_config = replace(scene_config, num_frames=args.frames)
+    res = evaluate_synthetic(args.out, num_scenes=args.scenes, seed=args.seed, scene_config=scene_config,
+                             generate_config=_generate_config(args), device=args.device,
+                             batch_size=args.batch_size, progress=not args.no_progress)
+    d = res.to_dict()
+    print(f"scenes: {args.scenes} (seeds {args.seed}..{args.seed + args.scenes - 1}), "
+          f"{d['frames_selected']} frames, {d['frames_written']} with pairs")
+    for name, v in sorted(d["per_video"].items()):
+        print(f"  {name}: {v['pairs']} pairs, precision {v['precision']:.2%}, coverage {v['coverage']:.2%}")
+    print(f"pair precision:    {d['precision']:.2%}  ({d['correct']}/{d['pairs']} pairs agree with ground truth)")
+    print(f"boundary coverage: {d['coverage']:.2%}  ({d['covered_pixels']}/{d['boundary_pixels']} moving-boundary "
+          f"pixels with a pair within {args.radius:g} px)")
+    print(f"pairs per frame:   {d['pairs_per_frame']:.1f} (written frames), {d['pairs_per_selected_frame']:.1f} "
+          f"(all selected frames)")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "eval.json").write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, progress=not args.no_progress)
+    _print_summary(result["summary"])
+    print(f"read back {result['items']} items through DynOccDataset; overlay: {result['overlay']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .viz import show
+
+    paths = show(args.shards, args.out, limit=args.limit, columns=args.columns)
+    print(f"wrote {len(paths) - 1} overlays and the contact sheet {paths[-1]}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import shard_stats
+
+    stats = shard_stats(args.shards, plots=args.plots)
+    print(json.dumps(stats, indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size)
+    print(f"wrote {n} samples to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import _version
+
+    p = argparse.ArgumentParser(prog="dynocc-data", description="Ordinal depth pairs from dynamic occlusions "
+                                                                 "in videos (DynOcc), as WebDataset shards.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version.__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="make shards from videos")
+    g.add_argument("inputs", nargs="+", help="video files, folders (recursive), frame folders, .txt lists, URLs")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--resume", action="store_true", help="skip videos (and frames) already in --out")
+    g.add_argument("--strict", action="store_true", help="exit non-zero if any input fails")
+    g.add_argument("--no-progress", action="store_true")
+    _add_generation_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth")
+    e.add_argument("--scenes", type=int, default=4, help="number of scenes (default 4)")
+    e.add_argument("--seed", type=int, default=1000, help="seed of the first scene (default 1000)")
+    e.add_argument("--size", default=None, help="scene size HxW (default 360x640)")
+    e.add_argument("--frames", type=int, default=None, help="frames per scene (default 40)")
+    e.add_argument("--radius", type=float, default=6.0, help="coverage radius in pixels (default 6)")
+    e.add_argument("--out", default="runs/evaluate", help="work folder (default runs/evaluate)")
+    e.add_argument("--no-progress", action="store_true")
+    _add_generation_options(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="generate from built-in scenes, read back, write an overlay (no download)")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("show", help="overlays of samples and a contact sheet")
+    s.add_argument("shards", help="a generate output folder, a shard, or a brace pattern")
+    s.add_argument("--out", required=True)
+    s.add_argument("--limit", type=int, default=24, help="samples to draw (default 24)")
+    s.add_argument("--columns", type=int, default=4)
+    s.set_defaults(func=cmd_show)
+
+    st = sub.add_parser("stats", help="statistics of shards")
+    st.add_argument("shards")
+    st.add_argument("--plots", default=None, help="write histograms (matplotlib) to this folder")
+    st.set_defaults(func=cmd_stats)
+
+    c = sub.add_parser("convert", help="write YouTube3D or DIW as shards")
+    c.add_argument("format", choices=["youtube3d", "diw"])
+    c.add_argument("csv", help="the dataset's CSV")
+    c.add_argument("--root", default=None, help="folder the CSV's paths are relative to (default: its folder)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--shard-size", type=int, default=1000)
+    c.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except DynOccError as e:
+        print(f"dynocc-data: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dynocc-data: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

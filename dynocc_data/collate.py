@@ -1,0 +1,99 @@
+"""Batching of ordinal-pair items (docs/FORMAT.md) for ``DataLoader`` and moving batches to a device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import default_collate
+
+from .errors import InputError
+
+__all__ = ["collate_pairs", "to_device"]
+
+_KNOWN = ("image", "pairs", "ordinal", "meta", "boundary")
+
+
+def _name(item: Mapping[str, Any], index: int) -> str:
+    """The item's sample key (or its position in the batch) for error messages."""
+    meta = item.get("meta") or {}
+    return str(meta.get("key") or f"batch item {index}")
+
+
+def _check_items(batch: Sequence[Mapping[str, Any]]) -> None:
+    """Every item has tensors ``image [C,H,W]`` of one shape and dtype, ``pairs [N,4]`` and ``ordinal [N]``."""
+    if len(batch) == 0:
+        raise ValueError("collate_pairs: the batch is empty")
+    first = batch[0].get("image")
+    for index, item in enumerate(batch):
+        name = _name(item, index)
+        if not all(isinstance(item.get(field), torch.Tensor) for field in ("image", "pairs", "ordinal")):
+            raise InputError(name, "item lacks one of the tensors image, pairs, ordinal (see docs/FORMAT.md)")
+        image, pairs, ordinal = item["image"], item["pairs"], item["ordinal"]
+        if image.ndim != 3 or image.shape != first.shape or image.dtype != first.dtype:
+            raise InputError(name, f"image is {_describe(image)} but the batch's first image is {_describe(first)}; "
+                                   "images must share one size to be stacked (resize or crop them to a fixed size, "
+                                   "e.g. create_transform(size=(h, w)))")
+        if pairs.ndim != 2 or pairs.shape[1] != 4 or ordinal.shape != (pairs.shape[0],):
+            raise InputError(name, f"pairs must be [N,4] and ordinal [N], got {tuple(pairs.shape)} and "
+                                   f"{tuple(ordinal.shape)}")
+
+
+def _describe(image: torch.Tensor) -> str:
+    """``3x64x80 uint8`` style shape and dtype."""
+    return "x".join(str(s) for s in image.shape) + f" {str(image.dtype).removeprefix('torch.')}"
+
+
+def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> dict[str, Any]:
+    """Collate items into one batch (use as ``DataLoader(..., collate_fn=collate_pairs)``).
+
+    With ``B`` items holding ``N_i`` pairs and ``Nmax = max(N_i)``:
+
+    * ``image``: ``[B,C,H,W]`` stacked, same dtype as the items (all images must share one shape and dtype,
+      otherwise a one-line :class:`~dynocc_data.errors.InputError` names the offending item);
+    * ``pad=True``: ``pairs`` ``int64 [B,Nmax,4]`` (zeros after each item's ``N_i`` pairs), ``ordinal``
+      ``int64 [B,Nmax]`` padded with 0 (which also means "equal": always apply the mask) and ``pair_mask``
+      ``bool [B,Nmax]``, True for real pairs;
+    * ``pad=False``: ``pairs`` list of ``B`` tensors ``int64 [N_i,4]`` and ``ordinal`` list of ``int64 [N_i]``
+      (no ``pair_mask``);
+    * ``num_pairs``: ``int64 [B]`` = ``N_i`` (both modes);
+    * ``meta``: list of ``B`` dicts; ``boundary``: list of ``B`` dicts (``None`` for items without one), present
+      only when some item has one; any other field: list of ``B`` values.
+    """
+    _check_items(batch)
+    pairs = [item["pairs"].to(torch.int64) for item in batch]
+    ordinal = [item["ordinal"].to(torch.int64) for item in batch]
+    counts = torch.tensor([len(p) for p in pairs], dtype=torch.int64)
+    # default_collate stacks into shared memory inside DataLoader workers (one copy fewer than torch.stack).
+    out: dict[str, Any] = {"image": default_collate([item["image"] for item in batch]), "num_pairs": counts}
+    if pad:
+        out["pairs"] = pad_sequence(pairs, batch_first=True, padding_value=0)
+        out["ordinal"] = pad_sequence(ordinal, batch_first=True, padding_value=0)
+        out["pair_mask"] = torch.arange(out["pairs"].shape[1]).unsqueeze(0) < counts.unsqueeze(1)
+    else:
+        out["pairs"], out["ordinal"] = pairs, ordinal
+    out["meta"] = [dict(item.get("meta") or {}) for item in batch]
+    if any(item.get("boundary") is not None for item in batch):
+        out["boundary"] = [item.get("boundary") for item in batch]
+    for key in dict.fromkeys(k for item in batch for k in item if k not in _KNOWN):
+        out[key] = [item.get(key) for item in batch]
+    return out
+
+
+def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:
+    """Move every tensor in a (nested dict / list / tuple) batch to ``device``; other values are kept as is.
+
+    ``non_blocking`` overlaps host-to-GPU copies with compute when the batch is in pinned memory
+    (``DataLoader(pin_memory=True)``).
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device, non_blocking=non_blocking) for key, value in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(value, device, non_blocking=non_blocking) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device, non_blocking=non_blocking) for value in batch)
+    return batch

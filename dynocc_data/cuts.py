@@ -1,0 +1,104 @@
+"""Is a flow field worth trusting? Shot cuts and flow failures from the photometric warping error.
+
+Across a shot cut the two frames show different scenes, and optical flow between them means nothing;
+flow also fails on motion blur, fast motion or flashes. Warping the target frame back with the flow and
+comparing it with the source tells them apart from ordinary frames: on a good flow only occlusions and
+noise disagree (a few percent of the pixels), across a cut most of the frame does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ReliabilityConfig", "warp", "photometric_error", "blank_frames", "patch_residuals"]
+
+
+@dataclass(frozen=True)
+class ReliabilityConfig:
+    """Thresholds of the flow reliability test."""
+
+    pixel_threshold: float = 0.12
+    """A pixel disagrees when its warped grey level differs by more than this (0..1 scale)."""
+    max_bad_fraction: float = 0.25
+    """A flow is unreliable when more than this fraction of pixels disagree."""
+    min_contrast: float = 3.0
+    """A frame whose grey-level standard deviation (0..255) is below this is blank (single colour)."""
+
+
+def _grey(frames: torch.Tensor) -> torch.Tensor:
+    """RGB [B,3,H,W] (uint8, or float in 0..1) -> float grey [B,1,H,W] in [0, 1] at quarter resolution when
+    the frame is large enough (a cut or a failed flow shows at any scale)."""
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+    k = 4 if min(frames.shape[-2:]) >= 128 else 1
+    g = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
+    w = torch.tensor([0.299, 0.587, 0.114], device=frames.device, dtype=g.dtype).view(1, 3, 1, 1)
+    return (g * w).sum(1, keepdim=True)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample ``image`` [B,C,H,W] at ``p + flow(p)`` (flow [B,2,H,W] as dx, dy; border padding)."""
+    B, _, H, W = flow.shape
+    ys, xs = torch.meshgrid(torch.arange(H, device=flow.device, dtype=flow.dtype),
+                            torch.arange(W, device=flow.device, dtype=flow.dtype), indexing="ij")
+    gx = (xs + flow[:, 0]) * (2.0 / max(W - 1, 1)) - 1.0
+    gy = (ys + flow[:, 1]) * (2.0 / max(H - 1, 1)) - 1.0
+    return F.grid_sample(image, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+def photometric_error(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor, *,
+                      pixel_threshold: float = ReliabilityConfig.pixel_threshold) -> torch.Tensor:
+    """Fraction [B] of pixels whose grey level disagrees after warping ``dst`` onto ``src`` with ``flow``.
+
+    ``src``, ``dst``: RGB [B,3,H,W], uint8 or float in 0..1; ``flow`` [B,2,H,W] from src to dst at full
+    resolution. Pixels whose target falls outside the frame are not counted.
+    """
+    gs, gd = _grey(src), _grey(dst)
+    h, w = gs.shape[-2:]
+    f = flow
+    if (h, w) != tuple(flow.shape[-2:]):
+        sy, sx = h / flow.shape[-2], w / flow.shape[-1]
+        f = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        f = torch.stack([f[:, 0] * sx, f[:, 1] * sy], 1)
+    warped = warp(gd, f)
+    ys, xs = torch.meshgrid(torch.arange(h, device=f.device), torch.arange(w, device=f.device), indexing="ij")
+    tx, ty = xs + f[:, 0], ys + f[:, 1]
+    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    bad = ((warped - gs).abs()[:, 0] > pixel_threshold) & inside
+    return bad.flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+
+
+def blank_frames(frames: torch.Tensor, *, min_contrast: float = ReliabilityConfig.min_contrast) -> torch.Tensor:
+    """bool [B]: frames (uint8 [B,3,H,W]) of a single colour, which carry no usable motion.
+
+    The standard deviation over every 4th row and column is plenty to tell a blank frame."""
+    return frames[..., ::4, ::4].float().flatten(1).std(1) < min_contrast
+
+
+def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                    motions: list[torch.Tensor], *, patch: int = 1, step: float = 1.0) -> list[torch.Tensor]:
+    """Mean absolute RGB difference [N] between a patch of ``image`` centred on (b, y, x) [N] and the same
+    patch of ``target`` moved by each of ``motions`` ([N,2] as dx, dy); images float [B,3,H,W] in 0..1.
+
+    The patch is a (2·patch+1)² grid of samples ``step`` pixels apart. A residual is low when the motion
+    carries the patch onto matching pixels; on a flat region every motion scores low, so compare
+    residuals rather than trusting one alone.
+    """
+    from .boundaries import sample_bilinear
+
+    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
+    oy, ox = torch.meshgrid(r, r, indexing="ij")
+    oy, ox = oy.reshape(1, -1), ox.reshape(1, -1)
+    n, P = b.numel(), oy.shape[1]
+    bb = b[:, None].expand(n, P).reshape(-1)
+    qy = y.to(image.dtype)[:, None] + oy
+    qx = x.to(image.dtype)[:, None] + ox
+    src = sample_bilinear(image, bb, qy.reshape(-1), qx.reshape(-1))
+    out = []
+    for motion in motions:
+        dst = sample_bilinear(target, bb, (qy + motion[:, 1:2]).reshape(-1), (qx + motion[:, 0:1]).reshape(-1))
+        out.append((dst - src).abs().mean(1).view(n, P).mean(1))
+    return out

@@ -1,0 +1,56 @@
+"""Helpers shared by the still-image ordinal-depth datasets (YouTube3D, DIW)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+__all__ = ["read_image_rgb", "resolve_path", "relative_key"]
+
+
+def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file into an RGB ``uint8`` tensor ``[3,H,W]``, choosing the decoder by content.
+
+    The format is detected from the bytes, not the extension, because DIW ships JPEGs named ``*.thumb``.
+    Grey or palette images are converted to RGB; any failure raises :class:`InputError` naming the file.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(path, f"cannot read image: {err.strerror or err}") from None
+    if not raw:
+        raise InputError(path, "image file is empty")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    try:
+        if raw.startswith(_JPEG_MAGIC):
+            image = decode_jpeg(data, mode=ImageReadMode.RGB)
+        else:
+            image = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as err:
+        raise InputError(path, f"cannot decode image: {err}") from None
+    if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+        raise InputError(path, f"decoded to an unexpected tensor {tuple(image.shape)} {image.dtype}")
+    return image
+
+
+def resolve_path(root: Path, name: str) -> Path:
+    """Join a path read from an annotation file onto ``root`` (absolute paths are kept as they are)."""
+    return Path(os.path.normpath(root / name))
+
+
+def relative_key(name: str) -> str:
+    """A stable sample key from a path as written in an annotation file: POSIX form without a leading ``./``."""
+    key = Path(name).as_posix()
+    while key.startswith("./"):
+        key = key[2:]
+    return key

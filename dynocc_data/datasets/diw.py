@@ -1,0 +1,192 @@
+"""Depth in the Wild (Chen, Fu, Yang, Deng, NIPS 2016) as a map-style dataset.
+
+CSV layout (DIW_train.csv / DIW_val.csv / DIW_test.csv, no header; read as in princeton-vl/relative_depth
+src/experiment/DataLoader_DIW.lua and test_model_on_DIW.lua): two lines per sample,
+
+    ./DIW_test/0a1b2c.thumb
+    y_A,x_A,y_B,x_B,rel,width,height
+
+with 1-based pixel coordinates in an image of ``width x height`` and ``rel`` ``'>'`` or ``'<'``. ``'>'`` means
+depth_A > depth_B, i.e. A is farther: the reference maps ``'>'`` to +1 and trains the network output ``z`` (later
+compared with metric depth) so that ``z_A > z_B``; its DIW test counts ``(z_A - z_B) * r > 0`` as correct on depth
+predictions. So ``'>'`` is our ``+1`` unchanged and ``'<'`` is ``-1``. Images are JPEGs named ``*.thumb``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from ._common import read_image_rgb, relative_key, resolve_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DIWDataset", "DIWAnnotations", "parse_diw_csv", "scale_diw_coordinates"]
+
+Item = dict[str, Any]
+
+_RELATIONS = {">": 1, "<": -1, "=": 0}
+
+
+@dataclass(frozen=True)
+class DIWAnnotations:
+    """The parsed content of a DIW CSV, held in compact arrays (DIW_train has ~420k samples)."""
+
+    paths: list[str]  # image paths as written in the CSV
+    coords: np.ndarray  # float64 [N,4]: y_A, x_A, y_B, x_B, 1-based, in the annotated image
+    ordinal: np.ndarray  # int8 [N]: +1 A farther, -1 A closer (0 equal, never in DIW itself)
+    sizes: np.ndarray  # int64 [N,2]: (height, width) of the annotated image
+    lines: np.ndarray  # int64 [N]: line number of each sample's image path
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.paths)
+
+
+def _parse_coordinate_line(csv_path: os.PathLike | str, line_no: int, text: str) -> tuple[list[float], int, int, int]:
+    """Parse ``y_A,x_A,y_B,x_B,rel,width,height`` into coordinates, ordinal and ``(height, width)``."""
+    fields = [f.strip() for f in text.split(",")]
+    if len(fields) != 7:
+        raise InputError(csv_path, f"line {line_no}: expected 'y_A,x_A,y_B,x_B,rel,width,height', got {text!r}")
+    try:
+        coords = [float(f) for f in fields[:4]]
+        width_f, height_f = float(fields[5]), float(fields[6])
+    except ValueError:
+        raise InputError(csv_path, f"line {line_no}: non-numeric coordinate or size in {text!r}") from None
+    if not all(math.isfinite(c) for c in coords):
+        raise InputError(csv_path, f"line {line_no}: non-finite coordinate in {text!r}")
+    if not (width_f >= 1 and height_f >= 1 and width_f.is_integer() and height_f.is_integer()):
+        raise InputError(csv_path, f"line {line_no}: image size must be positive integers, got {fields[5]}x{fields[6]}")
+    width, height = int(width_f), int(height_f)
+    relation = fields[4][:1]  # the Lua reader also looks at the first character only
+    if relation not in _RELATIONS:
+        raise InputError(csv_path, f"line {line_no}: relation must be '>' or '<', got {fields[4]!r}")
+    return coords, _RELATIONS[relation], height, width
+
+
+def parse_diw_csv(csv_path: str | os.PathLike) -> DIWAnnotations:
+    """Read a DIW CSV (image path line, then annotation line, per sample; blank lines ignored).
+
+    ``'='`` is accepted as ordinal 0 for CSVs in the same layout from other sources (DIW itself has none).
+    Any malformed line raises :class:`InputError` with its line number.
+    """
+    try:
+        with open(csv_path, encoding="utf-8", newline="") as handle:
+            numbered = [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(csv_path, f"cannot read CSV: {err}") from None
+    if not numbered:
+        raise InputError(csv_path, "no samples listed")
+    if len(numbered) % 2:
+        line_no, _ = numbered[-1]
+        raise InputError(csv_path, f"line {line_no}: image path without an annotation line after it")
+    paths: list[str] = []
+    coords: list[list[float]] = []
+    ordinal: list[int] = []
+    sizes: list[tuple[int, int]] = []
+    lines: list[int] = []
+    for (path_no, path_line), (coord_no, coord_line) in zip(numbered[0::2], numbered[1::2]):
+        path = next(csv.reader([path_line]))[0].strip()  # first CSV field, as the csvigo reader does
+        if not path or _looks_like_annotation(path_line):
+            raise InputError(csv_path, f"line {path_no}: expected an image path, got {path_line!r}")
+        c, r, height, width = _parse_coordinate_line(csv_path, coord_no, coord_line)
+        paths.append(path)
+        coords.append(c)
+        ordinal.append(r)
+        sizes.append((height, width))
+        lines.append(path_no)
+    return DIWAnnotations(
+        paths,
+        np.asarray(coords, dtype=np.float64).reshape(-1, 4),
+        np.asarray(ordinal, dtype=np.int8),
+        np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+        np.asarray(lines, dtype=np.int64),
+    )
+
+
+def _looks_like_annotation(line: str) -> bool:
+    """True for a ``y,x,y,x,rel,w,h`` line (a sign the two-line pattern is out of step)."""
+    fields = [f.strip() for f in line.split(",")]
+    return len(fields) == 7 and fields[4][:1] in _RELATIONS
+
+
+def scale_diw_coordinates(
+    coords: np.ndarray | torch.Tensor, annotated_size: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """1-based ``(y_A, x_A, y_B, x_B)`` in the annotated image to 0-based pixel indices in the decoded image.
+
+    The rule of relative_depth's DataLoader_DIW.lua: ``min(S, max(1, floor(c / S_csv * S)))`` then ``- 1``,
+    computed as ``floor(c * S / S_csv)`` so that equal sizes give exactly ``c - 1``.
+    """
+    (csv_h, csv_w), (img_h, img_w) = annotated_size, image_size
+    c = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 4)
+    num = torch.tensor([img_h, img_w, img_h, img_w], dtype=torch.float64)
+    den = torch.tensor([csv_h, csv_w, csv_h, csv_w], dtype=torch.float64)
+    scaled = torch.floor(c * num / den)
+    return torch.minimum(scaled.clamp(min=1), num).to(torch.int64) - 1
+
+
+class DIWDataset(Dataset[Item]):
+    """Map-style dataset over a DIW CSV yielding items of the package's contract (one pair per image).
+
+    ``root`` is the folder the CSV's relative image paths start from (default: the CSV's folder); absolute
+    paths are used as they are. When the decoded image differs in size from the CSV's ``width,height`` the
+    coordinates are rescaled (:func:`scale_diw_coordinates`). ``meta`` also holds ``annotated_size`` and the
+    CSV ``line``. ``transform`` maps an item to an item.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        *,
+        transform: Callable[[Item], Item] | None = None,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        self.root = Path(root) if root is not None else self.csv_path.parent
+        self.transform = transform
+        self.annotations = parse_diw_csv(self.csv_path)
+        logger.info("%s: %d DIW samples", self.csv_path, len(self.annotations))
+
+    def __len__(self) -> int:
+        """Number of samples in the CSV."""
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> Item:
+        """Load sample ``index``: its image and its single annotated pair."""
+        ann = self.annotations
+        name = ann.paths[index]  # raises IndexError past the end, as iteration expects
+        index = index % len(ann)
+        image_path = resolve_path(self.root, name)
+        image = read_image_rgb(image_path)
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        annotated = (int(ann.sizes[index, 0]), int(ann.sizes[index, 1]))
+        if annotated != (height, width):
+            logger.debug("%s: decoded %dx%d, annotated %dx%d: rescaling", image_path, height, width, *annotated)
+        pairs = scale_diw_coordinates(ann.coords[index], annotated, (height, width))
+        item: Item = {
+            "image": image,
+            "pairs": pairs,
+            "ordinal": torch.tensor([int(ann.ordinal[index])], dtype=torch.int64),
+            "meta": {
+                "source": "diw",
+                "key": relative_key(name),
+                "video": str(image_path),
+                "frame": 0,
+                "orig_size": (height, width),
+                "annotated_size": annotated,
+                "line": int(ann.lines[index]),
+            },
+        }
+        return self.transform(item) if self.transform is not None else item

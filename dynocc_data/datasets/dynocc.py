@@ -1,0 +1,781 @@
+"""Stream DynOcc WebDataset shards into PyTorch: the consumer side of docs/FORMAT.md.
+
+::
+
+    ds = DynOccDataset("shards/dynocc-r000-{000000..000099}.tar", strategy="band", shuffle=2000)
+    loader = DataLoader(ds, batch_size=32, num_workers=8, collate_fn=collate_pairs)
+
+**URLs.** ``urls`` is one of
+
+* a local folder written by ``dynocc-data generate``: its ``index.json`` lists the shards and their sizes;
+* a local ``index.json`` file (same thing);
+* a string: a path or URL, brace patterns (``shard-{000000..000099}.tar``), several joined with ``::``,
+  ``${NAME}`` replaced by the environment variable ``WDS_NAME`` (webdataset's ``expand_urls``);
+* a list of any of these.
+
+Each shard is opened with webdataset's ``gopen``: a local path or ``file:`` URL; ``pipe:COMMAND`` (the shell
+command's stdout is read: ``pipe:aws s3 cp s3://bucket/shard.tar -``; shell commands, so trusted input only);
+``http(s)://`` (read through ``curl``, which must be installed). Sample counts (for ``len()`` and ``equalize``)
+come from ``index`` (default ``"auto"``: the ``index.json`` next to local shards; or give a path, an URL or the
+parsed dict for remote shards; ``None`` for none). A shard is matched to its index entry by path, or for
+remote/``pipe:`` URLs by its file name appearing in the URL.
+
+**Splitting** (one epoch, without ``resampled``): the shard list (shuffled identically on every rank when
+``shuffle > 0``, seeded by ``(seed, epoch)``) is dealt round-robin to the ranks, then each rank's shards
+round-robin to its DataLoader workers, so no sample is read twice. Fewer shards than ranks x workers is an error
+(``too_few_shards="resample"`` switches to resampled mode with a warning instead). With several ranks,
+``equalize=True`` and known counts, every (rank, worker) reader yields exactly ``q`` samples, the minimum over all
+readers of the samples their shards hold: the rest (the last samples of the larger readers, or random ones after
+the shuffle buffer) are dropped for this epoch and the drop is logged (a warning above 10 %). Every rank then yields
+the same number of samples and batches, so no rank hangs at the end of an epoch. Shard counts that are a multiple
+of ranks x workers and equal shard sizes keep the drop small. With one rank nothing is dropped.
+
+**Resampled mode** (``resampled=True``): every reader draws shards with replacement forever (webdataset's
+``ResampledShards``, seeded by ``(seed, epoch, rank, worker)``) and an epoch is ``epoch_length`` samples per rank
+(as webdataset's ``with_epoch``), shared out among the workers.
+
+**Decoding** never unpickles: ``.jpg`` with ``torchvision.io.decode_jpeg`` (libjpeg-turbo) to ``uint8 [3,H,W]``,
+``.npy`` with ``numpy.load(allow_pickle=False)``, ``.json`` with ``json.loads``; other members (``.pyd``,
+``.pickle``, ...) are ignored. A sample missing one of the five members is an error naming the shard, the key
+and the field, whatever ``handler`` says. A truncated or corrupt tar, or a member that does not decode, is
+counted in :attr:`DynOccDataset.stats` and then handled by ``handler``: ``"warn"`` (log a warning, skip),
+``"ignore"`` (skip silently), ``"raise"`` or a callable ``handler(ShardFormatError) -> bool`` (True: skip and go
+on, False: stop this reader). The readable samples of a truncated shard are kept, its incomplete last one skipped.
+A shard counts as truncated when reading it fails, when a local one lacks the tar end-of-archive blocks or is
+shorter than ``index.json`` says, or when it ends with fewer samples than ``index.json`` says (tarfile stops
+silently at a corrupt header); without an index, a remote shard cut exactly between two members cannot be told
+from a sample missing a member.
+
+**Items** follow the contract (image, pairs, ordinal, meta, and ``boundary`` when ``keep_boundary``); pairs come
+from ``strategy`` (``"stored"``: the pairs in the shard; otherwise ``sampling.create_sampler(strategy)`` called
+with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from ..errors import InputError, ShardFormatError
+from .loader import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DynOccDataset",
+    "EpochPlan",
+    "MissingFieldError",
+    "ReadStats",
+    "ShardInfo",
+    "decode_sample",
+    "load_index",
+    "plan_epoch",
+    "resolve_shards",
+]
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "dynocc-shards/1"
+FIELDS = ("jpg", "json", "pairs.npy", "ordinal.npy", "boundary.npy")
+BOUNDARY_FIELDS = ("y", "x", "ny", "nx", "confidence", "segment", "jump")
+_MAX_STAT_ROWS = 256  # one counter row per DataLoader worker id (wraps around beyond that)
+_TAR_END = 1024  # a tar archive ends with two 512-byte zero blocks
+
+Handler = Union[Literal["warn", "raise", "ignore"], Callable[[ShardFormatError], bool]]
+UrlSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+
+# ------------------------------------------------------------------------------------------ shard lists
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard URL with its sample count and file size from ``index.json`` (``None`` when unknown)."""
+
+    url: str
+    count: int | None = None
+    nbytes: int | None = None
+
+
+def _local_path(url: str) -> str | None:
+    """The file-system path of a local shard URL (plain path or ``file:``), ``None`` for remote/pipe URLs."""
+    parsed = urlparse(url)
+    if parsed.scheme == "":
+        return url
+    if parsed.scheme == "file":
+        return url2pathname(parsed.path)
+    return None
+
+
+def _read_text(url: str) -> str:
+    """Read a small text file from a local path or any URL webdataset's ``gopen`` understands."""
+    local = _local_path(url)
+    if local is not None:
+        with open(local, encoding="utf-8") as stream:
+            return stream.read()
+    with wds.gopen(url, "rb") as stream:
+        return stream.read().decode("utf-8")
+
+
+def load_index(source: str | os.PathLike | Mapping[str, Any]) -> list[ShardInfo]:
+    """Shards listed by an ``index.json`` (a path, a folder holding one, an URL, or the parsed dict), with their
+    URLs joined onto the index's folder; raises :class:`InputError` naming the file when it is unusable."""
+    if isinstance(source, Mapping):
+        where, base, index = "<index dict>", "", dict(source)
+    else:
+        where = os.fspath(source)
+        local = _local_path(where)
+        if local is not None and os.path.isdir(local):
+            where = os.path.join(where, INDEX_NAME)
+        base = where.rsplit("/", 1)[0] if "/" in where else ""
+        try:
+            index = json.loads(_read_text(where))
+        except FileNotFoundError:
+            raise InputError(where, "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(where, f"cannot read the shard index: {err}") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("shards"), list):
+        raise InputError(where, f"not a shard index (expected a JSON object with format {INDEX_FORMAT!r} and shards)")
+    shards = []
+    for entry in index["shards"]:
+        ok = isinstance(entry, dict) and isinstance(entry.get("url"), str)
+        count, nbytes = (entry.get("count"), entry.get("bytes")) if ok else (None, None)
+        if not ok or not isinstance(count, int) or count < 0 or not (nbytes is None or isinstance(nbytes, int)):
+            raise InputError(where, f"bad shard entry {entry!r} (needs url and a count >= 0)")
+        url = entry["url"]
+        if base and "://" not in url and not os.path.isabs(url):
+            url = f"{base}/{url}"
+        shards.append(ShardInfo(url, count, nbytes))
+    return shards
+
+
+def _expand(spec: UrlSpec) -> list[ShardInfo]:
+    """Expand folders, index files, brace patterns and lists into shards (counts only where an index was read)."""
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fspath(spec)
+        local = _local_path(text)
+        if local is not None and (os.path.isdir(local) or (local.endswith(".json") and os.path.isfile(local))):
+            return load_index(text)
+        try:
+            return [ShardInfo(url) for url in wds.shardlists.expand_urls(text)]
+        except AssertionError as err:  # webdataset asserts when a ${NAME} has no WDS_NAME variable
+            raise InputError(text, f"cannot expand the URL pattern: {err}") from None
+    if isinstance(spec, Sequence):
+        return [shard for item in spec for shard in _expand(item)]
+    raise TypeError(f"urls must be a string, a path or a list of them, got {type(spec).__name__}")
+
+
+def _index_lookup(shards: list[ShardInfo]) -> tuple[dict[str, ShardInfo], dict[str, ShardInfo]]:
+    """Index entries keyed by absolute local path and by file name (for remote and ``pipe:`` URLs)."""
+    by_path, by_name = {}, {}
+    for shard in shards:
+        local = _local_path(shard.url)
+        if local is not None:
+            by_path[os.path.abspath(local)] = shard
+        by_name[shard.url.rsplit("/", 1)[-1]] = shard
+    return by_path, by_name
+
+
+def _with_counts(shards: list[ShardInfo], index: str | os.PathLike | Mapping[str, Any] | None) -> list[ShardInfo]:
+    """Fill in the count of every shard found in ``index`` (``"auto"``: the index.json next to local shards)."""
+    if index is None or all(s.count is not None for s in shards):
+        return shards
+    auto = isinstance(index, str) and index == "auto"
+    if auto:
+        folders = {os.path.dirname(os.path.abspath(p)) for s in shards if (p := _local_path(s.url)) is not None}
+        entries = [e for d in sorted(folders) if os.path.isfile(os.path.join(d, INDEX_NAME))
+                   for e in load_index(os.path.join(d, INDEX_NAME))]
+    else:
+        entries = load_index(index)
+    by_path, by_name = _index_lookup(entries)
+    out = []
+    for shard in shards:
+        local = _local_path(shard.url)
+        found = by_path.get(os.path.abspath(local)) if local is not None else None
+        if found is None and (local is None or not auto):
+            # remote or pipe (or an index given for shards elsewhere): the file name appears in the URL
+            words = shard.url.replace("/", " ").replace("?", " ").split()
+            found = next((by_name[w] for w in reversed(words) if w in by_name), None)
+        keep = shard.count is not None or found is None
+        out.append(shard if keep else ShardInfo(shard.url, found.count, found.nbytes))
+    return out
+
+
+def _describe(urls: UrlSpec) -> str:
+    """A short name for ``urls`` in messages."""
+    if isinstance(urls, (str, os.PathLike)):
+        return os.fspath(urls)
+    first = os.fspath(urls[0]) if len(urls) else "[]"
+    return first if len(urls) == 1 else f"{first} (+{len(urls) - 1} more)"
+
+
+def resolve_shards(
+    urls: UrlSpec, *, index: str | os.PathLike | Mapping[str, Any] | None = "auto"
+) -> list[ShardInfo]:
+    """The shard list of ``urls`` with sample counts from ``index``; local shards must exist (:class:`InputError`)."""
+    shards = _with_counts(_expand(urls), index)
+    if not shards:
+        raise InputError(str(urls), "no shards")
+    missing = [s.url for s in shards if (p := _local_path(s.url)) is not None and not os.path.isfile(p)]
+    if missing:
+        more = f" ({len(missing)} of {len(shards)} shards missing)" if len(missing) > 1 else ""
+        raise InputError(missing[0], f"shard not found{more}")
+    return shards
+
+
+# ------------------------------------------------------------------------------------------ epoch plan
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which shards each (rank, worker) reader reads in one epoch, and how many samples it yields.
+
+    ``readers[rank * num_workers + worker]`` lists shard indices in reading order; ``quota`` is the number of
+    samples every reader yields when equalizing (``None``: all of them); ``counts[i]`` is the samples a reader's
+    shards hold (``None`` when a count is unknown).
+    """
+
+    readers: tuple[tuple[int, ...], ...]
+    counts: tuple[int | None, ...]
+    quota: int | None
+    num_workers: int
+
+    def reader(self, rank: int, worker: int) -> tuple[int, ...]:
+        """Shard indices of one reader."""
+        return self.readers[rank * self.num_workers + worker]
+
+    def rank_length(self, rank: int) -> int | None:
+        """Samples rank ``rank`` yields in the epoch (``None`` when unknown)."""
+        if self.quota is not None:
+            return self.quota * self.num_workers
+        counts = self.counts[rank * self.num_workers:(rank + 1) * self.num_workers]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    @property
+    def dropped(self) -> int:
+        """Samples left out by equalizing, over all readers."""
+        return 0 if self.quota is None else sum(c - self.quota for c in self.counts)
+
+
+def plan_epoch(
+    counts: Sequence[int | None], *, world_size: int, num_workers: int, epoch: int, seed: int,
+    shuffle: bool, equalize: bool,
+) -> EpochPlan:
+    """Deal shards to ranks then workers round-robin (after a ``(seed, epoch)`` shuffle, identical on every rank);
+    pure and deterministic, so every rank and worker computes the same plan. Needs ``len(counts) >= readers``."""
+    order = list(range(len(counts)))
+    if shuffle:
+        random.Random(mix_seed(seed, epoch, 0x5A4D)).shuffle(order)
+    readers = tuple(
+        tuple(order[rank::world_size][worker::num_workers])
+        for rank in range(world_size)
+        for worker in range(num_workers)
+    )
+    sums = tuple(None if any(counts[i] is None for i in r) else sum(counts[i] for i in r) for r in readers)
+    quota = min(sums) if equalize and sums and all(s is not None for s in sums) else None
+    return EpochPlan(readers, sums, quota, num_workers)
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+class MissingFieldError(ShardFormatError):
+    """A sample lacks one of the members every DynOcc sample has (always an error, whatever the handler)."""
+
+
+@dataclass
+class DecodedSample:
+    """A sample's decoded members, before the pair strategy and the transform."""
+
+    image: torch.Tensor
+    pairs: torch.Tensor
+    ordinal: torch.Tensor
+    boundary: dict[str, torch.Tensor] | None
+    meta: dict[str, Any]
+
+
+def _npy(data: bytes) -> np.ndarray:
+    """A ``.npy`` member as an array; pickled (object) arrays are refused by ``allow_pickle=False``."""
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if not isinstance(array, np.ndarray):
+        raise ValueError("not a single .npy array")
+    return array
+
+
+def _image(data: bytes) -> torch.Tensor:
+    """JPEG bytes to RGB ``uint8 [3,H,W]`` with libjpeg-turbo (grey JPEGs are expanded to three channels)."""
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def _metadata(data: bytes) -> dict[str, Any]:
+    """The ``.json`` member: an object with at least video, frame, orig_size and size."""
+    meta = json.loads(bytes(data).decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in ("video", "frame", "orig_size", "size") if k not in meta]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    for name in ("orig_size", "size"):
+        if not (isinstance(meta[name], list) and len(meta[name]) == 2 and all(isinstance(v, int) for v in meta[name])):
+            raise ValueError(f"{name} must be [H, W], got {meta[name]!r}")
+    return meta
+
+
+def _boundary(array: np.ndarray) -> dict[str, torch.Tensor]:
+    """The structured ``boundary.npy`` array as a dict of float32 tensors (``segment`` int64)."""
+    names = array.dtype.names or ()
+    if array.ndim != 1 or any(n not in names for n in BOUNDARY_FIELDS):
+        raise ValueError(f"need a 1-D structured array with fields {', '.join(BOUNDARY_FIELDS)}, got {array.dtype}")
+    return {n: torch.from_numpy(np.array(array[n], dtype=np.int64 if n == "segment" else np.float32))
+            for n in BOUNDARY_FIELDS}
+
+
+def _pairs(pairs: np.ndarray, ordinal: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the stored pairs (integer ``[N,4]`` inside the image) and labels (integer ``[N]`` in -1, 0, +1)."""
+    if pairs.dtype.kind not in "iu" or pairs.ndim != 2 or pairs.shape[1] != 4:
+        raise ValueError(f"pairs.npy must be integer [N,4], got {pairs.dtype} {pairs.shape}")
+    if ordinal.dtype.kind not in "iu" or ordinal.shape != (pairs.shape[0],):
+        raise ValueError(f"ordinal.npy must be integer [{pairs.shape[0]}], got {ordinal.dtype} {ordinal.shape}")
+    p, o = torch.from_numpy(pairs.astype(np.int64)), torch.from_numpy(ordinal.astype(np.int64))
+    height, width = size
+    inside = (p[:, 0::2] >= 0) & (p[:, 0::2] < height) & (p[:, 1::2] >= 0) & (p[:, 1::2] < width)
+    if not bool(inside.all()):
+        raise ValueError(f"pairs.npy has points outside the {height}x{width} image")
+    if not bool(((o >= -1) & (o <= 1)).all()):
+        raise ValueError("ordinal.npy has values other than -1, 0, +1")
+    return p, o
+
+
+def decode_sample(sample: Mapping[str, Any], *, with_boundary: bool = True) -> DecodedSample:
+    """Decode one raw webdataset sample (``__key__``, ``__url__``, member bytes) without unpickling anything.
+
+    Raises :class:`MissingFieldError` when a member is absent and :class:`ShardFormatError` (naming shard, key
+    and member) when one does not decode or breaks the format; members other than the five are ignored.
+    """
+    url, key = str(sample.get("__url__", "?")), str(sample.get("__key__", "?"))
+    missing = [f for f in FIELDS if f not in sample]
+    if missing:
+        raise MissingFieldError(
+            url, key, f"sample has no {', '.join(missing)} member (every sample has {', '.join(FIELDS)})"
+        )
+
+    def field(name: str, parse: Callable[[bytes], Any]) -> Any:
+        try:
+            return parse(sample[name])
+        except Exception as err:  # noqa: BLE001 - any failure to parse a member is a format error of that member
+            raise ShardFormatError(url, key, f"{name}: {err}") from None
+
+    meta = field("json", _metadata)
+    image = field("jpg", _image)
+    size = (int(image.shape[1]), int(image.shape[2]))
+    if list(size) != meta["size"]:
+        raise ShardFormatError(url, key, f"jpg: image is {size[0]}x{size[1]} but json size says {meta['size']}")
+    pairs, ordinal = field("pairs.npy", lambda _: _pairs(_npy(sample["pairs.npy"]), _npy(sample["ordinal.npy"]), size))
+    boundary = field("boundary.npy", lambda b: _boundary(_npy(b))) if with_boundary else None
+    item_meta = {
+        "source": "dynocc", "key": key, "video": meta["video"], "video_id": meta.get("video_id", key.rsplit("_", 1)[0]),
+        "frame": int(meta["frame"]), "orig_size": tuple(meta["orig_size"]), "size": size, "url": url,
+    }
+    return DecodedSample(image, pairs, ordinal, boundary, item_meta)
+
+
+# ------------------------------------------------------------------------------------------ errors and counters
+
+
+@dataclass(frozen=True)
+class ReadStats:
+    """Counters over every reader of a dataset since creation (or :meth:`DynOccDataset.reset_stats`)."""
+
+    samples: int = 0  # items yielded
+    skipped_samples: int = 0  # samples that did not decode (or were cut off by a truncated shard)
+    shard_errors: int = 0  # shards found truncated, corrupt or unreadable (once per shard and epoch)
+    dropped: int = 0  # samples left out by equalize
+
+
+_STAT_NAMES = tuple(ReadStats.__dataclass_fields__)
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception as one short line (webdataset appends stream objects to the message)."""
+    text = str(err.args[0]) if err.args else ""
+    text = text.split(" @ <")[0].strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+class _ReaderState:
+    """Per-reader, per-epoch bookkeeping: the shard being read, broken shards, counters, and the handler."""
+
+    def __init__(self, handler: Handler, row: torch.Tensor, *, give_up_after: int | None) -> None:
+        """``row`` is this reader's slice of the shared counters; ``give_up_after`` guards resampled mode."""
+        self.handler, self.row, self.give_up_after = handler, row, give_up_after
+        self.current_url = "?"
+        self.broken: set[str] = set()
+        self.local = dict.fromkeys(_STAT_NAMES, 0)
+        self.failures_in_a_row = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a counter, locally (for the epoch log) and in shared memory (for ``dataset.stats``)."""
+        self.local[name] += n
+        self.row[_STAT_NAMES.index(name)] += n
+
+    def decide(self, err: ShardFormatError, what: str) -> bool:
+        """Apply the handler to a counted error: True to skip and go on, False to stop; raises in "raise" mode."""
+        if self.handler == "raise":
+            raise err
+        if self.handler == "warn":
+            logger.warning("%s: %s", what, err)
+            return True
+        if self.handler == "ignore":
+            return True
+        return bool(self.handler(err))
+
+    def shard_error(self, exn: BaseException) -> bool:
+        """webdataset handler for tar-level errors (open, truncated, corrupt headers) of the current shard."""
+        if isinstance(exn, ShardFormatError):
+            url, err = exn.shard, exn
+        else:  # raised by tarfile or gopen while reading the shard the check stage last passed on
+            url = self.current_url
+            err = ShardFormatError(url, None, f"unreadable tar ({_first_line(exn)})")
+        self.failures_in_a_row += 1
+        if self.give_up_after is not None and self.failures_in_a_row > self.give_up_after:
+            raise ShardFormatError(
+                url, None, f"{self.failures_in_a_row} shard errors in a row, giving up: {err.reason}"
+            )
+        if url in self.broken and self.handler in ("warn", "ignore"):
+            return True  # already reported for this shard (a truncated tar fails on the member, then the header)
+        if url not in self.broken:
+            self.broken.add(url)
+            self.count("shard_errors")
+        if self.handler == "raise" and err is not exn:
+            raise err from exn
+        return self.decide(err, "bad shard (samples read before the error are kept)")
+
+    def sample_error(self, exn: BaseException) -> bool:
+        """webdataset handler for sample decoding errors; missing members are raised unless the shard is broken."""
+        if isinstance(exn, MissingFieldError):
+            if exn.shard not in self.broken:
+                raise exn
+            self.count("skipped_samples")
+            if self.handler == "warn":
+                logger.warning("skipped sample cut off by the broken shard: %s", exn)
+            return True
+        if not isinstance(exn, ShardFormatError):
+            raise exn  # a bug, not bad data
+        self.count("skipped_samples")
+        return self.decide(exn, "skipped sample")
+
+
+def _check_tar_end(url: str, nbytes: int | None) -> None:
+    """Raise :class:`ShardFormatError` when a local plain tar is shorter than its index says or lacks the
+    end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary)."""
+    path = _local_path(url)
+    if path is None or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+        return
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as stream:
+            stream.seek(max(0, size - _TAR_END))
+            tail = stream.read()
+    except OSError as err:  # e.g. deleted or unmounted since the dataset was created
+        raise ShardFormatError(url, None, f"cannot read: {err.strerror or err}") from None
+    if nbytes is not None and size < nbytes:
+        raise ShardFormatError(url, None, f"truncated: {size} bytes, index.json says {nbytes}")
+    if size % 512 or len(tail) < _TAR_END or tail.count(0) != len(tail):
+        raise ShardFormatError(url, None, "truncated: no end-of-archive marker")
+
+
+def _checked_shards(
+    src: Iterator[dict[str, Any]], *, state: _ReaderState, sizes: Mapping[str, int | None]
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: note the shard being opened and flag a truncated local shard before reading it (its
+    readable samples are still read in "warn"/"ignore" mode)."""
+    for source in src:
+        state.current_url = source["url"]
+        try:
+            _check_tar_end(source["url"], sizes.get(source["url"]))
+        except ShardFormatError as err:
+            if not state.shard_error(err):
+                return
+        yield source
+
+
+def _shard_ends(
+    src: Iterator[dict[str, Any]], *, state: _ReaderState, counts: Mapping[str, int | None]
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: count each shard's samples and, when one ends with fewer than its index count (tarfile stops
+    silently at a corrupt header), flag the shard before passing on its last, possibly incomplete, sample."""
+    pending, seen = None, 0
+    for sample in src:
+        if pending is not None and sample["__url__"] != pending["__url__"]:
+            if not _shard_complete(pending["__url__"], seen, counts, state):
+                return
+            seen = 0
+        if pending is not None:
+            yield pending
+        pending, seen = sample, seen + 1
+    if pending is not None and _shard_complete(pending["__url__"], seen, counts, state):
+        yield pending
+
+
+def _shard_complete(url: str, seen: int, counts: Mapping[str, int | None], state: _ReaderState) -> bool:
+    """Report a shard that yielded fewer samples than its index says; False when the handler says stop."""
+    expected = counts.get(url)
+    if expected is None or seen >= expected:
+        return True
+    return state.shard_error(ShardFormatError(url, None, f"truncated or corrupt: ended after {seen} of {expected} "
+                                                         "samples"))
+
+
+# ------------------------------------------------------------------------------------------ the dataset
+
+
+def _resolve_strategy(
+    strategy: Any, options: Mapping[str, Any]
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """``None`` for the stored pairs as they are, else a sampler from ``sampling.create_sampler``."""
+    if isinstance(strategy, str) and strategy.strip().lower() == "stored" and not options:
+        return None
+    from ..sampling import create_sampler
+
+    return create_sampler(strategy, **options)
+
+
+class DynOccDataset(IterableDataset):
+    """DynOcc shards as a torch ``IterableDataset`` of contract items (see the module docstring).
+
+    The webdataset pipeline is built in ``__iter__``, i.e. inside each DataLoader worker, from the rank, the
+    worker and the epoch (:meth:`set_epoch`). ``len()`` is the number of samples this rank yields per epoch
+    when the index is known (``TypeError`` otherwise). ``num_workers`` tells ``len()`` and ``equalize`` how
+    many DataLoader workers will read (``create_loader`` sets it); ``rank``/``world_size`` override the detected
+    distributed setup (``split_by_node=False``: every rank reads every shard).
+    """
+
+    def __init__(
+        self,
+        urls: UrlSpec,
+        *,
+        strategy: Any = "stored",
+        sampler_options: Mapping[str, Any] | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        shuffle: int = 0,
+        seed: int = 0,
+        resampled: bool = False,
+        epoch_length: int | None = None,
+        split_by_node: bool = True,
+        handler: Handler = "warn",
+        equalize: bool = True,
+        keep_boundary: bool = True,
+        index: str | os.PathLike | Mapping[str, Any] | None = "auto",
+        num_workers: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        too_few_shards: Literal["error", "resample"] = "error",
+    ) -> None:
+        """Resolve the shard list and its counts, and the pair strategy; nothing is read yet."""
+        super().__init__()
+        if handler not in ("warn", "raise", "ignore") and not callable(handler):
+            raise ValueError(f"handler must be 'warn', 'raise', 'ignore' or a callable, got {handler!r}")
+        if too_few_shards not in ("error", "resample"):
+            raise ValueError(f"too_few_shards must be 'error' or 'resample', got {too_few_shards!r}")
+        if shuffle < 0 or (epoch_length is not None and epoch_length < 0):
+            raise ValueError("shuffle and epoch_length must be >= 0")
+        if resampled and epoch_length is None:
+            raise ValueError("resampled=True needs epoch_length (samples per rank per epoch)")
+        if epoch_length is not None and not resampled and too_few_shards != "resample":
+            raise ValueError("epoch_length applies to resampled mode only (resampled=True)")
+        self.description = _describe(urls)
+        self.shards = resolve_shards(urls, index=index)
+        self.strategy, self.sampler_options = strategy, dict(sampler_options or {})
+        self._sampler = _resolve_strategy(strategy, self.sampler_options)
+        self.transform, self.shuffle, self.seed = transform, int(shuffle), int(seed)
+        self.resampled, self.epoch_length = bool(resampled), epoch_length
+        self.split_by_node, self.handler, self.equalize = bool(split_by_node), handler, bool(equalize)
+        self.keep_boundary, self.num_workers = bool(keep_boundary), num_workers
+        self.rank, self.world_size, self.too_few_shards = rank, world_size, too_few_shards
+        self._pickled_node: tuple[int, int] | None = None
+        self._epoch = SharedEpoch(0)
+        self._stats = torch.zeros(_MAX_STAT_ROWS, len(_STAT_NAMES), dtype=torch.int64).share_memory_()
+
+    # -- epoch, workers, counters
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch: it seeds the shard and buffer shuffles, resampling and load-time pair sampling."""
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._epoch.get()
+
+    def set_num_workers(self, num_workers: int) -> None:
+        """Tell the dataset how many DataLoader workers will read it (``0`` = main process)."""
+        self.num_workers = int(num_workers)
+
+    @property
+    def stats(self) -> ReadStats:
+        """Counters summed over every reader (DataLoader workers included, through shared memory)."""
+        return ReadStats(*(int(v) for v in self._stats.sum(dim=0)))
+
+    def reset_stats(self) -> None:
+        """Zero the counters."""
+        self._stats.zero_()
+
+    # -- planning
+    def _node(self) -> tuple[int, int]:
+        """``(rank, world size)`` used for splitting shards (``(0, 1)`` with ``split_by_node=False``)."""
+        rank, world = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
+        return (rank, world) if self.split_by_node else (0, 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
+        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
+
+    def _resample_length(self, world: int) -> int:
+        """Samples per rank per epoch in resampled mode (by default the data divided over the ranks)."""
+        if self.epoch_length is not None:
+            return self.epoch_length
+        counts = [s.count for s in self.shards]
+        if any(c is None for c in counts):
+            raise InputError(self.description, "resampling needs epoch_length when sample counts are unknown")
+        return sum(counts) // world
+
+    def _mode(self, world: int, num_workers: int) -> tuple[bool, int | None]:
+        """``(resampled, epoch_length)`` for this setup; raises on too few shards unless told to resample."""
+        readers = world * num_workers
+        if self.resampled or len(self.shards) >= readers:
+            return self.resampled, self.epoch_length
+        reason = (f"{len(self.shards)} shards cannot be split over {world} ranks x {num_workers} DataLoader workers "
+                  f"({readers} readers) without reading samples twice")
+        if self.too_few_shards == "error":
+            raise InputError(self.description, f"{reason}; use more shards or fewer workers, or pass resampled=True "
+                                               "(or too_few_shards='resample')")
+        logger.warning("%s: %s; resampling shards instead", self.description, reason)
+        return True, self._resample_length(world)
+
+    def check_readers(self, num_workers: int) -> None:
+        """Raise the too-few-shards error now (in the main process) rather than inside the workers."""
+        self._mode(self._node()[1], max(1, num_workers))
+
+    def plan(self, *, num_workers: int | None = None, epoch: int | None = None) -> EpochPlan:
+        """The shard assignment of an epoch (defaults: the ``num_workers`` hint and the current epoch)."""
+        workers = max(1, self.num_workers or 0) if num_workers is None else max(1, num_workers)
+        world = self._node()[1]
+        return plan_epoch(
+            [s.count for s in self.shards], world_size=world, num_workers=workers,
+            epoch=self.epoch if epoch is None else epoch, seed=self.seed, shuffle=self.shuffle > 0,
+            equalize=self.equalize and world > 1,  # a single rank has nobody to wait for: drop nothing
+        )
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch; ``TypeError`` (as torch expects) when the counts are unknown."""
+        rank, world = self._node()
+        workers = max(1, self.num_workers or 0)
+        resampled, length = self._mode(world, workers)
+        if resampled:
+            return length
+        n = self.plan(num_workers=workers).rank_length(rank)
+        if n is None:
+            raise TypeError(f"{self.description}: length unknown (no index.json with every shard's sample count)")
+        return n
+
+    # -- reading
+    def _finish(self, decoded: DecodedSample, epoch: int) -> Any:
+        """Pairs from the strategy, the contract item, then the transform."""
+        pairs, ordinal = decoded.pairs, decoded.ordinal
+        if self._sampler is not None:
+            from ..sampling import sample_generator
+
+            generator = sample_generator(self.seed, epoch, decoded.meta["key"])
+            pairs, ordinal = self._sampler(decoded.boundary, decoded.meta["size"], generator, stored=(pairs, ordinal))
+            if not (pairs.dtype == ordinal.dtype == torch.int64 and pairs.dim() == 2 and pairs.shape[1] == 4
+                    and ordinal.shape == pairs.shape[:1]):
+                raise ValueError(f"strategy {self.strategy!r} returned pairs {tuple(pairs.shape)} {pairs.dtype} and "
+                                 f"ordinal {tuple(ordinal.shape)} {ordinal.dtype}; need int64 [N,4] and [N]")
+        item: dict[str, Any] = {"image": decoded.image, "pairs": pairs, "ordinal": ordinal, "meta": decoded.meta}
+        if self.keep_boundary:
+            item["boundary"] = decoded.boundary
+        return item if self.transform is None else self.transform(item)
+
+    def _source(self, rank: int, world: int, worker: int, workers: int, epoch: int,
+                state: _ReaderState) -> tuple[IterableDataset, int | None]:
+        """This reader's shard stream and the number of samples it yields (``None``: all)."""
+        urls = [s.url for s in self.shards]
+        resampled, length = self._mode(world, workers)
+        if resampled:
+            state.give_up_after = max(20, 2 * len(urls))  # an endless stream of broken shards must not spin forever
+            return wds.ResampledShards(urls, seed=mix_seed(self.seed, epoch), deterministic=True,
+                                       worker_seed=lambda: mix_seed(rank, worker)), share_of(length, worker, workers)
+        plan = self.plan(num_workers=workers, epoch=epoch)
+        if plan.quota is not None:
+            state.count("dropped", plan.counts[rank * workers + worker] - plan.quota)
+        if rank == 0 and worker == 0:
+            self._log_plan(plan, world, workers)
+        return wds.SimpleShardList([urls[i] for i in plan.reader(rank, worker)]), plan.quota
+
+    def _log_plan(self, plan: EpochPlan, world: int, workers: int) -> None:
+        """Say once per epoch (rank 0, worker 0) what equalizing drops, or why it cannot."""
+        if plan.quota is not None and plan.dropped:
+            total = sum(plan.counts)
+            log = logger.warning if plan.dropped > 0.1 * total else logger.info
+            log("%s: equalize keeps %d samples per reader (%d ranks x %d workers), dropping %d of %d this epoch",
+                self.description, plan.quota, world, workers, plan.dropped, total)
+        elif plan.quota is None and self.equalize and world > 1:
+            logger.warning("%s: sample counts unknown (no index.json entry for some shards): cannot equalize, so "
+                           "ranks may see different numbers of batches", self.description)
+        if self.equalize and world > 1 and max(1, self.num_workers or 0) != workers:
+            # len() runs in the main process, which cannot see the worker count; with equalize it depends on it
+            log = logger.warning if self.num_workers is not None else logger.info
+            log("%s: len() assumed num_workers=%s but %d workers read: pass num_workers= (create_loader does)",
+                self.description, self.num_workers, workers)
+
+    def __iter__(self) -> Iterator[Any]:
+        """One epoch of this reader's items (the pipeline is built here, inside the worker)."""
+        rank, world = self._node()
+        worker, workers = worker_info()
+        epoch = self.epoch
+        state = _ReaderState(self.handler, self._stats[worker % _MAX_STAT_ROWS], give_up_after=None)
+        source, limit = self._source(rank, world, worker, workers, epoch, state)
+        with_boundary = self.keep_boundary or self._sampler is not None
+        stages: list[Any] = [
+            source,
+            wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
+            wds.tarfile_to_samples(handler=state.shard_error),
+            wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
+            wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker)) if self.shuffle
+            else None,
+            wds.map(lambda s: decode_sample(s, with_boundary=with_boundary), handler=state.sample_error),
+            wds.slice(limit) if limit is not None else None,
+        ]
+        finished = False
+        try:
+            for decoded in wds.DataPipeline(*stages):  # DataPipeline skips the None stages
+                state.failures_in_a_row = 0
+                item = self._finish(decoded, epoch)
+                state.count("samples")
+                yield item
+            finished = True
+        finally:
+            if finished and limit is not None and state.local["samples"] < limit:
+                logger.warning("%s: rank %d worker %d yielded %d of its %d samples (skipped samples): ranks may "
+                               "now see different numbers of batches", self.description, rank, worker,
+                               state.local["samples"], limit)
+            logger.info("%s epoch %d rank %d/%d worker %d/%d: %s", self.description, epoch, rank, world, worker,
+                        workers, ", ".join(f"{k} {v}" for k, v in state.local.items()))
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return (f"{type(self).__name__}({self.description!r}, shards={len(self.shards)}, "
+                f"strategy={self.strategy!r}, shuffle={self.shuffle}, resampled={self.resampled}, "
+                f"equalize={self.equalize})")

@@ -1,0 +1,217 @@
+"""Mix several datasets by probability, and stream map-style datasets split per rank, worker and epoch.
+
+::
+
+    train = mix([DynOccDataset("shards/"), as_iterable(YouTube3DDataset(...)), DIWDataset(...)],
+                weights=[3, 1, 1], stop="all", seed=0)
+    loader = create_loader(train, batch_size=32, num_workers=8)
+
+**Workers and ranks.** A :class:`MixedDataset` is iterated inside each DataLoader worker, and so are its sources:
+each source splits itself for that worker and rank (``DynOccDataset`` by shards; map-style datasets through
+:func:`as_iterable`, which deals a per-epoch permutation of their indices to ranks and then workers). Map-style
+sources given to :func:`mix` are wrapped with ``as_iterable(shuffle=True, seed=seed)`` automatically. The choice of
+source is drawn per item with a generator seeded by ``(seed, epoch, rank, worker)``.
+
+**End of a source** (``stop``): ``"first"``: the mix ends when a draw hits an exhausted source (the proportions
+hold up to the end; other sources are left unfinished); ``"all"``: an exhausted source is dropped and the weights of
+the others renormalised, and the mix ends when every source with a positive weight is exhausted (everything is read
+once; the proportions drift at the end); ``"never"``: an exhausted source is started again (same epoch, so the same
+order), so the mix is endless unless ``epoch_length`` (items per rank per epoch) is set. ``epoch_length`` caps the
+other modes too. With several ranks, prefer ``"all"`` over equalized sources or ``epoch_length``: ``"first"`` ends
+at a random point, so ranks may see different numbers of batches.
+
+:meth:`MixedDataset.set_epoch` is passed on to every source that has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+from .loader import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MapAsIterable", "MixedDataset", "as_iterable", "mix"]
+
+Stop = Literal["first", "all", "never"]
+
+
+class MapAsIterable(IterableDataset):
+    """A map-style dataset streamed as an ``IterableDataset``: each epoch a permutation of its indices (seeded by
+    ``(seed, epoch)``, identical on every rank) is dealt to the ranks, then each rank's share to its workers.
+
+    With ``equalize=True`` (default) every rank gets ``len(dataset) // world_size`` indices (the remainder is left out
+    this epoch), so ranks see the same number of batches; no index is read twice in an epoch.
+    """
+
+    def __init__(self, dataset: Dataset, *, shuffle: bool = True, seed: int = 0, split_by_node: bool = True,
+                 equalize: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
+        """Wrap ``dataset`` (which needs ``__len__`` and ``__getitem__``)."""
+        super().__init__()
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"as_iterable needs a map-style dataset with __len__ and __getitem__, got {type(dataset)}")
+        self.dataset, self.shuffle, self.seed = dataset, bool(shuffle), int(seed)
+        self.split_by_node, self.equalize = bool(split_by_node), bool(equalize)
+        self.rank, self.world_size = rank, world_size
+        self._pickled_node: tuple[int, int] | None = None
+        self._epoch = SharedEpoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (it seeds the permutation)."""
+        self._epoch.set(epoch)
+
+    def _node(self) -> tuple[int, int]:
+        """``(rank, world size)`` used for splitting."""
+        node = self._pickled_node or (self.rank, self.world_size)
+        return distributed_info(*node) if self.split_by_node else (0, 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
+        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
+
+    def indices(self, *, rank: int, world_size: int, worker: int = 0, num_workers: int = 1,
+                epoch: int | None = None) -> list[int]:
+        """The indices one (rank, worker) reads in an epoch."""
+        n = len(self.dataset)
+        epoch = self._epoch.get() if epoch is None else epoch
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
+        else:
+            order = torch.arange(n)
+        end = n // world_size * world_size if self.equalize else n
+        return order[rank:end:world_size][worker::num_workers].tolist()
+
+    def __len__(self) -> int:
+        """Items this rank reads per epoch."""
+        rank, world = self._node()
+        n = len(self.dataset)
+        return n // world if self.equalize else share_of(n, rank, world)
+
+    def __iter__(self) -> Iterator[Any]:
+        """This worker's items of the epoch."""
+        rank, world = self._node()
+        worker, workers = worker_info()
+        for index in self.indices(rank=rank, world_size=world, worker=worker, num_workers=workers):
+            yield self.dataset[index]
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"{type(self).__name__}({self.dataset!r}, shuffle={self.shuffle}, seed={self.seed})"
+
+
+def as_iterable(map_dataset: Dataset, *, shuffle: bool = True, seed: int = 0, **options: Any) -> MapAsIterable:
+    """Stream a map-style dataset split across ranks and workers and shuffled per epoch (see :class:`MapAsIterable`;
+    ``options``: ``split_by_node``, ``equalize``, ``rank``, ``world_size``)."""
+    return MapAsIterable(map_dataset, shuffle=shuffle, seed=seed, **options)
+
+
+def _as_stream(dataset: Dataset, seed: int) -> IterableDataset:
+    """Iterable datasets as they are; map-style ones wrapped with :func:`as_iterable`."""
+    if isinstance(dataset, IterableDataset):
+        return dataset
+    logger.info("mix: streaming map-style %s through as_iterable(shuffle=True)", type(dataset).__name__)
+    return as_iterable(dataset, shuffle=True, seed=seed)
+
+
+class MixedDataset(IterableDataset):
+    """Items drawn from several datasets with given probabilities (see the module docstring for ``stop``)."""
+
+    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first",
+                 seed: int = 0, epoch_length: int | None = None, rank: int | None = None,
+                 world_size: int | None = None) -> None:
+        """Check the weights and wrap map-style sources."""
+        super().__init__()
+        if not datasets:
+            raise ValueError("mix needs at least one dataset")
+        weights = [1.0] * len(datasets) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(datasets):
+            raise ValueError(f"{len(weights)} weights for {len(datasets)} datasets")
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights}")
+        if stop not in ("first", "all", "never"):
+            raise ValueError(f"stop must be 'first', 'all' or 'never', got {stop!r}")
+        if epoch_length is not None and epoch_length < 0:
+            raise ValueError(f"epoch_length must be >= 0, got {epoch_length}")
+        self.datasets = [_as_stream(d, seed) for d in datasets]
+        self.weights, self.stop, self.seed, self.epoch_length = weights, stop, int(seed), epoch_length
+        self.rank, self.world_size = rank, world_size
+        self._pickled_node: tuple[int, int] | None = None
+        self._epoch = SharedEpoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and in every source that has ``set_epoch``."""
+        self._epoch.set(epoch)
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+
+    def set_num_workers(self, num_workers: int) -> None:
+        """Pass the DataLoader's worker count on to the sources that use it."""
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_num_workers"):
+                dataset.set_num_workers(num_workers)
+
+    def check_readers(self, num_workers: int) -> None:
+        """Let each source check that it can be split over the readers."""
+        for dataset in self.datasets:
+            if hasattr(dataset, "check_readers"):
+                dataset.check_readers(num_workers)
+
+    def __len__(self) -> int:
+        """Items per rank per epoch: ``epoch_length``, or with ``stop="all"`` the sum of the sources' lengths."""
+        if self.epoch_length is not None:
+            return self.epoch_length
+        if self.stop != "all":
+            raise TypeError(f"the length of a mix with stop={self.stop!r} and no epoch_length is not fixed")
+        return sum(len(d) for d, w in zip(self.datasets, self.weights) if w > 0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
+        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
+
+    def __iter__(self) -> Iterator[Any]:
+        """Draw a source per item until ``stop`` (or this worker's share of ``epoch_length``) says so."""
+        rank, _ = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
+        worker, workers = worker_info()
+        rng = random.Random(mix_seed(self.seed, self._epoch.get(), rank, worker, 0x313))
+        limit = None if self.epoch_length is None else share_of(self.epoch_length, worker, workers)
+        iterators = [iter(d) for d in self.datasets]
+        active = [i for i, w in enumerate(self.weights) if w > 0]
+        count = 0
+        while active and (limit is None or count < limit):
+            i = rng.choices(active, weights=[self.weights[j] for j in active])[0]
+            try:
+                item = next(iterators[i])
+            except StopIteration:
+                if self.stop == "first":
+                    return
+                if self.stop == "all":
+                    active.remove(i)
+                    continue
+                iterators[i] = iter(self.datasets[i])  # "never": start the source again
+                item = next(iterators[i], _EMPTY)
+                if item is _EMPTY:
+                    raise ValueError(f"mix: source {i} ({self.datasets[i]!r}) yields nothing, cannot cycle it")
+            yield item
+            count += 1
+
+    def __repr__(self) -> str:
+        """Short description."""
+        return f"{type(self).__name__}({len(self.datasets)} sources, weights={self.weights}, stop={self.stop!r})"
+
+
+_EMPTY = object()
+
+
+def mix(datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first", seed: int = 0,
+        epoch_length: int | None = None) -> MixedDataset:
+    """An ``IterableDataset`` drawing each item from ``datasets[i]`` with probability ``weights[i] / sum(weights)``
+    (equal weights by default); see :class:`MixedDataset` and the module docstring."""
+    return MixedDataset(datasets, weights, stop=stop, seed=seed, epoch_length=epoch_length)

@@ -1,0 +1,247 @@
+"""The YouTube3D release (Chen, Qian, Deng, CVPR 2019) as a map-style dataset, read without trusting pickles.
+
+Release layout (princeton-vl/YouTube3D, src/YoutubeDataset.py): a CSV without header whose lines look like
+``./laundry_room_0001/shot_001/0001.jpg, ./laundry_room_0001/shot_001/colmap/0/0001_0.6_6000_col_reldepth.pkl``,
+paths relative to the folder holding the CSV (the code prefixes both with ``../data/``, where the CSV lives).
+Each ``.pkl`` was written by Python 2 (``pickle.dump(obj, f, pickle.HIGHEST_PROTOCOL)``, i.e. protocol 2) and
+holds a ``5 x N`` numpy array: rows ``y_A, x_A, y_B, x_B`` as fractions of the image height/width and the
+ordinal relation (``+1``: A farther, the convention of docs/FORMAT.md).
+
+The 5xN helpers live here rather than in :mod:`dynocc_data.losses` because the normalised layout is this
+release's storage format; the losses work on pixel pairs, which is what every dataset yields.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import InputError
+from ._common import read_image_rgb, relative_key, resolve_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "YouTube3DDataset",
+    "load_youtube3d_pkl",
+    "parse_youtube3d_csv",
+    "to_youtube3d_target",
+    "from_youtube3d_target",
+]
+
+Item = dict[str, Any]
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a pickled plain ndarray refers to, under the module names of numpy 1.x and 2.x."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,  # Python 2 / numpy 1 pickles
+        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,  # numpy 2 pickles
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """Raised by the restricted unpickler when a pickle names a global outside the allow-list."""
+
+
+class _NumpyArrayUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild plain numpy arrays and nothing else.
+
+    ``find_class`` is the only way a pickle reaches callables (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*), so
+    answering it from a fixed table means no other code can run; objects are returned from the table, never
+    imported by name. ``copy_reg._reconstructor`` is not admitted: numpy reduces arrays and dtypes itself.
+    """
+
+    _ALLOWED = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Return an allow-listed global or refuse (e.g. ``os.system``, ``builtins.eval``)."""
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"refusing to unpickle global {module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Refuse persistent ids: an array pickle never has any."""
+        raise _RefusedGlobal("refusing to unpickle a persistent id")
+
+
+def _describe(obj: Any) -> str:
+    """Short description of an unexpected payload for error messages."""
+    if isinstance(obj, np.ndarray):
+        return f"array of shape {obj.shape} and dtype {obj.dtype}"
+    return f"object of type {type(obj).__name__}"
+
+
+def load_youtube3d_pkl(path: str | os.PathLike) -> np.ndarray:
+    """Read a YouTube3D target (``5 x N`` array pickled by Python 2) with a restricted unpickler.
+
+    Only numpy's array-reconstruction globals are admitted and Python 2 strings are decoded as latin-1 (what
+    numpy expects for py2 array data). Anything else, a non-numeric array, a shape other than ``(5, N)``,
+    non-finite values or ordinals outside {-1, 0, 1} raise :class:`InputError` naming the file.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(path, f"cannot read target: {err.strerror or err}") from None
+    try:
+        obj = _NumpyArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _RefusedGlobal as err:
+        raise InputError(path, str(err)) from None
+    except Exception as err:  # malformed pickles fail in many ways (EOFError, ValueError, struct.error, ...)
+        raise InputError(path, f"not a readable pickle ({type(err).__name__}: {err})") from None
+    if type(obj) is not np.ndarray or obj.dtype.kind not in "biuf" or obj.ndim != 2 or obj.shape[0] != 5:
+        raise InputError(path, f"expected a numeric array of shape (5, N), got {_describe(obj)}")
+    if not np.isfinite(obj).all():
+        raise InputError(path, "target holds non-finite values")
+    if not np.isin(obj[4], (-1, 0, 1)).all():
+        raise InputError(path, "ordinal row (the 5th) must hold only -1, 0 or +1")
+    # A writable native-endian copy (unpickled arrays may be read-only views of the pickle's bytes).
+    return obj.astype(obj.dtype.newbyteorder("=") if obj.dtype.kind == "f" else np.float64, copy=True)
+
+
+def to_youtube3d_target(
+    pairs: torch.Tensor, ordinal: torch.Tensor, size: tuple[int, int] | Sequence[int]
+) -> torch.Tensor:
+    """Pixel pairs ``[N,4]`` and ordinals ``[N]`` to the release's normalised ``float32 [5,N]`` layout.
+
+    Coordinates are written as pixel centres, ``(p + 0.5) / H`` and ``(p + 0.5) / W``: the release's reader
+    (see :func:`from_youtube3d_target`) multiplies by the size and truncates, which maps a centre back to its
+    pixel exactly, with a half-pixel margin against rounding.
+    """
+    height, width = (int(s) for s in size)
+    pairs = torch.as_tensor(pairs).reshape(-1, 4).to(torch.int64)
+    ordinal = torch.as_tensor(ordinal).reshape(-1).to(torch.int64)
+    if len(ordinal) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(ordinal)} ordinals")
+    limits = torch.tensor([height, width, height, width])
+    if bool(((pairs < 0) | (pairs >= limits)).any()):
+        raise ValueError(f"pairs must lie inside the {height}x{width} image")
+    if bool((ordinal.abs() > 1).any()):
+        raise ValueError("ordinal values must be -1, 0 or +1")
+    coords = (pairs.to(torch.float64) + 0.5) / limits.to(torch.float64)
+    return torch.cat([coords.T, ordinal[None].to(torch.float64)]).to(torch.float32)
+
+
+def from_youtube3d_target(
+    target: torch.Tensor | np.ndarray, size: tuple[int, int] | Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The release's normalised ``[5,N]`` target to pixel pairs ``int64 [N,4]`` and ordinals ``int64 [N]``.
+
+    Mirrors ``YoutubeDatasetVal.__getitem__`` of princeton-vl/YouTube3D exactly: each coordinate row is
+    multiplied by the image height (``y``) or width (``x``) in the array's own float type, values ``>= size``
+    become ``size - 1``, negatives become 0, and ``astype(np.int64)`` truncates (no rounding, no ``-1``).
+    """
+    height, width = (int(s) for s in size)
+    target = torch.as_tensor(target)
+    if target.ndim != 2 or target.shape[0] != 5:
+        raise ValueError(f"target must be [5,N], got {tuple(target.shape)}")
+    if not target.is_floating_point():
+        target = target.to(torch.float64)
+    if not bool(torch.isfinite(target).all()):
+        raise ValueError("target holds non-finite values")
+    scale = torch.tensor([height, width, height, width], dtype=target.dtype)[:, None]
+    upper = torch.tensor([height - 1, width - 1, height - 1, width - 1], dtype=target.dtype)[:, None]
+    coords = torch.minimum(target[:4] * scale, upper).clamp(min=0)
+    ordinal = target[4].to(torch.int64)
+    if bool((ordinal.abs() > 1).any()):
+        raise ValueError("ordinal row must hold only -1, 0 or +1")
+    return coords.to(torch.int64).T.contiguous(), ordinal
+
+
+def parse_youtube3d_csv(csv_path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Read the ``image_path,pkl_path`` lines of a YouTube3D CSV (spaces after the comma are allowed).
+
+    The release has no header; a first line whose second field does not end in ``.pkl`` is taken as one and
+    skipped. Malformed lines raise :class:`InputError` with the line number.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, skipinitialspace=True))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(csv_path, f"cannot read CSV: {err}") from None
+    entries: list[tuple[str, str]] = []
+    for line_no, row in enumerate(rows, start=1):
+        fields = [f.strip() for f in row]
+        while fields and not fields[-1]:
+            fields.pop()
+        if not fields:
+            continue
+        if not entries and len(fields) == 2 and not fields[1].lower().endswith(".pkl"):
+            logger.debug("%s: line %d taken as a header: %s", csv_path, line_no, fields)
+            continue
+        if len(fields) != 2 or not all(fields):
+            raise InputError(csv_path, f"line {line_no}: expected 'image_path,pkl_path', got {','.join(row)!r}")
+        entries.append((fields[0], fields[1]))
+    if not entries:
+        raise InputError(csv_path, "no samples listed")
+    return entries
+
+
+class YouTube3DDataset(Dataset[Item]):
+    """Map-style dataset over a YouTube3D CSV yielding items of the package's contract (docs/FORMAT.md).
+
+    ``root`` is the folder the CSV's relative paths start from (default: the CSV's folder); absolute paths in
+    the CSV are used as they are. ``loader`` decodes an image path to ``uint8 [3,H,W]`` RGB. ``transform``
+    maps an item to an item. Files are opened only in ``__getitem__``; a missing or bad file raises
+    :class:`InputError` naming it.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        *,
+        transform: Callable[[Item], Item] | None = None,
+        loader: Callable[[Path], torch.Tensor] = read_image_rgb,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        self.root = Path(root) if root is not None else self.csv_path.parent
+        self.transform = transform
+        self.loader = loader
+        self.entries = parse_youtube3d_csv(self.csv_path)
+        logger.info("%s: %d YouTube3D samples", self.csv_path, len(self.entries))
+
+    def __len__(self) -> int:
+        """Number of samples listed in the CSV."""
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Item:
+        """Load image ``index`` and its pairs (pixels of that image)."""
+        image_name, target_name = self.entries[index]
+        image_path = resolve_path(self.root, image_name)
+        target_path = resolve_path(self.root, target_name)
+        image = self.loader(image_path)
+        target = load_youtube3d_pkl(target_path)
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        pairs, ordinal = from_youtube3d_target(torch.from_numpy(target), (height, width))
+        item: Item = {
+            "image": image,
+            "pairs": pairs,
+            "ordinal": ordinal,
+            "meta": {
+                "source": "youtube3d",
+                "key": relative_key(image_name),
+                "video": str(image_path),
+                "frame": 0,
+                "orig_size": (height, width),
+                "target_path": str(target_path),
+            },
+        }
+        return self.transform(item) if self.transform is not None else item

@@ -1,0 +1,292 @@
+"""Ordinal-depth training loss and evaluation metric for point pairs.
+
+Conventions (docs/FORMAT.md): ``pairs`` are integer pixel indices ``(yA, xA, yB, xB)`` into the prediction and
+``ordinal`` is ``+1`` when A is farther (depth_A > depth_B), ``-1`` when A is closer and ``0`` when equal.
+
+Both functions take either padded batches (``pairs`` ``[B,N,4]``, ``ordinal`` ``[B,N]``, optional boolean
+``mask`` ``[B,N]`` marking the real pairs) or lists of per-image tensors (``[N_i,4]`` / ``[N_i]``), which are
+padded internally; padded entries may hold any value, they are never read.
+
+``pairs`` index the prediction itself: bring it to the image's size first (e.g. ``F.interpolate``), as the
+DIW / YouTube3D evaluations do. Which prediction to pass: anything that grows with distance (depth, log depth, any monotone function of
+depth) as is; anything that grows as things get *closer* (inverse depth, disparity, MiDaS-style outputs)
+with ``inverse=True``. The ranking loss only compares values, so log depth is handled by passing it directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ranking_loss", "RankingLoss", "whdr", "WHDRResult"]
+
+PairsLike = torch.Tensor | Sequence[torch.Tensor]
+Reduction = Literal["mean", "sum", "none"]
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    """Predicted values at both ends of every (padded) pair, plus the ground truth and validity."""
+
+    z_a: torch.Tensor  # [B,N], prediction dtype
+    z_b: torch.Tensor  # [B,N]
+    ordinal: torch.Tensor  # [B,N] int64
+    valid: torch.Tensor  # [B,N] bool
+
+
+def _pad(items: Sequence[torch.Tensor], value: float | int | bool, name: str) -> torch.Tensor:
+    """Stack per-image tensors of different lengths into one padded batch (first dimension = pairs)."""
+    if not all(isinstance(t, torch.Tensor) for t in items):
+        raise TypeError(f"{name}: a list input must hold tensors only")
+    return nn.utils.rnn.pad_sequence(list(items), batch_first=True, padding_value=value)
+
+
+def _as_batch(
+    depth: torch.Tensor,
+    pairs: PairsLike,
+    ordinal: PairsLike,
+    mask: PairsLike | None,
+    weights: PairsLike | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Normalise every accepted input form to ``depth [B,H,W]``, ``pairs [B,N,4]``, ``ordinal``/``mask`` ``[B,N]``."""
+    if depth.ndim == 4:
+        if depth.shape[1] != 1:
+            raise ValueError(f"depth must be [B,H,W] or [B,1,H,W], got {tuple(depth.shape)}")
+        depth = depth[:, 0]
+    if depth.ndim != 3 or not depth.is_floating_point():
+        raise ValueError(f"depth must be a float tensor [B,H,W] or [B,1,H,W], got {tuple(depth.shape)} {depth.dtype}")
+    device = depth.device
+
+    if isinstance(pairs, torch.Tensor):
+        if not isinstance(ordinal, torch.Tensor):
+            raise TypeError("pairs is a tensor, so ordinal must be a tensor too")
+        if mask is not None and not isinstance(mask, torch.Tensor):
+            raise TypeError("pairs is a tensor, so mask must be a tensor (or None)")
+        if weights is not None and not isinstance(weights, torch.Tensor):
+            raise TypeError("pairs is a tensor, so weights must be a tensor (or None)")
+        if pairs.ndim == 2 and depth.shape[0] == 1:  # one image given without its batch dimension
+            pairs, ordinal = pairs[None], ordinal.reshape(1, -1)
+            mask = None if mask is None else mask.reshape(1, -1)
+            weights = None if weights is None else weights.reshape(1, -1)
+        valid = torch.ones(pairs.shape[:-1], dtype=torch.bool, device=device) if mask is None else mask
+    else:
+        lengths = [len(p) for p in pairs]
+        if isinstance(ordinal, torch.Tensor) or len(ordinal) != len(lengths):
+            raise TypeError("pairs is a list, so ordinal must be a list of the same length")
+        if [len(o) for o in ordinal] != lengths:
+            raise ValueError("each ordinal tensor must have one entry per pair of the same image")
+        if len(lengths) == 0:
+            raise ValueError("pairs is an empty list (one entry per image expected)")
+        pairs = _pad([p.reshape(-1, 4) for p in pairs], 0, "pairs")
+        ordinal = _pad(list(ordinal), 0, "ordinal")
+        ramp = torch.arange(pairs.shape[1], device=pairs.device)
+        valid = ramp[None, :] < torch.tensor(lengths, device=pairs.device)[:, None]
+        for name, extra in (("mask", mask), ("weights", weights)):
+            if extra is not None and (isinstance(extra, torch.Tensor) or [len(e) for e in extra] != lengths):
+                raise ValueError(f"pairs is a list, so {name} must be a list with one entry per pair of each image")
+        if mask is not None:
+            valid = valid & _pad([m.to(torch.bool) for m in mask], False, "mask").to(valid.device)
+        if weights is not None:
+            weights = _pad(list(weights), 0.0, "weights")
+
+    if pairs.ndim != 3 or pairs.shape[-1] != 4:
+        raise ValueError(f"pairs must be [B,N,4] (yA, xA, yB, xB), got {tuple(pairs.shape)}")
+    if pairs.is_floating_point():
+        raise ValueError(f"pairs must hold integer pixel indices, got {pairs.dtype}")
+    batch, num = pairs.shape[:2]
+    if batch != depth.shape[0]:
+        raise ValueError(f"pairs has {batch} images but depth has {depth.shape[0]}")
+    for name, t in (("ordinal", ordinal), ("mask", valid), ("weights", weights)):
+        if t is not None and tuple(t.shape) != (batch, num):
+            raise ValueError(f"{name} must be [B,N] = {(batch, num)}, got {tuple(t.shape)}")
+    if valid.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor, got {valid.dtype}")
+    return (
+        depth,
+        pairs.to(device=device, dtype=torch.int64),
+        ordinal.to(device=device, dtype=torch.int64),
+        valid.to(device),
+        None if weights is None else weights.to(device),
+    )
+
+
+def _gather(depth: torch.Tensor, pairs: torch.Tensor, ordinal: torch.Tensor, valid: torch.Tensor) -> _Gathered:
+    """Read the prediction at both ends of every pair with one vectorised gather (invalid pairs read pixel 0)."""
+    _, height, width = depth.shape
+    ya, xa, yb, xb = pairs.unbind(-1)
+    inside = (ya >= 0) & (ya < height) & (xa >= 0) & (xa < width) & (yb >= 0) & (yb < height) & (xb >= 0) & (xb < width)
+    if bool((valid & ~inside).any()):
+        bad = pairs[valid & ~inside][0].tolist()
+        raise ValueError(f"pair (yA, xA, yB, xB) = {tuple(bad)} is outside the {height}x{width} prediction")
+    if bool((valid & (ordinal.abs() > 1)).any()):
+        raise ValueError("ordinal values must be -1, 0 or +1")
+    flat = depth.reshape(depth.shape[0], height * width)
+    zero = torch.zeros_like(ya)
+    idx_a = torch.where(valid, ya * width + xa, zero)  # padding may hold anything: never index with it
+    idx_b = torch.where(valid, yb * width + xb, zero)
+    return _Gathered(flat.gather(1, idx_a), flat.gather(1, idx_b), torch.where(valid, ordinal, zero), valid)
+
+
+def ranking_loss(
+    depth: torch.Tensor,
+    pairs: PairsLike,
+    ordinal: PairsLike,
+    mask: PairsLike | None = None,
+    *,
+    inverse: bool = False,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Pairwise ranking loss of Chen et al. 2016 ("Single-Image Depth Perception in the Wild").
+
+    With ``d = z_A - z_B`` (``-(z_A - z_B)`` when ``inverse``): ``softplus(-r * d) = log(1 + exp(-r d))`` for
+    ``r = ±1``, which is small when the prediction orders the pair like ``r`` (A farther ⇒ ``z_A > z_B``), and
+    ``d ** 2`` for ``r = 0``. This is ``RelativeLoss`` of the YouTube3D code (princeton-vl/YouTube3D,
+    src/RelativeLoss.py), whose ``'mean'`` is likewise the sum over all pairs of the batch divided by their count.
+
+    ``depth``: ``[B,H,W]`` or ``[B,1,H,W]`` float; ``pairs``/``ordinal``/``mask``: see the module docstring.
+    ``reduction``: ``'mean'`` over valid pairs (a differentiable 0 when there are none), ``'sum'``, or ``'none'``
+    (``[B,N]`` in the padded layout, 0 at invalid pairs).
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
+    g = _gather(depth, pairs_t, ordinal_t, valid)
+    diff = g.z_a - g.z_b
+    if inverse:
+        diff = -diff
+    r = g.ordinal.to(diff.dtype)
+    # Both branches are finite everywhere, so torch.where keeps gradients clean.
+    per_pair = torch.where(g.ordinal == 0, diff * diff, F.softplus(-r * diff))
+    per_pair = torch.where(g.valid, per_pair, torch.zeros_like(per_pair))
+    if reduction == "none":
+        return per_pair
+    total = per_pair.sum()
+    if reduction == "sum":
+        return total
+    return total / g.valid.sum().clamp(min=1).to(total.dtype)
+
+
+class RankingLoss(nn.Module):
+    """:func:`ranking_loss` as a module, for training loops that expect a criterion object."""
+
+    def __init__(self, *, inverse: bool = False, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.reduction: Reduction = reduction
+
+    def forward(
+        self, depth: torch.Tensor, pairs: PairsLike, ordinal: PairsLike, mask: PairsLike | None = None
+    ) -> torch.Tensor:
+        """Evaluate the loss on one batch (see :func:`ranking_loss`)."""
+        return ranking_loss(depth, pairs, ordinal, mask, inverse=self.inverse, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        """Show the options in ``print(module)``."""
+        return f"inverse={self.inverse}, reduction={self.reduction!r}"
+
+
+@dataclass(frozen=True)
+class WHDRResult:
+    """Weighted Human Disagreement Rate, overall and split by ground truth (fractions in [0, 1]).
+
+    ``whdr_equal`` covers the ``r = 0`` pairs and ``whdr_unequal`` the ``r = ±1`` pairs; a part without pairs
+    (or with zero total weight) is ``nan``. The counts are numbers of valid pairs, not weights.
+    """
+
+    whdr: float
+    whdr_equal: float
+    whdr_unequal: float
+    num_pairs: int
+    num_equal: int
+    num_unequal: int
+
+
+def _predicted_relation(
+    z_a: torch.Tensor, z_b: torch.Tensor, *, inverse: bool, rule: str, threshold: float
+) -> torch.Tensor:
+    """Classify every pair as +1 (A farther), -1 (A closer) or 0 (equal) from the prediction."""
+    if rule == "difference":
+        diff = z_a - z_b
+        if inverse:
+            diff = -diff
+        return (diff > threshold).long() - (diff < -threshold).long()
+    if bool(((z_a <= 0) | (z_b <= 0)).any()):
+        raise ValueError("rule='ratio' needs strictly positive predictions (depth, not log depth)")
+    ratio = z_b / z_a if inverse else z_a / z_b  # inverse depth: zB/zA equals depth_A/depth_B
+    return (ratio > 1.0 + threshold).long() - (ratio < 1.0 / (1.0 + threshold)).long()
+
+
+def _rate(errors: torch.Tensor, weights: torch.Tensor, select: torch.Tensor) -> float:
+    """Weighted error rate over the selected pairs (``nan`` when nothing is selected)."""
+    denominator = float((weights * select).sum())
+    if denominator <= 0.0:
+        return math.nan
+    return float((weights * errors * select).sum()) / denominator
+
+
+@torch.no_grad()
+def whdr(
+    depth: torch.Tensor,
+    pairs: PairsLike,
+    ordinal: PairsLike,
+    weights: PairsLike | None = None,
+    *,
+    mask: PairsLike | None = None,
+    inverse: bool = False,
+    rule: Literal["difference", "ratio"] = "difference",
+    threshold: float | None = None,
+) -> WHDRResult:
+    """Weighted Human Disagreement Rate of a prediction on point pairs (the DIW / YouTube3D ordinal error).
+
+    Each pair's predicted relation is compared with ``ordinal``; the rate is ``sum(w * wrong) / sum(w)`` over the
+    valid pairs (``weights`` default to 1), reported overall and for ``r = 0`` / ``r ≠ 0`` pairs apart. The
+    predicted relation follows one of two published rules:
+
+    * ``rule="difference"`` (default threshold ``0.0``): ``+1`` if ``d > t``, ``-1`` if ``d < -t``, else ``0``,
+      with ``d = z_A - z_B`` (negated when ``inverse``), i.e. '=' when ``|d| <= t``. This is the rule of the
+      YouTube3D validation code (princeton-vl/YouTube3D src/valid.py ``evalute_correct_rate_one_img``: ``gt(d, t)``
+      / ``lt(d, -t)``; training validates with ``in_thresh=0.0``, the test sweep uses ``t = 0.10 + 0.01 i``,
+      ``i < 140``) and of the DIW code (princeton-vl/relative_depth test_model_on_NYU.lua, same rule, threshold
+      picked on validation; test_model_on_DIW.lua counts a pair correct only when ``(z_A - z_B) r > 0``). With
+      ``t = 0`` only exact ties are '=', so on DIW's ordinal-only pairs a tie counts as a disagreement, as there.
+    * ``rule="ratio"`` (default threshold ``0.1``): ``+1`` if ``z_A / z_B > 1 + t``, ``-1`` if
+      ``z_A / z_B < 1 / (1 + t)``, else ``0`` (i.e. '=' when ``max(z_A/z_B, z_B/z_A) <= 1 + t``). This is
+      MegaDepth's ordinal evaluation (zhengqili/MegaDepth models/HG_model.py ``batch_classify``:
+      ``threashold = 1.1`` on ``exp`` of the log-depth output). Needs positive depth; with ``inverse`` the
+      values are disparities and the ratio is taken the other way round.
+
+    Runs without gradients. Inputs as in :func:`ranking_loss` (padded with ``mask``, or lists).
+    """
+    if rule not in ("difference", "ratio"):
+        raise ValueError(f"rule must be 'difference' or 'ratio', got {rule!r}")
+    t = (0.0 if rule == "difference" else 0.1) if threshold is None else float(threshold)
+    if not t >= 0.0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    depth, pairs_t, ordinal_t, valid, weights_t = _as_batch(depth, pairs, ordinal, mask, weights)
+    g = _gather(depth, pairs_t, ordinal_t, valid)
+    w = torch.ones_like(g.z_a, dtype=torch.float64) if weights_t is None else weights_t.to(torch.float64)
+    if bool((valid & ~(torch.isfinite(w) & (w >= 0))).any()):
+        raise ValueError("weights must be finite and non-negative")
+    z_a, z_b = g.z_a.to(torch.float64), g.z_b.to(torch.float64)
+    # Predictions at padded pairs are irrelevant; make them valid numbers for the ratio rule's check.
+    z_a = torch.where(g.valid, z_a, torch.ones_like(z_a))
+    z_b = torch.where(g.valid, z_b, torch.ones_like(z_b))
+    predicted = _predicted_relation(z_a, z_b, inverse=inverse, rule=rule, threshold=t)
+    wrong = (predicted != g.ordinal).to(torch.float64)
+    w = torch.where(g.valid, w, torch.zeros_like(w))
+    equal = (g.ordinal == 0) & g.valid
+    unequal = (g.ordinal != 0) & g.valid
+    return WHDRResult(
+        whdr=_rate(wrong, w, g.valid),
+        whdr_equal=_rate(wrong, w, equal),
+        whdr_unequal=_rate(wrong, w, unequal),
+        num_pairs=int(g.valid.sum()),
+        num_equal=int(equal.sum()),
+        num_unequal=int(unequal.sum()),
+    )

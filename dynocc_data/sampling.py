@@ -1,0 +1,626 @@
+"""Pair-sampling strategies: dense boundary annotation -> ordinal point pairs.
+
+Every strategy turns the ``boundary`` annotation of one sample (docs/FORMAT.md, ``boundary.npy``: points
+``(y, x)`` with a unit normal ``(ny, nx)`` pointing from the back/farther side to the front/closer side) into
+``pairs`` ``int64 [N, 4]`` ``(yA, xA, yB, xB)`` and ``ordinal`` ``int64 [N]`` (``+1``: A farther, ``-1``: A closer).
+The generator stores the pairs of one strategy; the dataset loaders re-sample at load time with any strategy,
+deterministically per ``(seed, epoch, key)`` through :func:`sample_generator`.
+
+==============  ========================================================================================
+strategy        what it draws
+==============  ========================================================================================
+``stored``      the pairs stored in the shard at generation time, unchanged (optionally a random subset).
+``boundary``    at every boundary point, one point on each side at a fixed offset ``d`` along the normal.
+``multiscale``  at every boundary point, one point on each side at an offset drawn per side from a range.
+``band``        at every boundary point, one point anywhere in a band on each side: normal offset drawn
+                from a range plus a small tangential jitter (an area sample rather than a line sample).
+``uniform``     boundary points evenly spaced ``spacing`` px apart along each segment's arc length, then
+                one point on each side at a fixed offset ``d``.
+==============  ========================================================================================
+
+Common options (every config): ``min_confidence`` (boundary points below it are dropped first),
+``per_segment_cap`` (at most K of the valid pairs per segment, chosen at random, so long edges do not
+dominate), ``max_pairs`` (then a random subset when more) and ``balance`` (swap A and B with probability 0.5
+and flip the ordinal).  Pairs come out in boundary order.  Everything runs on CPU tensors with a CPU generator.
+
+Geometry: with ``t = (-nx, ny)`` the tangent, the front (closer) point is ``p + u*n + v*t`` and the back
+(farther) point ``p - u'*n + v'*t``; both are rounded to integer pixel indices and a pair is dropped when a
+point falls outside the image or both points land on the same pixel.  Before ``balance``, A is the front
+point and B the back one, so the ordinal is ``-1``.  All randomness comes from the ``torch.Generator``
+passed in; everything is vectorised (no Python loop over points or segments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Union, runtime_checkable
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BandConfig",
+    "BandSampler",
+    "BoundaryConfig",
+    "BoundarySampler",
+    "MultiscaleConfig",
+    "MultiscaleSampler",
+    "PairSampler",
+    "SamplerConfig",
+    "StoredConfig",
+    "StoredSampler",
+    "UniformConfig",
+    "UniformSampler",
+    "available_strategies",
+    "create_sampler",
+    "register_strategy",
+    "sample_generator",
+]
+
+# A dict of 1-D tensors (docs/FORMAT.md); a numpy structured array as read from boundary.npy is accepted too.
+Boundary = Union[Mapping[str, Union[torch.Tensor, np.ndarray]], np.ndarray]
+PairsAndOrdinal = tuple[torch.Tensor, torch.Tensor]
+Offsets = tuple[Union[torch.Tensor, float], ...]  # (u_front, u_back[, v_front, v_back]); floats broadcast
+
+_REQUIRED_FIELDS = ("y", "x", "ny", "nx", "segment")
+
+
+@runtime_checkable
+class PairSampler(Protocol):
+    """Anything that turns one sample's boundary annotation into ``(pairs int64 [N,4], ordinal int64 [N])``."""
+
+    def __call__(
+        self,
+        boundary: Boundary,
+        image_size: tuple[int, int],
+        generator: torch.Generator,
+        stored: PairsAndOrdinal | None = None,
+    ) -> PairsAndOrdinal: ...
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def _require(ok: bool, message: str) -> None:
+    """Raise a one-line ``ValueError`` when a config value is invalid."""
+    if not ok:
+        raise ValueError(message)
+
+
+def _as_range(value: Any, name: str) -> tuple[float, float]:
+    """Validate a ``(low, high)`` range of positive distances (JSON lists are accepted)."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
+    _require(0 < low <= high, f"{name} must satisfy 0 < low <= high, got {value!r}")
+    return low, high
+
+
+@dataclass
+class SamplerConfig:
+    """Options shared by every strategy; subclasses add their own and name the strategy."""
+
+    name: ClassVar[str] = ""
+    max_pairs: int | None = None  # random subset of at most this many pairs
+    per_segment_cap: int | None = None  # at most this many pairs per boundary segment
+    min_confidence: float = 0.0  # boundary points below this are ignored
+    balance: bool = True  # swap A/B with probability 0.5 so both labels are equally frequent
+
+    def __post_init__(self) -> None:
+        """Check the shared options."""
+        for field in ("max_pairs", "per_segment_cap"):
+            value = getattr(self, field)
+            _require(
+                value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0),
+                f"{field} must be None or an int >= 0, got {value!r}",
+            )
+        _require(
+            isinstance(self.min_confidence, (int, float)) and 0.0 <= self.min_confidence <= 1.0,
+            f"min_confidence must be in [0, 1], got {self.min_confidence!r}",
+        )
+        _require(isinstance(self.balance, bool), f"balance must be a bool, got {self.balance!r}")
+
+    def build(self) -> PairSampler:
+        """Return the sampler this config describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not name a sampler")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready description (``{"strategy": name, **options}``), accepted back by :func:`create_sampler`."""
+        return {"strategy": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass
+class StoredConfig(SamplerConfig):
+    """Generation-time pairs passed through; only ``max_pairs`` and ``balance`` apply (off by default)."""
+
+    name: ClassVar[str] = "stored"
+    balance: bool = False  # "unchanged" by default; the generator already balanced them
+
+    def __post_init__(self) -> None:
+        """Reject options that need the boundary points, which stored pairs do not link to."""
+        super().__post_init__()
+        _require(self.per_segment_cap is None, "per_segment_cap does not apply to the 'stored' strategy")
+        _require(self.min_confidence == 0.0, "min_confidence does not apply to the 'stored' strategy")
+
+    def build(self) -> StoredSampler:
+        """Return a :class:`StoredSampler`."""
+        return StoredSampler(self)
+
+
+@dataclass
+class BoundaryConfig(SamplerConfig):
+    """One point each side at a fixed ``offset`` px along the normal, at every boundary point."""
+
+    name: ClassVar[str] = "boundary"
+    offset: float = 4.0
+
+    def __post_init__(self) -> None:
+        """Check the offset."""
+        super().__post_init__()
+        _require(float(self.offset) > 0, f"offset must be > 0, got {self.offset!r}")
+
+    def build(self) -> BoundarySampler:
+        """Return a :class:`BoundarySampler`."""
+        return BoundarySampler(self)
+
+
+@dataclass
+class MultiscaleConfig(SamplerConfig):
+    """Like ``boundary`` but each side's offset drawn uniformly from ``offset_range`` px, independently."""
+
+    name: ClassVar[str] = "multiscale"
+    offset_range: tuple[float, float] = (2.0, 12.0)
+
+    def __post_init__(self) -> None:
+        """Check the range."""
+        super().__post_init__()
+        self.offset_range = _as_range(self.offset_range, "offset_range")
+
+    def build(self) -> MultiscaleSampler:
+        """Return a :class:`MultiscaleSampler`."""
+        return MultiscaleSampler(self)
+
+
+@dataclass
+class BandConfig(SamplerConfig):
+    """Points in a band each side: normal offset in ``depth_range`` px plus tangential jitter in ``±jitter`` px."""
+
+    name: ClassVar[str] = "band"
+    depth_range: tuple[float, float] = (2.0, 12.0)
+    jitter: float = 2.0
+
+    def __post_init__(self) -> None:
+        """Check the band."""
+        super().__post_init__()
+        self.depth_range = _as_range(self.depth_range, "depth_range")
+        _require(float(self.jitter) >= 0, f"jitter must be >= 0, got {self.jitter!r}")
+
+    def build(self) -> BandSampler:
+        """Return a :class:`BandSampler`."""
+        return BandSampler(self)
+
+
+@dataclass
+class UniformConfig(SamplerConfig):
+    """Boundary points about ``spacing`` px apart along each segment, then one point each side at ``offset``."""
+
+    name: ClassVar[str] = "uniform"
+    spacing: float = 8.0
+    offset: float = 4.0
+
+    def __post_init__(self) -> None:
+        """Check spacing and offset."""
+        super().__post_init__()
+        # Below ~1.5 px a pixel's arc (up to sqrt(2)) could hold two sample positions; it would just be per-pixel.
+        _require(float(self.spacing) >= 1.5, f"spacing must be >= 1.5 px, got {self.spacing!r}")
+        _require(float(self.offset) > 0, f"offset must be > 0, got {self.offset!r}")
+
+    def build(self) -> UniformSampler:
+        """Return a :class:`UniformSampler`."""
+        return UniformSampler(self)
+
+
+# ------------------------------------------------------------------------------------------ tensor helpers
+
+
+def _boundary_tensors(boundary: Boundary, need_confidence: bool) -> dict[str, torch.Tensor]:
+    """Validate the annotation and return its fields as 1-D tensors (float32 coordinates, int64 segment)."""
+    if isinstance(boundary, np.ndarray) and boundary.dtype.names:  # boundary.npy as loaded
+        boundary = {name: np.ascontiguousarray(boundary[name]) for name in boundary.dtype.names}
+    _require(isinstance(boundary, Mapping), f"boundary must be a mapping of tensors, got {type(boundary).__name__}")
+    need = _REQUIRED_FIELDS + (("confidence",) if need_confidence else ())
+    missing = [name for name in need if name not in boundary]
+    _require(not missing, f"boundary annotation lacks field(s) {', '.join(missing)} (needs {', '.join(need)})")
+    out = {name: torch.as_tensor(boundary[name]) for name in need}
+    size = out["y"].shape
+    bad = [name for name, t in out.items() if t.dim() != 1 or t.shape != size]
+    _require(not bad, f"boundary fields must be 1-D of equal length {tuple(size)}; bad: {', '.join(bad)}")
+    for name in need:
+        out[name] = out[name].to(device="cpu", dtype=torch.int64 if name == "segment" else torch.float32)
+    return out
+
+
+def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """Return ``(H, W)`` as ints, or raise when it is not two positive integers."""
+    try:
+        height, width = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (H, W), got {image_size!r}") from None
+    _require(height > 0 and width > 0, f"image_size must be positive, got {image_size!r}")
+    return height, width
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """``n`` float32 draws from U(low, high) on the CPU."""
+    return torch.empty(n).uniform_(low, high, generator=generator)
+
+
+def _mask_of(n: int, keep: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of length ``n``, True at ``keep`` (selections stay in input order without a sort)."""
+    return torch.zeros(n, dtype=torch.bool).index_fill_(0, keep, True)
+
+
+def _random_subset(n: int, k: int | None, generator: torch.Generator) -> torch.Tensor | None:
+    """Mask keeping a random ``k``-subset of ``range(n)``, or None when nothing has to go."""
+    if k is None or n <= k:
+        return None
+    return _mask_of(n, torch.randperm(n, generator=generator)[:k])
+
+
+def _cap_per_segment(segment: torch.Tensor, cap: int | None, generator: torch.Generator) -> torch.Tensor | None:
+    """Mask keeping at most ``cap`` random entries per segment id, or None when nothing has to go."""
+    n = segment.numel()
+    if cap is None or n <= cap:
+        return None
+    # Shuffle, then a stable sort by segment: rows grouped by segment, in random order within each group
+    # (cheaper than sorting random keys); keep each group's first `cap`.
+    perm = torch.randperm(n, generator=generator)
+    order = perm.index_select(0, torch.sort(segment.index_select(0, perm), stable=True).indices)
+    grouped = segment.index_select(0, order)
+    position = torch.arange(n)
+    is_start = torch.ones(n, dtype=torch.bool)
+    is_start[1:] = grouped[1:] != grouped[:-1]
+    group_start = torch.where(is_start, position, 0).cummax(0).values
+    return _mask_of(n, order.masked_select(position - group_start < cap))
+
+
+def _arc_length_thin(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    ny: torch.Tensor,
+    nx: torch.Tensor,
+    segment: torch.Tensor,
+    spacing: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Indices of points ``spacing`` px apart along each segment, by systematic arc-length sampling.
+
+    A point of a thinned 8-connected curve stands for ``1 / max(|ny|, |nx|)`` px of arc (1 on axis-aligned runs,
+    sqrt(2) on diagonals).  Points are ordered along their segment's principal axis, their arc intervals laid
+    end to end, and the point whose interval holds a position ``phase + k * spacing`` (random phase per
+    segment) is kept.  Spacing is exact on straight segments of any direction (and even wherever a segment is
+    monotone along its principal axis); on any shape the count is ``length / spacing`` in expectation (a
+    segment shorter than ``spacing`` is kept with probability ``length / spacing``).  Inputs must be finite.
+    """
+    if segment.numel() == 0:
+        return torch.empty(0, dtype=torch.int64)
+    low, high = int(segment.min()), int(segment.max())
+    if high - low < 4 * segment.numel() + 64:  # usual labels 0..S-1: use them as they are, unused ids cost nothing
+        seg, num_segments = segment - low, high - low + 1
+    else:
+        seg_ids, seg = torch.unique(segment, return_inverse=True)
+        num_segments = seg_ids.numel()
+    y, x = y.double(), x.double()
+
+    def per_segment(weights: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(seg, weights=weights, minlength=num_segments)
+
+    # Principal axis of each segment from its second moments; the coordinate along it orders the points.
+    count, sum_y, sum_x = per_segment(torch.ones_like(y)), per_segment(y), per_segment(x)
+    var_y = per_segment(y * y) - sum_y * sum_y / count
+    var_x = per_segment(x * x) - sum_x * sum_x / count
+    cov_yx = per_segment(y * x) - sum_y * sum_x / count
+    angle = 0.5 * torch.atan2(2 * cov_yx, var_y - var_x)
+    along = y * torch.cos(angle).index_select(0, seg) + x * torch.sin(angle).index_select(0, seg)
+    # One sort on (segment, position along it): the stride exceeds any spread of `along`.
+    stride = 2.0 * float(along.abs().max()) + 1.0
+    order = torch.argsort(seg * stride + along)
+    seg_sorted = seg.index_select(0, order)
+    arc = (1.0 / torch.maximum(ny.abs(), nx.abs()).double()).clamp(1.0, math.sqrt(2.0)).index_select(0, order)
+    end = arc.cumsum(0)  # running arc length over all segments, end of each point's interval
+    seg_length = torch.bincount(seg_sorted, weights=arc, minlength=num_segments)
+    phase = torch.rand(num_segments, generator=generator, dtype=torch.float64) * spacing
+    end = end + (phase - (seg_length.cumsum(0) - seg_length)).index_select(0, seg_sorted)  # per segment, + phase
+    hit = torch.floor(end / spacing) > torch.floor((end - arc) / spacing)
+    return order.masked_select(hit)
+
+
+def _assemble(
+    columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ordinal: torch.Tensor,
+    balance: bool,
+    generator: torch.Generator,
+) -> PairsAndOrdinal:
+    """Stack ``(yA, xA, yB, xB)`` into int64 ``[N, 4]``; with ``balance``, swap A/B (and the ordinal) w.p. 0.5."""
+    if balance:
+        swap = torch.rand(ordinal.numel(), generator=generator) < 0.5
+        ya, xa, yb, xb = columns
+        # Column-wise where: much faster on CPU than a row-broadcast where over [N, 4].
+        columns = (
+            torch.where(swap, yb, ya),
+            torch.where(swap, xb, xa),
+            torch.where(swap, ya, yb),
+            torch.where(swap, xa, xb),
+        )
+        ordinal = torch.where(swap, -ordinal, ordinal)
+    return torch.stack(columns, 1), ordinal
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+
+
+class StoredSampler:
+    """Returns the generation-time pairs (as int64), optionally a random ``max_pairs`` subset and balanced."""
+
+    def __init__(self, config: StoredConfig | None = None) -> None:
+        """Keep the config."""
+        self.config = config or StoredConfig()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    def __call__(
+        self,
+        boundary: Boundary,
+        image_size: tuple[int, int],
+        generator: torch.Generator,
+        stored: PairsAndOrdinal | None = None,
+    ) -> PairsAndOrdinal:
+        """Pass ``stored`` through; raises ``ValueError`` when there is none or it is malformed."""
+        _require(stored is not None, "the 'stored' strategy needs the stored pairs (stored=(pairs, ordinal))")
+        pairs, ordinal = (torch.as_tensor(t).to(device="cpu", dtype=torch.int64) for t in stored)
+        _require(
+            pairs.dim() == 2 and pairs.shape[1] == 4 and ordinal.shape == pairs.shape[:1],
+            f"stored pairs must be [N,4] with ordinal [N], got {tuple(pairs.shape)} and {tuple(ordinal.shape)}",
+        )
+        keep = _random_subset(ordinal.numel(), self.config.max_pairs, generator)
+        if keep is not None:
+            index = keep.nonzero().squeeze(1)
+            pairs, ordinal = pairs.index_select(0, index), ordinal.index_select(0, index)
+        if not self.config.balance:
+            return pairs, ordinal
+        return _assemble(pairs.unbind(1), ordinal, True, generator)
+
+
+class _SideSampler:
+    """Shared pipeline: usable points -> front/back points -> pixels -> validity -> caps -> balance."""
+
+    config: SamplerConfig
+
+    def __init__(self, config: SamplerConfig) -> None:
+        """Keep the config."""
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    def _anchors(
+        self, fields: dict[str, torch.Tensor], usable: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor | None:
+        """Mask of the boundary points to sample at, given the confident ones (None: all points)."""
+        return usable
+
+    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+        """Normal offsets ``(u_front, u_back)``, optionally followed by tangential ``(v_front, v_back)``."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        boundary: Boundary,
+        image_size: tuple[int, int],
+        generator: torch.Generator,
+        stored: PairsAndOrdinal | None = None,
+    ) -> PairsAndOrdinal:
+        """Sample pairs across the boundary (``stored`` is ignored); see the module docstring."""
+        cfg = self.config
+        height, width = _check_image_size(image_size)
+        fields = _boundary_tensors(boundary, need_confidence=cfg.min_confidence > 0)
+        y, x, ny, nx, segment = (fields[name] for name in _REQUIRED_FIELDS)
+        usable = fields["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0 else None
+        usable = self._anchors(fields, usable, generator)
+
+        # Work on whole columns (fast on CPU), then gather the surviving rows once.
+        u_front, u_back, *tangential = self._offsets(y.numel(), generator)
+        ya, xa = y + u_front * ny, x + u_front * nx
+        yb, xb = y - u_back * ny, x - u_back * nx
+        if tangential:  # t = (-nx, ny)
+            v_front, v_back = tangential
+            ya, xa, yb, xb = ya - v_front * nx, xa + v_front * ny, yb - v_back * nx, xb + v_back * ny
+        ya, xa, yb, xb = ya.round(), xa.round(), yb.round(), xb.round()
+        # NaN coordinates fail every comparison, so they are dropped too.
+        valid = (ya >= 0) & (ya < height) & (yb >= 0) & (yb < height)
+        valid &= (xa >= 0) & (xa < width) & (xb >= 0) & (xb < width)
+        valid &= (ya != yb) | (xa != xb)
+        if usable is not None:
+            valid &= usable
+        index = valid.nonzero().squeeze(1)
+        if cfg.per_segment_cap is not None:
+            keep = _cap_per_segment(segment.index_select(0, index), cfg.per_segment_cap, generator)
+            index = index if keep is None else index.masked_select(keep)
+        keep = _random_subset(index.numel(), cfg.max_pairs, generator)
+        index = index if keep is None else index.masked_select(keep)
+
+        # A = front (closer), B = back (farther): ordinal -1 before balancing.
+        ordinal = torch.full((index.numel(),), -1, dtype=torch.int64)
+        columns = tuple(c.index_select(0, index).to(torch.int64) for c in (ya, xa, yb, xb))
+        return _assemble(columns, ordinal, cfg.balance, generator)
+
+
+class BoundarySampler(_SideSampler):
+    """One point each side at a fixed offset along the normal, at every boundary point."""
+
+    config: BoundaryConfig
+
+    def __init__(self, config: BoundaryConfig | None = None) -> None:
+        """Keep the config (defaults: offset 4 px)."""
+        super().__init__(config or BoundaryConfig())
+
+    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+        """The same fixed offset on both sides."""
+        return float(self.config.offset), float(self.config.offset)
+
+
+class MultiscaleSampler(_SideSampler):
+    """One point each side at an offset drawn uniformly from a range, independently per side."""
+
+    config: MultiscaleConfig
+
+    def __init__(self, config: MultiscaleConfig | None = None) -> None:
+        """Keep the config (defaults: offsets in (2, 12) px)."""
+        super().__init__(config or MultiscaleConfig())
+
+    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+        """Independent uniform offsets for the front and the back point."""
+        low, high = self.config.offset_range
+        return _uniform(n, low, high, generator), _uniform(n, low, high, generator)
+
+
+class BandSampler(_SideSampler):
+    """One point each side anywhere in a band: normal offset from a range plus tangential jitter."""
+
+    config: BandConfig
+
+    def __init__(self, config: BandConfig | None = None) -> None:
+        """Keep the config (defaults: depth (2, 12) px, jitter ±2 px)."""
+        super().__init__(config or BandConfig())
+
+    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+        """Independent normal and tangential offsets for the front and the back point."""
+        low, high = self.config.depth_range
+        jitter = float(self.config.jitter)
+        return (
+            _uniform(n, low, high, generator),
+            _uniform(n, low, high, generator),
+            _uniform(n, -jitter, jitter, generator),
+            _uniform(n, -jitter, jitter, generator),
+        )
+
+
+class UniformSampler(_SideSampler):
+    """Boundary points evenly spaced along each segment's arc length, then one point each side at a fixed offset."""
+
+    config: UniformConfig
+
+    def __init__(self, config: UniformConfig | None = None) -> None:
+        """Keep the config (defaults: spacing 8 px, offset 4 px)."""
+        super().__init__(config or UniformConfig())
+
+    def _anchors(
+        self, fields: dict[str, torch.Tensor], usable: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Systematic arc-length sampling among the usable points, see :func:`_arc_length_thin`."""
+        y, x, ny, nx, segment = (fields[name] for name in _REQUIRED_FIELDS)
+        finite = (y + x + ny + nx).isfinite()  # NaN/inf would poison the running arc length
+        index = (finite if usable is None else finite & usable).nonzero().squeeze(1)
+        y, x, ny, nx, segment = (t.index_select(0, index) for t in (y, x, ny, nx, segment))
+        thinned = _arc_length_thin(y, x, ny, nx, segment, float(self.config.spacing), generator)
+        return _mask_of(finite.numel(), index.index_select(0, thinned))
+
+    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+        """The same fixed offset on both sides."""
+        return float(self.config.offset), float(self.config.offset)
+
+
+# ------------------------------------------------------------------------------------- registry / factory
+
+_STRATEGIES: dict[str, type[SamplerConfig]] = {}
+
+
+def register_strategy(config_class: type[SamplerConfig]) -> type[SamplerConfig]:
+    """Register a config class under its ``name`` (usable as a class decorator for custom strategies)."""
+    _require(bool(config_class.name), f"{config_class.__name__} needs a non-empty class attribute 'name'")
+    _STRATEGIES[config_class.name] = config_class
+    return config_class
+
+
+for _config_class in (StoredConfig, BoundaryConfig, MultiscaleConfig, BandConfig, UniformConfig):
+    register_strategy(_config_class)
+
+
+def available_strategies() -> list[str]:
+    """Names accepted by :func:`create_sampler`, sorted."""
+    return sorted(_STRATEGIES)
+
+
+def _config_from_name(name: str, options: Mapping[str, Any]) -> SamplerConfig:
+    """Build the config registered under ``name`` with ``options``, with one-line errors for bad names/options."""
+    config_class = _STRATEGIES.get(name.strip().lower())
+    if config_class is None:
+        raise ValueError(
+            f"unknown pair-sampling strategy {name!r}; choose one of {', '.join(available_strategies())} "
+            "(or pass a SamplerConfig or a callable)"
+        )
+    _check_options(config_class, options)
+    return config_class(**options)
+
+
+def _check_options(config_class: type[SamplerConfig], options: Mapping[str, Any]) -> None:
+    """Raise when ``options`` names a field the strategy does not have."""
+    known = [f.name for f in dataclasses.fields(config_class)]
+    unknown = sorted(set(options) - set(known))
+    _require(
+        not unknown,
+        f"unknown option(s) {', '.join(unknown)} for strategy {config_class.name!r}; valid: {', '.join(known)}",
+    )
+
+
+def create_sampler(
+    strategy: str | SamplerConfig | Mapping[str, Any] | Callable[..., PairsAndOrdinal] = "stored",
+    **overrides: Any,
+) -> PairSampler:
+    """Return a sampler from a strategy name, a config, a ``{"strategy": name, ...}`` dict or a callable.
+
+    ``overrides`` set config fields (``create_sampler("band", jitter=1.0, max_pairs=500)``); a user callable
+    with the :class:`PairSampler` signature is returned as is (overrides are then an error).
+    """
+    if isinstance(strategy, str):
+        config = _config_from_name(strategy, overrides)
+    elif isinstance(strategy, SamplerConfig):
+        _check_options(type(strategy), overrides)
+        config = dataclasses.replace(strategy, **overrides)
+    elif isinstance(strategy, Mapping):
+        options = dict(strategy)
+        name = options.pop("strategy", None)
+        _require(isinstance(name, str), f"a sampler dict needs a 'strategy' name, got {dict(strategy)!r}")
+        config = _config_from_name(name, {**options, **overrides})
+    elif isinstance(strategy, (StoredSampler, _SideSampler)):
+        return create_sampler(strategy.config, **overrides) if overrides else strategy
+    elif callable(strategy):
+        _require(not overrides, f"options {sorted(overrides)} cannot be applied to a custom callable sampler")
+        return strategy
+    else:
+        raise ValueError(
+            f"strategy must be a name ({', '.join(available_strategies())}), a SamplerConfig, a dict or a "
+            f"callable, got {type(strategy).__name__}"
+        )
+    sampler = config.build()
+    logger.debug("pair sampler: %r", sampler)
+    return sampler
+
+
+def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from a stable hash of ``(seed, epoch, key)`` (same on every run/process)."""
+    message = json.dumps([int(seed), int(epoch), str(key)]).encode()
+    digest = hashlib.blake2b(message, digest_size=8).digest()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+    return generator

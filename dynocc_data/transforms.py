@@ -1,0 +1,433 @@
+"""Transforms for ordinal-pair items that keep every pair (and the boundary annotation) on the same image content.
+
+An item (docs/FORMAT.md) is a dict with ``image`` ``uint8 [3,H,W]``, ``pairs`` ``int64 [N,4]`` ``(yA, xA, yB, xB)``,
+``ordinal`` ``int64 [N]``, ``meta`` and, for DynOcc, ``boundary`` (``y, x, ny, nx, confidence, segment, jump``).
+:class:`PairTransform` runs any ``torchvision.transforms.v2`` transform on the image and on all the points at once
+(one ``tv_tensors.KeyPoints``), so the same random parameters apply to both, then turns the points back into pixel
+indices:
+
+* a pair is dropped **as a whole** (its ordinal with it) when either point leaves the image or both points land
+  on the same pixel; the ordinal of the survivors is unchanged (depth order does not depend on the geometry);
+* boundary points that leave the image are dropped (every field with them); each normal is recomputed as the
+  perpendicular of the transformed tangent, oriented to the transformed front side, so it stays a unit normal
+  from the back to the front side under any affine map, flips and anisotropic resizes included; ``jump`` is
+  scaled by the local linear scale ``sqrt(|det J|)`` (exact for similarity transforms);
+* ``meta`` and any other field pass through unchanged.
+
+Coordinates: the points travel through v2 as continuous coordinates with ``(0, 0)`` the top-left *corner* of the
+image (pixel index ``i`` covers ``[i, i+1)``), the convention in which v2 resamples images and maps key points
+for resize, crop, pad, rotate, affine and perspective; a point's pixel afterwards is ``floor`` of its coordinate.
+v2's flip kernels instead assume pixel *centres* (``x -> W-1-x``) and its elastic kernel returns centre
+coordinates, so a private ``KeyPoints`` subclass re-registers those three with v2's own kernels behind the
+half-pixel shift (otherwise every flipped point would land one pixel off).  For image interpolation use
+``bilinear``/``bicubic`` or ``nearest-exact``: legacy ``nearest`` samples half a pixel off from every
+coordinate convention.
+
+Geometric ops keep the image ``uint8``; :class:`ToFloatImage` (last) converts to ``float32`` in ``[0, 1]`` and
+optionally normalises.  :func:`create_transform` builds ready train / eval pipelines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PairTransform",
+    "PhotometricAugment",
+    "RandomHorizontalFlip",
+    "RandomResizedCrop",
+    "RandomRotation",
+    "Resize",
+    "ToFloatImage",
+    "TransformConfig",
+    "create_transform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Size = int | tuple[int, int]
+Interpolation = str | v2.InterpolationMode
+
+# Step (in input pixels) to the auxiliary points that carry each boundary normal and tangent through the transform.
+_NORMAL_STEP = 1.0
+_BOUNDARY_GEOMETRY = ("y", "x", "ny", "nx")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Corner-convention key points
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _CornerKeyPoints(tv_tensors.KeyPoints):
+    """``KeyPoints`` in continuous coordinates with ``(0, 0)`` the top-left image corner (see the module doc)."""
+
+    @classmethod
+    def _wrap_output(cls, output: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Any:
+        """Wrap the result of ``clone()``, ``to()``, ``detach()`` ... as this class."""
+        # KeyPoints._wrap_output rewraps clone()/to()/detach() results as plain KeyPoints; keep the subclass so a
+        # later flip still reaches the kernels registered below.
+        output = super()._wrap_output(output, args, kwargs)
+        if isinstance(output, (tuple, list)):
+            return type(output)(cls._as_corner(part) for part in output)
+        return cls._as_corner(output)
+
+    @classmethod
+    def _as_corner(cls, tensor: Any) -> Any:
+        """Re-type a plain ``KeyPoints`` as this class (anything else is returned as is)."""
+        if isinstance(tensor, tv_tensors.KeyPoints) and not isinstance(tensor, cls):
+            return cls._wrap(tensor.as_subclass(torch.Tensor), canvas_size=tensor.canvas_size, check_dims=False)
+        return tensor
+
+
+def _through_centres(points: _CornerKeyPoints, kernel: Callable[[torch.Tensor], torch.Tensor], shift_back: float):
+    """Run a v2 pixel-centre kernel on corner points: shift by -0.5, apply, shift by ``shift_back``."""
+    out = kernel(points.as_subclass(torch.Tensor) - 0.5) + shift_back
+    return tv_tensors.wrap(out, like=points)
+
+
+@F.register_kernel(F.horizontal_flip, _CornerKeyPoints)
+def _horizontal_flip_corner(points: _CornerKeyPoints, **kwargs: Any) -> _CornerKeyPoints:
+    """Horizontal flip ``x -> W - x`` through v2's centre-convention kernel."""
+    return _through_centres(points, lambda p: F.horizontal_flip_keypoints(p, canvas_size=points.canvas_size), 0.5)
+
+
+@F.register_kernel(F.vertical_flip, _CornerKeyPoints)
+def _vertical_flip_corner(points: _CornerKeyPoints, **kwargs: Any) -> _CornerKeyPoints:
+    """Vertical flip ``y -> H - y`` through v2's centre-convention kernel."""
+    return _through_centres(points, lambda p: F.vertical_flip_keypoints(p, canvas_size=points.canvas_size), 0.5)
+
+
+@F.register_kernel(F.elastic, _CornerKeyPoints)
+def _elastic_corner(points: _CornerKeyPoints, displacement: torch.Tensor, **kwargs: Any) -> _CornerKeyPoints:
+    """Elastic warp: v2 looks the displacement up at the point's pixel (``int()`` of corner coordinates) and
+    returns pixel-centre coordinates, hence only the shift back."""
+    out = F.elastic_keypoints(points.as_subclass(torch.Tensor), canvas_size=points.canvas_size,
+                              displacement=displacement)
+    return tv_tensors.wrap(out + 0.5, like=points)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Item <-> points
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _where(item: Mapping[str, Any]) -> str:
+    """The sample's name for error messages."""
+    meta = item.get("meta") or {}
+    return str(meta.get("key") or meta.get("video") or "<item>")
+
+
+def _check_item(item: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate ``image``, ``pairs`` and ``ordinal`` of one item (one-line :class:`InputError` otherwise)."""
+    where = _where(item)
+    for field in ("image", "pairs", "ordinal"):
+        if not isinstance(item.get(field), torch.Tensor):
+            raise InputError(where, f"item has no tensor '{field}' (see docs/FORMAT.md)")
+    image, pairs, ordinal = item["image"], item["pairs"], item["ordinal"]
+    if image.ndim != 3:
+        raise InputError(where, f"image must be [C,H,W], got shape {tuple(image.shape)}")
+    if pairs.ndim != 2 or pairs.shape[1] != 4 or pairs.is_floating_point():
+        raise InputError(where, f"pairs must be an integer tensor [N,4], got {tuple(pairs.shape)} {pairs.dtype}")
+    if ordinal.shape != (pairs.shape[0],):
+        raise InputError(where, f"ordinal must be [{pairs.shape[0]}] (one per pair), got {tuple(ordinal.shape)}")
+    height, width = image.shape[-2:]
+    limit = torch.tensor([height, width, height, width], device=pairs.device)
+    if pairs.numel() and not ((pairs >= 0) & (pairs < limit)).all():
+        raise InputError(where, f"pairs lie outside the {height}x{width} image")
+    return image, pairs, ordinal
+
+
+def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
+    """Validate the boundary dict: 1-D tensors of one length with at least ``y, x, ny, nx``."""
+    if not isinstance(boundary, Mapping) or not all(isinstance(v, torch.Tensor) for v in boundary.values()):
+        raise InputError(where, "boundary must be a dict of tensors (see docs/FORMAT.md)")
+    missing = [name for name in _BOUNDARY_GEOMETRY if name not in boundary]
+    if missing:
+        raise InputError(where, f"boundary lacks field(s) {', '.join(missing)}")
+    lengths = {name: tuple(t.shape) for name, t in boundary.items()}
+    if len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
+        raise InputError(where, f"boundary fields must be 1-D tensors of one length, got shapes {lengths}")
+    return dict(boundary)
+
+
+def _pair_points(pairs: torch.Tensor) -> torch.Tensor:
+    """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) corner coordinates of those pixels' centres."""
+    return pairs.reshape(len(pairs), 2, 2).flip(-1).reshape(2 * len(pairs), 2).to(torch.float32) + 0.5
+
+
+def _boundary_points(boundary: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``[3M,2]`` (x, y) corner coordinates: every point p, then p + step*normal, then p + step*tangent."""
+    point = torch.stack([boundary["x"], boundary["y"]], 1).to(torch.float32) + 0.5
+    normal = torch.stack([boundary["nx"], boundary["ny"]], 1).to(torch.float32)
+    tangent = torch.stack([-normal[:, 1], normal[:, 0]], 1)  # normal turned by +90 degrees
+    return torch.cat([point, point + _NORMAL_STEP * normal, point + _NORMAL_STEP * tangent])
+
+
+def _inside(points: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """Which ``[...,2]`` (x, y) corner coordinates lie in the image (NaN never does)."""
+    height, width = canvas
+    x, y = points[..., 0], points[..., 1]
+    return (x >= 0) & (x < width) & (y >= 0) & (y < height)
+
+
+def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int]):
+    """Transformed ``[2N,2]`` corner points -> surviving ``pairs [N',4]`` and their ``ordinal [N']``."""
+    ends = points.reshape(len(ordinal), 2, 2)
+    inside = _inside(ends, canvas).all(1)
+    pixels = torch.zeros(ends.shape, dtype=torch.int64, device=ends.device)
+    pixels[inside] = ends[inside].floor().to(torch.int64)  # only finite, in-image values are converted
+    keep = inside & (pixels[:, 0] != pixels[:, 1]).any(-1)
+    kept = pixels[keep].flip(-1)
+    return kept.reshape(len(kept), 4), ordinal[keep]
+
+
+def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int]):
+    """Transformed ``[3M,2]`` corner points -> the boundary dict in output pixels (rows outside dropped)."""
+    point, front, along = points.reshape(3, len(boundary["x"]), 2).unbind(0)
+    push_normal, tangent = front - point, along - point
+    # The perpendicular of the pushed tangent is the inverse-transpose image of the normal; orient it to the front.
+    normal = torch.stack([tangent[:, 1], -tangent[:, 0]], 1)
+    normal = torch.where(((normal * push_normal).sum(1) < 0).unsqueeze(1), -normal, normal)
+    length = normal.norm(dim=1)
+    area = (tangent[:, 0] * push_normal[:, 1] - tangent[:, 1] * push_normal[:, 0]).abs() / _NORMAL_STEP**2
+    keep = _inside(point, canvas) & (length > 1e-6)
+    out = {name: values[keep] for name, values in boundary.items()}
+    normal = normal[keep] / length[keep].unsqueeze(1)
+    center = point[keep] - 0.5
+    dtype = boundary["x"].dtype
+    out.update(x=center[:, 0].to(dtype), y=center[:, 1].to(dtype), nx=normal[:, 0].to(dtype), ny=normal[:, 1].to(dtype))
+    if "jump" in out:
+        out["jump"] = out["jump"] * area[keep].sqrt().to(out["jump"].dtype)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public transforms
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PairTransform:
+    """Apply a ``torchvision.transforms.v2`` transform (or a sequence of them) to an item dict.
+
+    The image (as ``tv_tensors.Image``) and every pair / boundary point (one ``KeyPoints``) go through one call,
+    so random parameters are shared; pairs leaving the image or collapsing onto one pixel are dropped whole.
+    A sequence is composed with ``v2.Compose``; :class:`PairTransform` members of it contribute their v2
+    transform, so points are rounded to pixels once, at the end.  Returns a new dict (the input is not modified).
+    """
+
+    def __init__(self, transform: Callable[..., Any] | Sequence[Callable[..., Any]]) -> None:
+        """Wrap ``transform``: a v2 transform, a :class:`PairTransform`, or a sequence of either."""
+        if isinstance(transform, Sequence):
+            parts = [t.transform if isinstance(t, PairTransform) else t for t in transform]
+            transform = v2.Compose(parts)
+        elif isinstance(transform, PairTransform):
+            transform = transform.transform
+        if not callable(transform):
+            raise TypeError(f"PairTransform needs a callable v2 transform, got {type(transform).__name__}")
+        self.transform: Callable[..., Any] = transform
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform!r})"
+
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """Transform one item; see the class and module docstrings for what happens to each field."""
+        image, pairs, ordinal = _check_item(item)
+        where = _where(item)
+        boundary = _check_boundary(item["boundary"], where) if item.get("boundary") is not None else None
+        num_pair_points = 2 * pairs.shape[0]
+        coords = [_pair_points(pairs)] + ([_boundary_points(boundary)] if boundary is not None else [])
+        points = _CornerKeyPoints(torch.cat(coords), canvas_size=tuple(image.shape[-2:]))
+
+        out_image, out_points = self.transform(tv_tensors.Image(image), points)
+
+        canvas = tuple(out_image.shape[-2:])
+        if not isinstance(out_points, tv_tensors.KeyPoints) or tuple(out_points.canvas_size) != canvas:
+            raise InputError(where, f"{self.transform!r} changed the image to {canvas[0]}x{canvas[1]} but not the "
+                                    "key points: it has no KeyPoints support and cannot be used with pairs")
+        out_points = out_points.as_subclass(torch.Tensor)
+        out = dict(item)
+        out["image"] = out_image.as_subclass(torch.Tensor)
+        out["pairs"], out["ordinal"] = _pairs_back(out_points[:num_pair_points], ordinal, canvas)
+        if boundary is not None:
+            out["boundary"] = _boundary_back(out_points[num_pair_points:], boundary, canvas)
+        logger.debug("%s: %d of %d pairs kept", where, out["pairs"].shape[0], pairs.shape[0])
+        return out
+
+
+def _interpolation(mode: Interpolation) -> v2.InterpolationMode:
+    """``"bilinear"``, ``"bicubic"``, ``"nearest-exact"``, ... or an ``InterpolationMode`` -> ``InterpolationMode``."""
+    if isinstance(mode, v2.InterpolationMode):
+        return mode
+    try:
+        return v2.InterpolationMode(mode)
+    except ValueError:
+        names = ", ".join(m.value for m in v2.InterpolationMode)
+        raise ValueError(f"unknown interpolation {mode!r} (one of {names})") from None
+
+
+class Resize(PairTransform):
+    """Resize to ``(h, w)``, or the shorter side to ``size`` (int, aspect kept, longer side capped by ``max_size``)."""
+
+    def __init__(self, size: Size, *, max_size: int | None = None, interpolation: Interpolation = "bilinear",
+                 antialias: bool = True) -> None:
+        """See ``torchvision.transforms.v2.Resize``."""
+        super().__init__(v2.Resize(size, interpolation=_interpolation(interpolation), max_size=max_size,
+                                   antialias=antialias))
+
+
+class RandomResizedCrop(PairTransform):
+    """Crop a random area fraction ``scale`` and aspect ratio ``ratio``, resized to ``size``; pairs outside drop."""
+
+    def __init__(self, size: Size, *, scale: tuple[float, float] = (0.5, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: Interpolation = "bilinear",
+                 antialias: bool = True) -> None:
+        """See ``torchvision.transforms.v2.RandomResizedCrop``."""
+        super().__init__(v2.RandomResizedCrop(size, scale=scale, ratio=ratio,
+                                              interpolation=_interpolation(interpolation), antialias=antialias))
+
+
+class RandomHorizontalFlip(PairTransform):
+    """Mirror left-right with probability ``p``: points move, ordinals stay (depth order is mirror-invariant)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        """See ``torchvision.transforms.v2.RandomHorizontalFlip``."""
+        super().__init__(v2.RandomHorizontalFlip(p))
+
+
+class RandomRotation(PairTransform):
+    """Rotate by a random angle in ``[-degrees, degrees]`` (or the given range) about the image centre, same
+    size; pairs rotated out of the image are dropped.  Meant for small angles (corners fill with ``fill``)."""
+
+    def __init__(self, degrees: float | tuple[float, float], *, interpolation: Interpolation = "bilinear",
+                 fill: float = 0) -> None:
+        """See ``torchvision.transforms.v2.RandomRotation`` (``expand=False``)."""
+        super().__init__(v2.RandomRotation(degrees, interpolation=_interpolation(interpolation), fill=fill))
+
+
+class PhotometricAugment(PairTransform):
+    """Colour jitter (and optional random grayscale) of the image only; points and labels are untouched."""
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0,
+                 *, grayscale: float = 0.0) -> None:
+        """Jitter factors as in ``v2.ColorJitter``; ``grayscale`` is the probability of ``v2.RandomGrayscale``."""
+        parts: list[Callable[..., Any]] = [v2.ColorJitter(brightness, contrast, saturation, hue)]
+        if grayscale > 0:
+            parts.append(v2.RandomGrayscale(grayscale))
+        super().__init__(parts)
+
+
+class ToFloatImage(PairTransform):
+    """``uint8`` image -> ``float32`` in ``[0, 1]``, then ``(x - mean) / std`` when ``mean`` and ``std`` are given."""
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        """Give both ``mean`` and ``std`` (per channel, in ``[0, 1]`` units) to normalise, or neither."""
+        if (mean is None) != (std is None):
+            raise ValueError("ToFloatImage: give both mean and std, or neither")
+        parts: list[Callable[..., Any]] = [v2.ToDtype(torch.float32, scale=True)]
+        if mean is not None:
+            parts.append(v2.Normalize(list(mean), list(std)))
+        super().__init__(parts)
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Options of :func:`create_transform`.
+
+    ``size``: int (square crop when training; shorter side when evaluating) or ``(h, w)``.  ``hflip``: flip
+    probability.  ``scale``/``ratio``: random-resized-crop area fraction and aspect range.  ``rotation``: max
+    absolute angle in degrees (0: none).  ``color_jitter``: brightness = contrast = saturation factor, or a
+    ``(brightness, contrast, saturation[, hue])`` tuple (0: none).  ``grayscale``: random-grayscale probability.
+    ``normalize``: subtract ``mean`` / divide by ``std``.  ``interpolation``: image resampling.
+    ``center_crop``: evaluation with an int ``size`` also centre-crops to ``size x size``.
+    """
+
+    train: bool
+    size: Size
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation: float = 0.0
+    color_jitter: float | tuple[float, ...] = 0.4
+    grayscale: float = 0.0
+    normalize: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    center_crop: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject out-of-range options with a one-line message."""
+        sizes = (self.size,) if isinstance(self.size, int) else tuple(self.size)
+        if len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes):
+            raise ValueError(f"size must be a positive int or (h, w), got {self.size!r}")
+        if not 0.0 <= self.hflip <= 1.0 or not 0.0 <= self.grayscale <= 1.0:
+            raise ValueError(f"hflip and grayscale are probabilities in [0, 1], got {self.hflip}, {self.grayscale}")
+        if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        if not 0.0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not 0.0 <= self.rotation < 180.0:
+            raise ValueError(f"rotation is a max angle in degrees in [0, 180), got {self.rotation}")
+        jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else (self.color_jitter,)
+        if len(jitter) not in (1, 3, 4) or any(j < 0 for j in jitter):
+            raise ValueError(f"color_jitter must be >= 0 or a (b, c, s[, hue]) tuple, got {self.color_jitter!r}")
+        _interpolation(self.interpolation)
+
+    def jitter(self) -> tuple[float, float, float, float]:
+        """``(brightness, contrast, saturation, hue)`` from ``color_jitter``."""
+        jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else (self.color_jitter,) * 3
+        return (*jitter[:3], jitter[3] if len(jitter) == 4 else 0.0)
+
+
+def create_transform(config: TransformConfig | None = None, /, **options: Any) -> PairTransform:
+    """A ready item transform in the style of timm's ``create_transform``.
+
+    Call as ``create_transform(train=True, size=(256, 320), rotation=5)`` (keywords of :class:`TransformConfig`)
+    or ``create_transform(config, hflip=0.0)`` (overrides applied to a config).
+
+    * ``train=True``: [rotation] -> random resized crop to ``size`` -> [horizontal flip] -> [colour jitter,
+      grayscale] -> float (-> normalise).
+    * ``train=False``: resize to ``size`` (``(h, w)`` exactly; an int sets the shorter side, aspect kept, then
+      [centre crop to ``size x size``]) -> float (-> normalise).
+
+    Output item: ``image`` ``float32 [3,h,w]`` in ``[0, 1]`` (or normalised), ``(h, w)`` = ``size`` (an int
+    ``size`` gives ``size x size`` when training; when evaluating without ``center_crop`` the shorter side is
+    ``size``, so batch such items only if the sources share an aspect ratio); ``pairs`` ``int64 [N',4]`` in that
+    image's pixels (pairs leaving the crop dropped whole), ``ordinal`` ``int64 [N']`` aligned, ``boundary``
+    transformed likewise, ``meta`` unchanged.
+    """
+    cfg = dataclasses.replace(config, **options) if config is not None else TransformConfig(**options)
+    mode = _interpolation(cfg.interpolation)
+    parts: list[Callable[..., Any]] = []
+    if cfg.train:
+        if cfg.rotation > 0:
+            parts.append(v2.RandomRotation(cfg.rotation, interpolation=mode))
+        parts.append(v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, interpolation=mode))
+        if cfg.hflip > 0:
+            parts.append(v2.RandomHorizontalFlip(cfg.hflip))
+        if any(j > 0 for j in cfg.jitter()):
+            parts.append(v2.ColorJitter(*cfg.jitter()))
+        if cfg.grayscale > 0:
+            parts.append(v2.RandomGrayscale(cfg.grayscale))
+    else:
+        parts.append(v2.Resize(cfg.size, interpolation=mode))
+        if cfg.center_crop and isinstance(cfg.size, int):
+            parts.append(v2.CenterCrop(cfg.size))
+    parts.append(ToFloatImage(cfg.mean, cfg.std) if cfg.normalize else ToFloatImage())
+    return PairTransform(parts)
