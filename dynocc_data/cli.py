@@ -31,17 +31,22 @@ log = logging.getLogger("dynocc_data")
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    from .generate import GenerateConfig
+
+    d = GenerateConfig()
     g = p.add_argument_group("frames")
-    g.add_argument("--stride", type=int, default=2, help="process every STRIDE-th frame (default 2)")
-    g.add_argument("--gap", type=int, default=2, help="flow between frames GAP apart (default 2)")
-    g.add_argument("--max-side", type=int, default=640, help="resize so the longer side is at most this; 0 keeps "
-                                                             "the size (default 640)")
+    g.add_argument("--stride", type=int, default=d.stride, help=f"process every STRIDE-th frame (default {d.stride})")
+    g.add_argument("--gap", type=int, default=d.gap, help=f"flow between frames GAP apart (default {d.gap})")
+    g.add_argument("--max-side", type=int, default=d.max_side,
+                   help=f"resize so the longer side is at most this; 0 keeps the size (default {d.max_side})")
     g.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
-    g.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav", "torchcodec"],
+    g.add_argument("--decoder", default=d.decoder, choices=["auto", "decord", "pyav", "torchcodec"],
                    help="video decoder (default auto: decord, PyAV fallback)")
     f = p.add_argument_group("flow")
-    f.add_argument("--flow", default="dis", choices=["dis", "raft"], help="optical flow backend (default dis)")
-    f.add_argument("--dis-preset", default="medium", choices=["ultrafast", "fast", "medium"])
+    f.add_argument("--flow", default=d.flow, choices=["dis", "raft"], help=f"optical flow backend (default {d.flow})")
+    f.add_argument("--dis-preset", default=None, choices=["ultrafast", "fast", "medium"],
+                   help="plain OpenCV DIS preset instead of the tuned default (medium, denser patches, "
+                        "stronger variational refinement)")
     f.add_argument("--raft-size", default="large", choices=["large", "small"])
     f.add_argument("--raft-weights", default="default",
                    help="RAFT checkpoint path, or 'default' for torchvision's weights (needs them cached or a "
@@ -51,9 +56,10 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
                    help="where flow (RAFT) and post-processing run (default auto)")
     f.add_argument("--batch-size", type=int, default=4, help="frames processed together (default 4)")
     o = p.add_argument_group("output")
-    o.add_argument("--seed", type=int, default=0, help="seed of pair sampling (same seed, same output)")
-    o.add_argument("--max-pairs", type=int, default=1000, help="stored pairs per frame at most (default 1000)")
-    o.add_argument("--jpeg-quality", type=int, default=92)
+    o.add_argument("--seed", type=int, default=d.seed, help="seed of pair sampling (same seed, same output)")
+    o.add_argument("--max-pairs", type=int, default=d.max_pairs,
+                   help=f"stored pairs per frame at most (default {d.max_pairs})")
+    o.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
     o.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most (default 1000)")
     o.add_argument("--prefix", default="dynocc", help="shard name prefix (default dynocc)")
 
@@ -61,14 +67,15 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 def _generate_config(args: argparse.Namespace):
     from .generate import GenerateConfig
 
-    if args.flow == "dis":
-        flow_options: dict[str, Any] = {"preset": args.dis_preset}
-    else:
-        flow_options = {"size": args.raft_size, "weights": args.raft_weights, "num_flow_updates": args.raft_iters}
-    return GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
-                          max_frames=args.max_frames, flow=args.flow, flow_options=flow_options,
-                          decoder=args.decoder, max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality,
-                          seed=args.seed)
+    config = GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
+                            max_frames=args.max_frames, flow=args.flow, decoder=args.decoder,
+                            max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality, seed=args.seed)
+    if args.flow == "raft":
+        config.flow_options = {"size": args.raft_size, "weights": args.raft_weights,
+                               "num_flow_updates": args.raft_iters}
+    elif args.dis_preset:
+        config.flow_options = {"preset": args.dis_preset}
+    return config
 
 
 def _print_summary(summary) -> None:
@@ -108,11 +115,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         scene_config = replace(scene_config, height=h, width=w)
     if args.frames:
         scene_config = replace(scene_config, num_frames=args.frames)
-    res = evaluate_synthetic(args.out, num_scenes=args.scenes, seed=args.seed, scene_config=scene_config,
+    res = evaluate_synthetic(args.out, num_scenes=args.scenes, seed=args.scene_seed, scene_config=scene_config,
                              generate_config=_generate_config(args), device=args.device,
                              batch_size=args.batch_size, progress=not args.no_progress)
     d = res.to_dict()
-    print(f"scenes: {args.scenes} (seeds {args.seed}..{args.seed + args.scenes - 1}), "
+    print(f"scenes: {args.scenes} (seeds {args.scene_seed}..{args.scene_seed + args.scenes - 1}), "
           f"{d['frames_selected']} frames, {d['frames_written']} with pairs")
     for name, v in sorted(d["per_video"].items()):
         print(f"  {name}: {v['pairs']} pairs, precision {v['precision']:.2%}, coverage {v['coverage']:.2%}")
@@ -179,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth")
     e.add_argument("--scenes", type=int, default=4, help="number of scenes (default 4)")
-    e.add_argument("--seed", type=int, default=1000, help="seed of the first scene (default 1000)")
+    e.add_argument("--scene-seed", type=int, default=1000, help="seed of the first scene (default 1000)")
     e.add_argument("--size", default=None, help="scene size HxW (default 360x640)")
     e.add_argument("--frames", type=int, default=None, help="frames per scene (default 40)")
     e.add_argument("--radius", type=float, default=6.0, help="coverage radius in pixels (default 6)")
