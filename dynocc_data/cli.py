@@ -138,7 +138,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, progress=not args.no_progress)
     _print_summary(result["summary"])
-    print(f"read back {result['items']} items through DynOccDataset; overlay: {result['overlay']}")
+    scores = result["scores"]
+    print(f"read back {result['items']} items through DynOccDataset; against the scenes' ground truth: "
+          f"pair precision {scores.precision:.1%}, boundary coverage {scores.coverage:.1%}")
+    print(f"overlay (closer point cyan, farther orange): {result['overlay']}")
     return 0
 
 

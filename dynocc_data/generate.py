@@ -445,6 +445,8 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
     t_start = time.perf_counter()
     processor = FrameProcessor(config, device=device, batch_size=batch_size, timer=timer)
     timer = processor.timer
+    if not resume and any(out.glob("ledger-r*.jsonl")):
+        raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an empty --out")
     state = read_run_state(out, repair=True) if resume else None
     if state is not None:
         digests = {h.get("digest") for h in state.headers}
