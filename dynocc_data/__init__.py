@@ -17,33 +17,67 @@ Pipeline stages live in their own modules (``video``, ``flow``, ``boundaries``, 
 ``losses``; ``synthetic`` makes scenes with ground-truth depth, ``evaluate`` scores against them.
 """
 
-from ._version import __version__
-from .boundaries import BoundaryConfig, detect_boundaries
-from .collate import collate_pairs, to_device
-from .datasets import (
-    DIWDataset,
-    DynOccDataset,
-    YouTube3DDataset,
-    as_iterable,
-    create_loader,
-    from_youtube3d_target,
-    mix,
-    to_youtube3d_target,
-)
-from .errors import DynOccError, InputError, ShardFormatError
-from .evaluate import EvalResult, evaluate_shards, evaluate_synthetic, score_items
-from .flow import DISFlow, FlowEstimator, RAFTFlow, create_flow
-from .generate import GenerateConfig, GenerateSummary, generate
-from .losses import RankingLoss, WHDRResult, ranking_loss, whdr
-from .ordering import OrderConfig, order_boundaries
-from .refine import RefineConfig
-from .sampling import PairSampler, SamplerConfig, available_strategies, create_sampler, sample_generator
-from .shards import ShardWriter, decode_sample, encode_sample, read_index, write_index
-from .synthetic import SceneConfig, demo_scenes, load_scene_gt, make_scene, make_scenes, write_scene
-from .transforms import PairTransform, TransformConfig, create_transform
-from .video import VideoSource, discover_videos, open_video
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
+from ._version import __version__
+
+# Public names and the modules defining them. They are imported on first use (PEP 562), so that
+# ``import dynocc_data`` and the command line start fast and load torch/torchvision only when needed.
+_EXPORTS = {
+    "boundaries": ("BoundaryConfig", "detect_boundaries"),
+    "collate": ("collate_pairs", "to_device"),
+    "datasets": ("DIWDataset", "DynOccDataset", "YouTube3DDataset", "as_iterable", "create_loader",
+                 "from_youtube3d_target", "mix", "to_youtube3d_target"),
+    "errors": ("DynOccError", "InputError", "ShardFormatError"),
+    "evaluate": ("EvalResult", "evaluate_shards", "evaluate_synthetic", "score_items"),
+    "flow": ("DISFlow", "FlowEstimator", "RAFTFlow", "create_flow"),
+    "generate": ("GenerateConfig", "GenerateSummary", "generate"),
+    "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "whdr"),
+    "ordering": ("OrderConfig", "order_boundaries"),
+    "refine": ("RefineConfig",),
+    "sampling": ("PairSampler", "SamplerConfig", "available_strategies", "create_sampler", "sample_generator"),
+    "shards": ("ShardWriter", "decode_sample", "encode_sample", "read_index", "write_index"),
+    "synthetic": ("SceneConfig", "demo_scenes", "load_scene_gt", "make_scene", "make_scenes", "write_scene"),
+    "transforms": ("PairTransform", "TransformConfig", "create_transform"),
+    "video": ("VideoSource", "discover_videos", "open_video"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dynocc_data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real imports
+    from .boundaries import BoundaryConfig, detect_boundaries  # noqa: F401
+    from .collate import collate_pairs, to_device  # noqa: F401
+    from .datasets import (DIWDataset, DynOccDataset, YouTube3DDataset, as_iterable, create_loader,  # noqa: F401
+                           from_youtube3d_target, mix, to_youtube3d_target)
+    from .errors import DynOccError, InputError, ShardFormatError  # noqa: F401
+    from .evaluate import EvalResult, evaluate_shards, evaluate_synthetic, score_items  # noqa: F401
+    from .flow import DISFlow, FlowEstimator, RAFTFlow, create_flow  # noqa: F401
+    from .generate import GenerateConfig, GenerateSummary, generate  # noqa: F401
+    from .losses import RankingLoss, WHDRResult, ranking_loss, whdr  # noqa: F401
+    from .ordering import OrderConfig, order_boundaries  # noqa: F401
+    from .refine import RefineConfig  # noqa: F401
+    from .sampling import (PairSampler, SamplerConfig, available_strategies, create_sampler,  # noqa: F401
+                           sample_generator)
+    from .shards import ShardWriter, decode_sample, encode_sample, read_index, write_index  # noqa: F401
+    from .synthetic import (SceneConfig, demo_scenes, load_scene_gt, make_scene, make_scenes,  # noqa: F401
+                            write_scene)
+    from .transforms import PairTransform, TransformConfig, create_transform  # noqa: F401
+    from .video import VideoSource, discover_videos, open_video  # noqa: F401
+
+__all__ = [  # noqa: F822 - resolved lazily by __getattr__
     "__version__",
     # generation
     "generate", "GenerateConfig", "GenerateSummary", "BoundaryConfig", "OrderConfig", "RefineConfig",

@@ -2,6 +2,7 @@
 
     dynocc-data demo [--out DIR]                      generate from built-in scenes, read back, draw overlays
     dynocc-data generate INPUT... --out DIR [...]      videos / folders / frame folders / list files -> shards
+    dynocc-data merge DIR                              index.json + stats.json from the ranks of a parallel run
     dynocc-data evaluate [--scenes N] [--seed S] ...   score the pipeline on synthetic scenes with ground truth
     dynocc-data show SHARDS --out DIR                  per-sample overlays and a contact sheet
     dynocc-data stats SHARDS                           pairs per frame, offsets, confidences, label balance
@@ -97,12 +98,44 @@ def _print_summary(summary) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
-                       batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
-                       shard_size=args.shard_size, progress=not args.no_progress)
+    from .parallel import WorkerFailure, rank_from_env
+
+    try:
+        summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
+                           batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
+                           shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers,
+                           upload=args.upload, merge_timeout=args.merge_timeout)
+    except WorkerFailure as e:
+        _print_summary(e.result.summary)
+        raise
     _print_summary(summary)
-    print(f"wrote {args.out}/index.json and {args.out}/stats.json")
+    rank = rank_from_env().rank
+    print(f"wrote {args.out}/index.json and {args.out}/stats.json" if rank == 0 else
+          f"rank {rank} finished its videos; rank 0 writes {args.out}/index.json and stats.json")
     return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .parallel import merge_run
+
+    result = merge_run(args.out, world_size=args.world_size, upload=args.upload)
+    _print_summary(result.summary)
+    for f in result.failures:
+        print(f"  rank {f['rank']} {f['status']}: {f['reason']}; {len(f['unfinished'])} video(s) unfinished")
+    print(f"wrote {args.out}/index.json ({result.index['num_samples']} samples) and {args.out}/stats.json")
+    return 1 if result.failures else 0
+
+
+def _workers_arg(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {text!r}")
+    return n
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -184,8 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="skip videos (and frames) already in --out")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any input fails")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
+                   help="worker processes on this machine (default auto: one per GPU on CUDA, else 1); under "
+                        "torchrun/srun each rank is one worker")
+    g.add_argument("--upload", default=None, metavar="CMD",
+                   help="shell command that receives each finished shard on stdin, {name} replaced by its file "
+                        "name, e.g. 'aws s3 cp - s3://bucket/run/{name}'; --out keeps ledgers and index")
+    g.add_argument("--merge-timeout", type=float, default=3600.0, metavar="S",
+                   help="under torchrun/srun: seconds rank 0 waits for the other ranks before merging "
+                        "(default 3600)")
     _add_generation_options(g)
     g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("merge", help="merge the per-rank ledgers and stats of a parallel run (index.json, "
+                                     "stats.json)")
+    m.add_argument("out", help="the --out folder of the run")
+    m.add_argument("--world-size", type=int, default=None, help="ranks of the run (default: from the markers)")
+    m.add_argument("--upload", default=None, metavar="CMD", help="also upload index.json and stats.json "
+                                                                 "(default: the run's --upload)")
+    m.set_defaults(func=cmd_merge)
 
     e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth")
     e.add_argument("--scenes", type=int, default=4, help="number of scenes (default 4)")

@@ -74,8 +74,9 @@ def photometric_error(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor, 
 def blank_frames(frames: torch.Tensor, *, min_contrast: float = ReliabilityConfig.min_contrast) -> torch.Tensor:
     """bool [B]: frames (uint8 [B,3,H,W]) of a single colour, which carry no usable motion.
 
-    The standard deviation over every 4th row and column is plenty to tell a blank frame."""
-    return frames[..., ::4, ::4].float().flatten(1).std(1) < min_contrast
+    The standard deviation over every 4th row and column, per channel (a frame of one non-grey colour
+    differs between channels), is plenty to tell a blank frame."""
+    return frames[..., ::4, ::4].float().flatten(2).std(2).amax(1) < min_contrast
 
 
 def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,

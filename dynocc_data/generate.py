@@ -39,7 +39,7 @@ from .cuts import ReliabilityConfig, blank_frames, photometric_error
 from .errors import DynOccError, InputError
 from .ordering import OrderConfig, order_boundaries
 from .refine import RefineConfig, refine_boundaries
-from .shards import ShardWriter, atomic_write_text, encode_sample, read_run_state, write_index
+from .shards import RunState, ShardWriter, encode_sample, read_run_state
 
 __all__ = ["GenerateConfig", "GenerateSummary", "FrameProcessor", "generate", "resolve_device"]
 
@@ -300,7 +300,8 @@ class FrameProcessor:
         frames = iter(frames)
         have = -1
         try:
-            for start in range(0, len(selected), self.batch_size):
+            start = 0
+            while start < len(selected):
                 chunk = list(selected[start:start + self.batch_size])
                 need = max(t + s for t in chunk for s in (0, g, 2 * g) if t + s < num_frames)
                 with self.timer("decode"):
@@ -308,14 +309,37 @@ class FrameProcessor:
                         idx, img = next(frames)
                         self.frames[idx] = img.to(self.device, non_blocking=True)
                         have = idx
-                self._compute_maps(sorted({t + s for t in chunk for s in (-g, 0, g)}), num_frames)
-                ordered, unreliable, blank = self._order(chunk)
-                for i, t in enumerate(chunk):
-                    yield self._finish(t, i, ordered, unreliable[i], blank[i], video_id, meta, sample_generator)
-                if start + self.batch_size < len(selected):
-                    self._evict(selected[start + self.batch_size] - 2 * g)
+                yield from self._process_chunk(chunk, num_frames, video_id, meta, sample_generator)
+                start += len(chunk)
+                if start < len(selected):
+                    self._evict(selected[start] - 2 * g)
         finally:
             self._reset()
+
+    def _process_chunk(self, chunk: list[int], num_frames: int, video_id: str, meta: dict[str, Any],
+                       sample_generator) -> list[FrameResult]:
+        """Steps 2-5 for one chunk of selected frames (already decoded). When the device runs out of memory the
+        chunk is retried in halves, and later chunks use the smaller batch size."""
+        g = self.config.gap
+        try:
+            self._compute_maps(sorted({t + s for t in chunk for s in (-g, 0, g)}), num_frames)
+            ordered, unreliable, blank = self._order(chunk)
+            return [self._finish(t, i, ordered, unreliable[i], blank[i], video_id, meta, sample_generator)
+                    for i, t in enumerate(chunk)]
+        except torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+        # retried outside the except block, so that the failed attempt's tensors are freed first
+        self.batch_size = min(self.batch_size, (len(chunk) + 1) // 2)
+        log.warning("%s: out of memory on a batch of %d frames, retrying in batches of %d", video_id, len(chunk),
+                    self.batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        results: list[FrameResult] = []
+        while len(results) < len(chunk):  # the batch size may shrink again inside
+            part = chunk[len(results):len(results) + self.batch_size]
+            results += self._process_chunk(part, num_frames, video_id, meta, sample_generator)
+        return results
 
     def _finish(self, t, i, ordered, unreliable, blank, video_id, meta, sample_generator) -> FrameResult:
         if blank:
@@ -436,8 +460,12 @@ class BackgroundWriter:
 def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, device="auto", batch_size: int = 4,
                resume: bool = False, rank: int = 0, prefix: str = "dynocc", shard_size: int = 1000,
                shard_bytes: int = 1 << 30, progress: bool = True, timer: StageTimer | None = None,
-               summary: GenerateSummary | None = None) -> GenerateSummary:
-    """Process ``sources`` (``video.VideoSource``) into shards of one rank; returns its summary."""
+               summary: GenerateSummary | None = None, state: RunState | None = None,
+               upload: str | None = None) -> GenerateSummary:
+    """Process ``sources`` (``video.VideoSource``) into shards of one rank; returns its summary.
+
+    With ``resume``, ``state`` is what the ledgers say is done (default: read and repair ``out`` here, which
+    only one process may do at a time); ``upload`` is passed to :class:`~dynocc_data.shards.ShardWriter`."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -447,7 +475,10 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
     timer = processor.timer
     if not resume and any(out.glob("ledger-r*.jsonl")):
         raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an empty --out")
-    state = read_run_state(out, repair=True) if resume else None
+    if not resume:
+        state = None
+    elif state is None:
+        state = read_run_state(out, repair=True)
     if state is not None:
         digests = {h.get("digest") for h in state.headers}
         if digests and digests != {config.digest()}:
@@ -458,7 +489,7 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
     bar_v = tqdm(total=len(sources), desc=f"videos r{rank}", unit="video", disable=not progress, position=0)
     bar_f = tqdm(desc="frames", unit="frame", disable=not progress, position=1, leave=False)
     with ShardWriter(out, prefix=prefix, rank=rank, max_count=shard_size, max_bytes=shard_bytes,
-                     header=header) as shard_writer:
+                     header=header, upload=upload) as shard_writer:
         writer = BackgroundWriter(shard_writer, config.jpeg_quality)
         try:
             _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start)
@@ -488,6 +519,7 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
             continue
         last = state.last_frame.get(src.video_id, -1) if state is not None else -1
         written = pairs = 0
+        video_rejected: Counter[str] = Counter()  # this video's rejections: the reason it made no pairs
         try:
             with contextlib.ExitStack() as stack:
                 with timer("decode"):
@@ -506,6 +538,7 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
                     bar_f.update(1)
                     if res.rejected is not None:
                         rejected[res.rejected] += 1
+                        video_rejected[res.rejected] += 1
                         continue
                     with timer("encode/write"):
                         writer.write(res, src.video_id)
@@ -526,7 +559,7 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
         summary.frames_written += written
         summary.pairs += pairs
         if written == 0 and last < 0:
-            reason = _no_pairs_reason(rejected, selected)
+            reason = _no_pairs_reason(video_rejected, selected)
             log.warning("%s: no pairs (%s)", src.rel, reason)
             summary.no_pairs.append({"video": src.rel, "reason": reason})
         writer.video_done({"video_id": src.video_id, "video": src.rel, "status": "done", "samples": written})
@@ -545,30 +578,20 @@ def _no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:
 def generate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig | None = None, *,
              device: str = "auto", batch_size: int = 4, resume: bool = False, strict: bool = False,
              prefix: str = "dynocc", shard_size: int = 1000, shard_bytes: int = 1 << 30,
-             progress: bool = True) -> GenerateSummary:
-    """Generate DynOcc shards from videos, folders of videos, frame folders or list files.
+             progress: bool = True, workers: int | None = 1, upload: str | None = None,
+             merge_timeout: float = 3600.0) -> GenerateSummary:
+    """Generate DynOcc shards from videos, folders of videos, frame folders, list files or URLs.
 
-    Writes ``<out>/<prefix>-r000-*.tar``, ``index.json`` and ``stats.json``; returns the summary. Bad
-    inputs are reported (one line each) and skipped; raises :class:`DynOccError` when nothing could be
-    processed, or with ``strict`` when anything failed.
+    Writes ``<out>/<prefix>-r<rank>-*.tar``, ``index.json`` and ``stats.json``; returns the summary. ``workers``
+    processes share the videos (``None``: one per GPU on CUDA, else 1); under ``torchrun`` or ``srun`` this
+    process is one rank of many; ``upload`` sends every committed shard to a shell command (all in
+    :mod:`dynocc_data.parallel`). Bad inputs are reported (one line each) and skipped; raises
+    :class:`DynOccError` when nothing could be processed, or with ``strict`` when anything failed, and
+    :class:`~dynocc_data.parallel.WorkerFailure` when a worker died (after the others finished).
     """
-    from .video import discover_videos
+    from .parallel import RunOptions, generate_parallel
 
-    config = config or GenerateConfig()
-    out = Path(out)
-    sources, errors = discover_videos(inputs)
-    summary = GenerateSummary(out=str(out))
-    for e in errors:
-        log.warning("%s", e)
-        summary.failed.append({"video": e.path, "reason": e.reason})
-    summary.videos_total += len(errors)
-    summary = run_videos(sources, out, config, device=device, batch_size=batch_size, resume=resume,
-                         prefix=prefix, shard_size=shard_size, shard_bytes=shard_bytes, progress=progress,
-                         summary=summary)
-    write_index(out, extra={"digest": config.digest()})
-    atomic_write_text(out / "stats.json", json.dumps(summary.to_dict(), indent=1, sort_keys=True) + "\n")
-    if summary.videos_done == 0 and summary.videos_skipped == 0:
-        raise DynOccError(f"{out}: no video could be processed ({len(summary.failed)} failed)")
-    if strict and summary.failed:
-        raise DynOccError(f"{out}: {len(summary.failed)} input(s) failed (--strict)")
-    return summary
+    options = RunOptions(device=device, batch_size=batch_size, resume=resume, strict=strict, prefix=prefix,
+                         shard_size=shard_size, shard_bytes=shard_bytes, progress=progress, workers=workers,
+                         upload=upload, merge_timeout=merge_timeout)
+    return generate_parallel(inputs, out, config or GenerateConfig(), options)

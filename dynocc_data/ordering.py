@@ -180,6 +180,6 @@ def order_boundaries(bnd: Boundaries, flows: list[torch.Tensor], target_distance
     score, mass = pool_votes(bnd, vote, rel, config)
     keep = (score.abs() >= config.min_confidence) & (mass >= config.min_votes)
     sign = torch.where(score >= 0, 1.0, -1.0).to(bnd.normal.dtype)
-    jump = rel.reshape(len(bnd), -1, 2).norm(dim=2).amax(1)
+    jump = rel.reshape(len(bnd), len(flows), 2).norm(dim=2).amax(1)
     return OrderedBoundaries(bnd.b[keep], bnd.y[keep], bnd.x[keep], (bnd.normal * sign[:, None])[keep],
                              score.abs()[keep], bnd.segment[keep], jump[keep])

@@ -21,9 +21,13 @@ import glob
 import io
 import json
 import logging
+import math
 import os
 import re
+import shlex
+import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,6 +43,7 @@ __all__ = [
     "REQUIRED_FIELDS",
     "encode_sample",
     "decode_sample",
+    "MissingFieldError",
     "boundary_to_array",
     "boundary_from_array",
     "ShardWriter",
@@ -48,6 +53,8 @@ __all__ = [
     "write_index",
     "read_index",
     "atomic_write_text",
+    "upload_command",
+    "run_upload",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ BOUNDARY_DTYPE = np.dtype([("y", "<f4"), ("x", "<f4"), ("ny", "<f4"), ("nx", "<f
                            ("confidence", "<f4"), ("segment", "<i4"), ("jump", "<f4")])
 BOUNDARY_FIELDS = BOUNDARY_DTYPE.names
 REQUIRED_FIELDS = ("jpg", "json", "pairs.npy", "ordinal.npy", "boundary.npy")
+META_FIELDS = ("video", "frame", "orig_size", "size")  # required keys of the .json member
+DEFAULT_SOURCE = "dynocc"  # meta["source"] when the .json member has none
 PARTIAL = ".partial"
 
 
@@ -108,51 +117,158 @@ def encode_sample(key: str, jpeg: bytes, meta: Mapping[str, Any], pairs: torch.T
     }
 
 
-def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True) -> dict[str, Any]:
+class MissingFieldError(ShardFormatError):
+    """A sample lacks one of the members every sample has (:data:`REQUIRED_FIELDS`)."""
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER = re.compile(r"\{'descr': (?P<descr>'[^'\n]+'|\[[^{}\n]+\]), 'fortran_order': (?P<fortran>True|False), "
+                         r"'shape': \((?P<shape>[0-9, ]*)\), \}[ ]*\n?\Z")
+_NPY_DTYPES: dict[str, np.dtype] = {}  # header descr -> dtype, filled from numpy.load's own (safe) parsing
+_NPY_DTYPES_MAX = 256
+
+
+def _npy_header(view: memoryview) -> tuple[re.Match[str] | None, int]:
+    """The header of a ``.npy`` buffer matched against numpy's own layout (``None`` otherwise) and the offset
+    of the data."""
+    if len(view) < 10 or bytes(view[:6]) != _NPY_MAGIC or view[6] not in (1, 2, 3):
+        return None, 0
+    start = 10 if view[6] == 1 else 12
+    end = start + int.from_bytes(view[8:start], "little")
+    return _NPY_HEADER.match(bytes(view[start:end]).decode("latin1")), end
+
+
+def _npy_array(data: bytes) -> np.ndarray:
+    """A ``.npy`` member as one array (read-only, sharing ``data``); nothing is ever unpickled.
+
+    A header in numpy's own layout whose ``descr`` was seen before takes a fast path (``numpy.frombuffer`` with
+    the cached dtype, skipping numpy's ``literal_eval`` of the header); anything else goes through
+    ``numpy.load(allow_pickle=False)``, which refuses pickled (object) arrays, and caches the dtype it found.
+    """
+    view = memoryview(data)
+    match, offset = _npy_header(view)
+    dtype = _NPY_DTYPES.get(match["descr"]) if match else None
+    if dtype is not None:
+        shape = tuple(int(s) for s in match["shape"].split(",") if s.strip())
+        count = math.prod(shape)
+        if len(view) - offset >= count * dtype.itemsize:
+            array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+            return array.reshape(shape, order="F" if match["fortran"] == "True" else "C")
+    array = _npy_load(data)
+    if not isinstance(array, np.ndarray):
+        raise ValueError("not a single .npy array")
+    if match and not array.dtype.hasobject and len(_NPY_DTYPES) < _NPY_DTYPES_MAX:
+        _NPY_DTYPES[match["descr"]] = array.dtype
+    return array
+
+
+def _decode_jpeg_rgb(data: bytes) -> torch.Tensor:
+    """JPEG bytes to RGB ``uint8 [3,H,W]`` with libjpeg-turbo (grey and CMYK JPEGs are converted to RGB)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def _decode_meta(data: bytes | str) -> dict[str, Any]:
+    """The ``.json`` member: an object with at least ``video``, ``frame``, ``orig_size`` and ``size``."""
+    meta = json.loads(bytes(data).decode("utf-8") if not isinstance(data, str) else data)
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in META_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    for name in ("orig_size", "size"):
+        v = meta[name]
+        if not (isinstance(v, list) and len(v) == 2 and all(type(s) is int and s > 0 for s in v)):
+            raise ValueError(f"{name} must be [H, W] (positive integers), got {v!r}")
+    if type(meta["frame"]) is not int or meta["frame"] < 0:
+        raise ValueError(f"frame must be an integer >= 0, got {meta['frame']!r}")
+    if not isinstance(meta.get("source", DEFAULT_SOURCE), str):
+        raise ValueError(f"source must be a string, got {meta['source']!r}")
+    return meta
+
+
+def _decode_pairs(pairs: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """Stored pairs as ``int64 [N,4]``, checked to be integer ``(yA, xA, yB, xB)`` inside the ``size`` image."""
+    if pairs.dtype.kind not in "iu" or pairs.ndim != 2 or pairs.shape[1] != 4:
+        raise ValueError(f"must be integer [N,4], got {pairs.dtype} {pairs.shape}")
+    height, width = size
+    if len(pairs) and (pairs.min() < 0 or (pairs >= np.array([height, width, height, width])).any()):
+        raise ValueError(f"points outside the {height}x{width} image")
+    return torch.from_numpy(pairs.astype(np.int64))
+
+
+def _decode_ordinal(ordinal: np.ndarray, n: int) -> torch.Tensor:
+    """Stored ordinals as ``int64 [N]``, checked to be integer -1, 0 or +1, one per pair."""
+    if ordinal.dtype.kind not in "iu" or ordinal.shape != (n,):
+        raise ValueError(f"must be integer [{n}] (one per pair), got {ordinal.dtype} {ordinal.shape}")
+    if n and (ordinal.min() < -1 or ordinal.max() > 1):
+        raise ValueError("values other than -1, 0, +1")
+    return torch.from_numpy(ordinal.astype(np.int64))
+
+
+def _decode_boundary(array: np.ndarray) -> dict[str, torch.Tensor]:
+    """``boundary.npy`` (1-D structured, :data:`BOUNDARY_DTYPE` fields) as float32 tensors, ``segment`` int64."""
+    names = array.dtype.names or ()
+    if array.ndim != 1 or any(n not in names for n in BOUNDARY_FIELDS):
+        raise ValueError(f"need a 1-D structured array with fields {', '.join(BOUNDARY_FIELDS)}, "
+                         f"got {array.dtype} {array.shape}")
+    return {name: torch.from_numpy(np.array(array[name], dtype=np.int64 if name == "segment" else np.float32))
+            for name in BOUNDARY_FIELDS}  # one contiguous copy per field
+
+
+def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
+                  with_boundary: bool = True) -> dict[str, Any]:
     """A raw webdataset sample (``__key__``, ``__url__`` and member bytes) to an item of the contract.
 
-    Raises :class:`ShardFormatError` naming the shard, the key and the field when a member is missing or
-    malformed. The image is decoded with ``torchvision.io.decode_jpeg`` (libjpeg-turbo) to uint8 [3,H,W].
+    The one decoder of the package (``DynOccDataset`` uses it). Nothing is unpickled: ``.npy`` members are
+    read with ``allow_pickle=False`` and members other than :data:`REQUIRED_FIELDS` are ignored. The JPEG is
+    decoded to RGB ``uint8 [3,H,W]`` (libjpeg-turbo) and must have the JSON ``size``; pairs must lie inside
+    it and ordinals be -1, 0 or +1. ``meta["source"]`` is the JSON ``source`` (default ``"dynocc"``), so
+    converted YouTube3D/DIW shards say so. ``decode_image=False`` leaves the JPEG bytes in ``image`` (the
+    JSON size is then trusted); ``with_boundary=False`` skips ``boundary.npy`` (no ``boundary`` key).
+
+    Raises :class:`MissingFieldError` when a member is absent and :class:`ShardFormatError` (naming the shard,
+    the key and the member) when one does not decode or breaks the format.
     """
-    url = str(sample.get("__url__", "?"))
-    key = str(sample.get("__key__", "?"))
-    for name in REQUIRED_FIELDS:
-        if name not in sample:
-            raise ShardFormatError(url, key, f"missing field {name!r}")
+    url, key = str(sample.get("__url__", "?")), str(sample.get("__key__", "?"))
+    missing = [f for f in REQUIRED_FIELDS if f not in sample]
+    if missing:
+        raise MissingFieldError(
+            url, key, f"sample has no {', '.join(missing)} member (every sample has {', '.join(REQUIRED_FIELDS)})"
+        )
 
-    def parse(name, fn):
+    def parse(name: str, fn: Any, *args: Any) -> Any:
         try:
-            return fn(sample[name])
-        except Exception as e:  # noqa: BLE001 - any decoding failure is a format error of this field
-            raise ShardFormatError(url, key, f"cannot decode field {name!r}: {e}") from None
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - any failure to parse a member is a format error of that member
+            raise ShardFormatError(url, key, f"{name}: {e}") from None
 
-    meta = parse("json", lambda b: json.loads(b.decode("utf-8") if isinstance(b, bytes) else b))
-    pairs = parse("pairs.npy", _npy_load)
-    ordinal = parse("ordinal.npy", _npy_load)
-    bnd = parse("boundary.npy", _npy_load)
-    if pairs.ndim != 2 or pairs.shape[1] != 4 or ordinal.shape != (pairs.shape[0],):
-        raise ShardFormatError(url, key, f"pairs {pairs.shape} and ordinal {ordinal.shape} do not match")
-    if bnd.dtype.names is None or not set(BOUNDARY_FIELDS) <= set(bnd.dtype.names):
-        raise ShardFormatError(url, key, f"boundary.npy has fields {bnd.dtype.names}, need {BOUNDARY_FIELDS}")
-    if decode_image:
-        from torchvision.io import decode_jpeg
-
-        image = parse("jpg", lambda b: decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8)))
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1).contiguous()
-    else:
-        image = sample["jpg"]
-    return {
+    meta = parse("json", _decode_meta, sample["json"])
+    size = (meta["size"][0], meta["size"][1])
+    pairs = parse("pairs.npy", lambda: _decode_pairs(_npy_array(sample["pairs.npy"]), size))
+    ordinal = parse("ordinal.npy", lambda: _decode_ordinal(_npy_array(sample["ordinal.npy"]), len(pairs)))
+    boundary = parse("boundary.npy", lambda: _decode_boundary(_npy_array(sample["boundary.npy"]))) \
+        if with_boundary else None
+    image = sample["jpg"]
+    if decode_image:  # last: the small members are parsed while the caches are not yet full of pixels
+        image = parse("jpg", _decode_jpeg_rgb, image)
+        if tuple(image.shape[1:]) != size:
+            raise ShardFormatError(url, key, f"jpg: image is {image.shape[1]}x{image.shape[2]} but json size says "
+                                             f"{meta['size']}")
+    item: dict[str, Any] = {
         "image": image,
-        "pairs": torch.from_numpy(pairs.astype(np.int64)),
-        "ordinal": torch.from_numpy(ordinal.astype(np.int64)),
+        "pairs": pairs,
+        "ordinal": ordinal,
         "meta": {
-            "source": "dynocc", "key": key, "video": meta.get("video"), "frame": int(meta.get("frame", 0)),
-            "orig_size": tuple(meta.get("orig_size", ())), "size": tuple(meta.get("size", ())), "url": url,
-            **{k: meta[k] for k in ("video_id", "scale", "fps") if k in meta},
+            "source": meta.get("source", DEFAULT_SOURCE), "key": key, "video": meta["video"],
+            "video_id": meta.get("video_id", key.rsplit("_", 1)[0]), "frame": meta["frame"],
+            "orig_size": tuple(meta["orig_size"]), "size": size, "url": url,
         },
-        "boundary": boundary_from_array(bnd),
     }
+    if boundary is not None:
+        item["boundary"] = boundary
+    return item
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -194,8 +310,12 @@ class Ledger:
 
     def append(self, record: Mapping[str, Any]) -> None:
         line = json.dumps(dict(record), sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        with open(self.path, "a+b") as f:
+            if f.tell() > 0:  # a torn last line (crash mid-write) gets its own line, not glued to this record
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
 
@@ -205,11 +325,14 @@ class Ledger:
             return []
         out = []
         with open(self.path, encoding="utf-8") as f:
-            for line in f:
+            for lineno, line in enumerate(f, start=1):
                 if not line.endswith("\n"):
                     log.warning("%s: ignoring a torn last line (interrupted write)", self.path)
                     break
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    log.warning("%s:%d: ignoring a torn line (interrupted write)", self.path, lineno)
         return out
 
 
@@ -264,22 +387,55 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
     return state
 
 
+def upload_command(upload: str) -> str:
+    """Validate an upload template (``CMD {name}`` or ``pipe:CMD {name}``) and return the shell command."""
+    cmd = upload[len("pipe:"):] if upload.startswith("pipe:") else upload
+    if "{name}" not in cmd or not cmd.strip():
+        raise DynOccError(f"upload command {upload!r}: must contain {{name}} (replaced by each file's name), "
+                          f"e.g. 'aws s3 cp - s3://bucket/dir/{{name}}'")
+    return cmd.strip()
+
+
+def run_upload(upload: str, path: str | os.PathLike, name: str) -> None:
+    """Run the upload command ``upload`` (``{name}`` replaced by ``name``) with the file ``path`` on its stdin;
+    a non-zero exit raises :class:`DynOccError` with the exit status and the end of the command's output."""
+    cmd = upload_command(upload).replace("{name}", shlex.quote(name))
+    with open(path, "rb") as src, tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.run(cmd, shell=True, stdin=src, stdout=output, stderr=subprocess.STDOUT, check=False)
+        except OSError as e:
+            raise DynOccError(f"{name}: cannot run the upload command ({e.strerror or e})") from None
+        if proc.returncode != 0:
+            output.seek(0)
+            tail = " ".join(output.read()[-600:].decode("utf-8", "replace").split()) or "no output"
+            status = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise DynOccError(f"{name}: upload command failed ({status}: {tail}); not committed")
+
+
 class ShardWriter:
     """Writes samples into shards ``<prefix>-r<rank:03d>-<seq:06d>.tar`` of at most ``max_count`` samples
     and about ``max_bytes`` bytes, with the commit protocol of this module.
 
     Video-level records given to :meth:`video_done` are held back until every sample of that video is in
     a committed shard, so a "done" video in the ledger is really done.
+
+    With ``upload`` (a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}``, optionally
+    prefixed ``pipe:``), a finished shard is fed to the command on stdin and committed (ledger record with
+    ``remote: true``) only once the command exits 0; the local ``.partial`` copy is then deleted. A failing
+    command raises :class:`DynOccError` and the shard is not committed. Shard numbers continue after those
+    committed in this rank's ledger, so a resumed run overwrites an uncommitted upload of the same name.
     """
 
     def __init__(self, out: str | os.PathLike, *, prefix: str = "dynocc", rank: int = 0,
-                 max_count: int = 1000, max_bytes: int = 1 << 30, header: Mapping[str, Any] | None = None):
+                 max_count: int = 1000, max_bytes: int = 1 << 30, header: Mapping[str, Any] | None = None,
+                 upload: str | None = None):
         import webdataset as wds
 
         self._wds = wds
         self.out = Path(out)
         self.prefix, self.rank = prefix, rank
         self.max_count, self.max_bytes = max_count, max_bytes
+        self.upload = upload_command(upload) if upload is not None else None
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / f".write-test-r{rank:03d}{PARTIAL}"
@@ -292,6 +448,8 @@ class ShardWriter:
             self.ledger.append({"type": "header", **header})
         pattern = re.compile(rf"^{re.escape(prefix)}-r{rank:03d}-(\d+)\.tar$")
         taken = [int(m.group(1)) for p in self.out.iterdir() if (m := pattern.match(p.name))]
+        taken += [int(m.group(1)) for rec in self.ledger.records()
+                  if rec.get("type") == "shard" and (m := pattern.match(str(rec.get("url", ""))))]
         self._seq = max(taken, default=-1) + 1
         self._stream = None
         self._tar = None
@@ -306,7 +464,7 @@ class ShardWriter:
         self._name = f"{self.prefix}-r{self.rank:03d}-{self._seq:06d}.tar"
         self._seq += 1
         self._stream = open(self.out / (self._name + PARTIAL), "wb")
-        self._tar = self._wds.TarWriter(self._stream, encoder=False, mtime=0.0)
+        self._tar = self._wds.TarWriter(self._stream, encoder=False, mtime=0)
         self._count = 0
         self._frames = {}
 
@@ -345,8 +503,18 @@ class ShardWriter:
             self._stream.close()
             rec = {"type": "shard", "url": self._name, "count": self._count, "bytes": size,
                    "frames": self._frames}
+            if self.upload is not None:
+                try:
+                    run_upload(self.upload, str(path) + PARTIAL, self._name)
+                except DynOccError:
+                    self.abort()
+                    raise
+                rec["remote"] = True
             self.ledger.append(rec)
-            os.replace(str(path) + PARTIAL, path)
+            if self.upload is None:
+                os.replace(str(path) + PARTIAL, path)
+            else:
+                Path(str(path) + PARTIAL).unlink()
             _fsync_dir(self.out)
         except OSError as e:
             self.abort()

@@ -1,27 +1,46 @@
-"""Pictures of the data: per-sample overlays and contact sheets.
+"""Pictures of the data: per-sample overlays, a legend, contact sheets, and :func:`show` (``dynocc-data show``).
 
-Overlay legend: each boundary point is drawn as a short stroke across the boundary, **green on the front
-(closer) side and magenta on the back (farther) side**; each pair is a thin line from its closer point
-(small **cyan** disc) to its farther point (small **orange** disc).
+Overlay legend (also drawn as a strip by :func:`legend_strip`, under every overlay :func:`show` writes and on
+top of its contact sheet):
+
+* each boundary point is a short stroke across the boundary, **green on the front (closer, occluding) side**
+  and **magenta on the back (farther, occluded) side**;
+* each pair is a thin light line from its closer point, a small **cyan** disc, to its farther point, a small
+  **orange** disc; pairs labelled equal (``0``) have two grey discs.
+
+The image under the drawing is dimmed (``dim``) and upscaled ``scale`` times with nearest-neighbour, so the pixel
+``(y, x)`` of the item is the ``scale x scale`` block starting at ``(y * scale, x * scale)`` of the overlay.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
+import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-__all__ = ["draw_overlay", "contact_sheet", "save_png"]
+__all__ = ["draw_overlay", "legend_strip", "contact_sheet", "save_png", "show",
+           "FRONT", "BACK", "CLOSER", "FARTHER", "EQUAL"]
+
+log = logging.getLogger(__name__)
 
 FRONT = (60, 220, 60)
 BACK = (220, 60, 220)
 CLOSER = (40, 220, 255)
 FARTHER = (255, 150, 30)
+EQUAL = (200, 200, 200)
+PAIR_LINE = (235, 235, 235)
+BACKGROUND = (24, 24, 24)
+SHEET_NAME = "contact_sheet.png"
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.4
+_TEXT = (255, 255, 255)
 
 
 def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -35,7 +54,11 @@ def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def draw_overlay(item: Mapping[str, Any], *, scale: int = 2, max_pairs: int | None = 400, dim: float = 0.75,
                  draw_boundary: bool = True) -> np.ndarray:
-    """RGB uint8 picture of an item: its image (upscaled ``scale`` times, dimmed), boundary sides, pairs."""
+    """RGB uint8 ``[H*scale, W*scale, 3]`` picture of an item: its image (upscaled, dimmed), boundary sides, pairs.
+
+    Pair lines are drawn first and the discs on top, so no line hides a point; at most ``max_pairs`` pairs
+    (a fixed random subset) are drawn.
+    """
     img = _to_hwc(item["image"]).astype(np.float32) * dim
     H, W = img.shape[:2]
     canvas = cv2.resize(img.astype(np.uint8), (W * scale, H * scale), interpolation=cv2.INTER_NEAREST)
@@ -58,44 +81,136 @@ def draw_overlay(item: Mapping[str, Any], *, scale: int = 2, max_pairs: int | No
     ordinal = item["ordinal"].cpu().numpy()
     idx = np.arange(len(pairs))
     if max_pairs is not None and len(idx) > max_pairs:
-        idx = np.random.default_rng(0).choice(idx, max_pairs, replace=False)
+        idx = np.sort(np.random.default_rng(0).choice(idx, max_pairs, replace=False))
+    ends = []
     for k in idx:
         ya, xa, yb, xb = pairs[k]
         a, b = pt(ya, xa), pt(yb, xb)
         r = int(ordinal[k])
         closer, farther = (b, a) if r > 0 else (a, b)  # +1: A farther
-        cv2.line(canvas, closer, farther, (235, 235, 235), 1, cv2.LINE_AA)
-        if r == 0:
-            cv2.circle(canvas, a, max(1, scale), (200, 200, 200), -1)
-            cv2.circle(canvas, b, max(1, scale), (200, 200, 200), -1)
-            continue
-        cv2.circle(canvas, closer, max(1, scale), CLOSER, -1, cv2.LINE_AA)
-        cv2.circle(canvas, farther, max(1, scale), FARTHER, -1, cv2.LINE_AA)
+        cv2.line(canvas, closer, farther, PAIR_LINE, 1, cv2.LINE_AA)
+        ends.append((closer, farther, r))
+    radius = max(1, scale)
+    for closer, farther, r in ends:
+        cv2.circle(canvas, farther, radius, EQUAL if r == 0 else FARTHER, -1, cv2.LINE_AA)
+        cv2.circle(canvas, closer, radius, EQUAL if r == 0 else CLOSER, -1, cv2.LINE_AA)
     return canvas
 
 
+def _fit_text(text: str, width: int) -> str:
+    """``text`` cut (with ``..``) so that it fits in ``width`` pixels in the caption font."""
+    if cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)[0][0] <= width:
+        return text
+    while text and cv2.getTextSize(text + "..", _FONT, _FONT_SCALE, 1)[0][0] > width:
+        text = text[:-1]
+    return text + ".." if text else ""
+
+
 def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """``tile`` with an 18-pixel black bar under it holding ``text`` (cut to fit)."""
     bar = np.zeros((18, tile.shape[1], 3), np.uint8)
-    cv2.putText(bar, text[: max(1, tile.shape[1] // 7)], (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(bar, _fit_text(text, tile.shape[1] - 6), (3, 13), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA)
     return np.concatenate([tile, bar], 0)
 
 
+_LEGEND = (("front", "front (closer) side"), ("back", "back (farther) side"),
+           ("closer", "closer point"), ("pair", "pair"), ("farther", "farther point"), ("equal", "equal pair"))
+
+
+_GLYPH_WIDTH = {"front": 14, "back": 14, "pair": 28, "closer": 10, "farther": 10, "equal": 10}
+
+
+def _legend_glyph(canvas: np.ndarray, kind: str, x: int, cy: int) -> None:
+    """Draw one legend symbol (``_GLYPH_WIDTH[kind]`` wide) with its left edge at ``x``, centred on row ``cy``."""
+    if kind in ("front", "back"):
+        cv2.line(canvas, (x, cy), (x + 12, cy), FRONT if kind == "front" else BACK, 2, cv2.LINE_AA)
+    elif kind == "pair":
+        cv2.line(canvas, (x + 3, cy), (x + 23, cy), PAIR_LINE, 1, cv2.LINE_AA)
+        cv2.circle(canvas, (x + 3, cy), 3, CLOSER, -1, cv2.LINE_AA)
+        cv2.circle(canvas, (x + 23, cy), 3, FARTHER, -1, cv2.LINE_AA)
+    else:
+        colour = {"closer": CLOSER, "farther": FARTHER, "equal": EQUAL}[kind]
+        cv2.circle(canvas, (x + 4, cy), 4, colour, -1, cv2.LINE_AA)
+
+
+def legend_strip(width: int) -> np.ndarray:
+    """RGB uint8 strip ``[h, width, 3]`` explaining the overlay colours; entries wrap onto more lines if needed."""
+    line_h, pad = 18, 6
+    entries = []
+    for kind, label in _LEGEND:
+        tw = cv2.getTextSize(label, _FONT, _FONT_SCALE, 1)[0][0]
+        entries.append((kind, label, _GLYPH_WIDTH[kind] + 4 + tw))
+    lines: list[list[tuple[str, str, int]]] = [[]]
+    x = pad
+    for entry in entries:
+        if lines[-1] and x + entry[2] > width - pad:
+            lines.append([])
+            x = pad
+        lines[-1].append(entry)
+        x += entry[2] + 14
+    canvas = np.zeros((len(lines) * line_h + 4, width, 3), np.uint8)
+    canvas[:] = BACKGROUND
+    for i, line in enumerate(lines):
+        cy, x = 2 + i * line_h + line_h // 2, pad
+        for kind, label, w in line:
+            _legend_glyph(canvas, kind, x, cy)
+            cv2.putText(canvas, label, (x + _GLYPH_WIDTH[kind] + 4, cy + 4), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA)
+            x += w + 14
+    return canvas
+
+
+def _row_widths(aspects: Sequence[float], width: int) -> list[int]:
+    """Integer widths proportional to ``aspects`` that add up to exactly ``width``."""
+    total = sum(aspects)
+    edges = [round(width * sum(aspects[:i]) / total) for i in range(len(aspects) + 1)]
+    return [max(1, b - a) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def contact_sheet(tiles: Sequence[np.ndarray], *, captions: Sequence[str] | None = None, columns: int = 4,
-                  tile_width: int = 320) -> np.ndarray:
-    """Lay RGB tiles out in a grid (resized to ``tile_width``), with optional captions."""
+                  tile_width: int = 320, gap: int = 2) -> np.ndarray:
+    """Lay RGB tiles out in rows of ``columns`` tiles, each row scaled to one height so that it fills the sheet.
+
+    The sheet is ``columns * tile_width + (columns - 1) * gap`` pixels wide. Tiles keep their aspect ratio; the
+    tiles of a row share a height chosen so that they exactly fill the row, so tiles of different aspect ratios
+    leave no padding. Only the last row, when it has fewer than ``columns`` tiles, is left-aligned at the height a
+    full row of typical (median aspect) tiles would have (or lower, so that it fits). ``captions`` go in a bar
+    under each tile; tiles are separated by ``gap`` pixels of a dark background.
+    """
     if not tiles:
         raise ValueError("contact_sheet needs at least one tile")
-    out = []
-    for i, t in enumerate(tiles):
-        h = int(round(t.shape[0] * tile_width / t.shape[1]))
-        t = cv2.resize(t, (tile_width, h), interpolation=cv2.INTER_AREA)
-        out.append(_caption(t, captions[i]) if captions else t)
-    th = max(t.shape[0] for t in out)
-    out = [np.pad(t, ((0, th - t.shape[0]), (0, 0), (0, 0))) for t in out]
-    rows = math.ceil(len(out) / columns)
-    out += [np.zeros_like(out[0])] * (rows * columns - len(out))
-    return np.concatenate([np.concatenate(out[r * columns:(r + 1) * columns], 1) for r in range(rows)], 0)
+    if captions is not None and len(captions) != len(tiles):
+        raise ValueError(f"contact_sheet got {len(tiles)} tiles but {len(captions)} captions")
+    columns = max(1, min(columns, len(tiles)))
+    sheet_w = columns * tile_width + (columns - 1) * gap
+    aspects = [t.shape[1] / t.shape[0] for t in tiles]
+    typical_h = tile_width / float(np.median(aspects))
+    rows = []
+    for start in range(0, len(tiles), columns):
+        idx = list(range(start, min(start + columns, len(tiles))))
+        avail = sheet_w - (len(idx) - 1) * gap
+        row_aspects = [aspects[i] for i in idx]
+        height = avail / sum(row_aspects)
+        if len(idx) < columns:  # a short last row: do not blow it up to fill the width
+            height = min(height, typical_h)
+            widths = [max(1, round(a * height)) for a in row_aspects]
+        else:
+            widths = _row_widths(row_aspects, avail)
+        h = max(1, round(height))
+        parts = []
+        for n, (i, w) in enumerate(zip(idx, widths)):
+            t = cv2.resize(tiles[i], (w, h), interpolation=cv2.INTER_AREA)
+            if captions is not None:
+                t = _caption(t, captions[i])
+            if n:
+                parts.append(np.full((t.shape[0], gap, 3), BACKGROUND, np.uint8))
+            parts.append(t)
+        row = np.concatenate(parts, 1)
+        if row.shape[1] < sheet_w:
+            row = np.concatenate([row, np.full((row.shape[0], sheet_w - row.shape[1], 3), BACKGROUND, np.uint8)], 1)
+        if rows:
+            rows.append(np.full((gap, sheet_w, 3), BACKGROUND, np.uint8))
+        rows.append(row)
+    return np.concatenate(rows, 0)
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
@@ -109,3 +224,77 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     tmp.write_bytes(buf.tobytes())
     os.replace(tmp, path)
     return path
+
+
+def _pick(counts: Sequence[int], limit: int) -> list[list[int]]:
+    """Positions (within each shard) of ``limit`` samples spread evenly over shards holding ``counts`` samples."""
+    total = sum(counts)
+    wanted = [i * total // limit for i in range(limit)] if total > limit else list(range(total))
+    out: list[list[int]] = [[] for _ in counts]
+    start = 0
+    for shard, count in enumerate(counts):
+        out[shard] = [p - start for p in wanted if start <= p < start + count]
+        start += count
+    return out
+
+
+def _items(shards: Any, limit: int, spread: bool) -> Iterator[dict[str, Any]]:
+    """Up to ``limit`` items of ``shards`` (stored pairs, with boundary): spread over the data when the sample
+    counts are known (``index.json``) and ``spread``, else the first ones."""
+    from .datasets.dynocc import DynOccDataset
+
+    ds = DynOccDataset(shards, strategy="stored", keep_boundary=True)
+    counts = [s.count for s in ds.shards]
+    if not spread or any(c is None for c in counts):
+        for n, item in enumerate(ds):
+            if n >= limit:
+                return
+            yield item
+        return
+    for info, positions in zip(ds.shards, _pick(counts, limit)):
+        if not positions:
+            continue
+        wanted = set(positions)
+        for pos, item in enumerate(DynOccDataset([info.url], strategy="stored", keep_boundary=True)):
+            if pos in wanted:
+                yield item
+            if pos >= positions[-1]:
+                break
+
+
+def _file_stem(key: str) -> str:
+    """A sample key as a safe file name."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", key).strip("_") or "sample"
+
+
+def show(shards: Any, out: str | os.PathLike, *, limit: int = 24, columns: int = 4, scale: int = 2,
+         spread: bool = True, max_pairs: int | None = 400) -> list[Path]:
+    """Draw overlays of up to ``limit`` samples of ``shards`` into ``out`` and a contact sheet of them.
+
+    ``shards``: a ``dynocc-data generate`` output folder (``index.json``), a ``.tar``, a brace pattern, or anything
+    else :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads (items with the stored pairs and the boundary).
+    With ``spread`` and known sample counts the samples are spread evenly over the data (every shard is read up
+    to its last chosen sample), otherwise the first ``limit`` are drawn. Writes ``<key>.png`` per sample (the
+    :func:`draw_overlay` picture, ``scale`` times the stored size, with a legend strip under it) and
+    ``contact_sheet.png`` (legend on top, one captioned tile per sample); returns their paths, the sheet last.
+    """
+    from .errors import InputError
+
+    if limit < 1 or columns < 1 or scale < 1:
+        raise ValueError(f"limit, columns and scale must be >= 1, got {limit}, {columns}, {scale}")
+    out = Path(out)
+    paths, tiles, captions = [], [], []
+    for item in _items(shards, limit, spread):
+        overlay = draw_overlay(item, scale=scale, max_pairs=max_pairs)
+        key = str(item["meta"]["key"])
+        picture = np.concatenate([overlay, legend_strip(overlay.shape[1])], 0)
+        paths.append(save_png(out / f"{_file_stem(key)}.png", picture))
+        tiles.append(overlay)
+        captions.append(f"{key} ({len(item['pairs'])} pairs)")
+    if not tiles:
+        raise InputError(str(shards), "no samples to show")
+    sheet = contact_sheet(tiles, captions=captions, columns=columns)
+    sheet = np.concatenate([legend_strip(sheet.shape[1]), sheet], 0)
+    paths.append(save_png(out / SHEET_NAME, sheet))
+    log.info("wrote %d overlays and %s", len(tiles), paths[-1])
+    return paths

@@ -11,6 +11,7 @@ from torchvision.io import encode_jpeg
 from dynocc_data.errors import DynOccError, ShardFormatError
 from dynocc_data.shards import (
     BOUNDARY_DTYPE,
+    MissingFieldError,
     ShardWriter,
     decode_sample,
     encode_sample,
@@ -60,7 +61,7 @@ def test_stored_arrays_have_the_documented_dtypes():
 def test_missing_field_names_shard_key_and_field():
     sample, _ = make_sample()
     del sample["boundary.npy"]
-    with pytest.raises(ShardFormatError, match=r"s\.tar \[vid-0000abcd_000004\]: missing field 'boundary.npy'"):
+    with pytest.raises(MissingFieldError, match=r"s\.tar \[vid-0000abcd_000004\]: sample has no boundary.npy member"):
         decode_sample({**sample, "__url__": "s.tar"})
 
 

@@ -1,0 +1,218 @@
+"""Scaling figures of ``dynocc-data generate``: worker processes and memory on long videos.
+
+    python benchmarks/bench_scale.py                       # both parts, default sizes
+    python benchmarks/bench_scale.py --skip-memory         # throughput only (about a minute)
+    python benchmarks/bench_scale.py --cache /tmp/bench    # keep the rendered videos for the next run
+
+1. **Throughput**: a few synthetic 640x360 clips (``synthetic.make_scene``) generated with 1 and with 2 worker
+   processes (``--workers``); prints frames/s (selected frames per second of wall time, process start
+   included) and the ratio.
+2. **Memory**: peak RSS of a generation run on a long synthetic 1280x720 video (``--long-minutes``, default 10
+   minutes = 15000 frames at 25 fps) and on a short one (``--short-minutes``, default 1). The videos are rendered
+   frame by frame (a textured background panning, textured discs and boxes moving in front of it) and encoded
+   progressively with PyAV/libx264 (``fast`` preset), so the benchmark itself never holds a video in memory.
+   Generation selects every ``--stride``-th frame over the *whole* video (decode and processing span its full
+   length) and runs in a child process; its peak RSS comes from ``os.wait4`` (``ru_maxrss``). Measured once
+   per decoder of ``--decoders`` (default ``auto`` = decord2, and ``pyav``): decord2 keeps decoding ahead in
+   the background while the pipeline is busy with earlier frames, which costs up to about 1 GB more on
+   long videos before it levels off; PyAV's footprint stays flat.
+
+Every run is ``python -m dynocc_data.cli generate`` in a fresh process. No assertion: figures are printed
+(and written with ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dynocc_data.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Colourful multi-scale noise (uint8 HxWx3): enough texture everywhere for optical flow."""
+    out = np.zeros((h, w, 3), np.float32)
+    for cell, weight in ((64, 0.5), (16, 0.3), (4, 0.2)):
+        small = rng.random((max(2, h // cell), max(2, w // cell), 3), dtype=np.float32)
+        out += weight * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(out * 255, 0, 255).astype(np.uint8)
+
+
+class LayeredVideo:
+    """Frames of a long video made on the fly in constant memory: a textured background panning back and forth
+    and ``sprites`` textured discs and boxes bouncing in front of it (moving occlusion boundaries)."""
+
+    def __init__(self, size: tuple[int, int] = (720, 1280), sprites: int = 4, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.h, self.w = size
+        self.pan = 160
+        self.background = _texture(rng, self.h, self.w + self.pan)
+        self.sprites = []
+        for i in range(sprites):
+            side = int(rng.integers(self.h // 6, self.h // 3))
+            yy, xx = np.mgrid[:side, :side]
+            mask = ((yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= (side / 2) ** 2) if i % 2 == 0 else \
+                np.ones((side, side), bool)
+            start = rng.uniform([0, 0], [self.h - side, self.w - side])
+            velocity = rng.uniform(1.5, 4.0, size=2) * rng.choice([-1, 1], size=2)
+            self.sprites.append((_texture(rng, side, side), mask, start, velocity))
+
+    @staticmethod
+    def _bounce(x: np.ndarray, span: np.ndarray) -> np.ndarray:
+        """Triangle wave: positions moving back and forth within ``[0, span]``."""
+        period = 2 * span
+        x = np.mod(x, period)
+        return np.where(x > span, period - x, x)
+
+    def frame(self, t: int) -> np.ndarray:
+        """RGB uint8 HxWx3 frame ``t``."""
+        off = int(self._bounce(np.array(t * 0.8), np.array(self.pan)))
+        img = self.background[:, off:off + self.w].copy()
+        for tex, mask, start, velocity in self.sprites:
+            side = tex.shape[0]
+            y, x = self._bounce(start + velocity * t, np.array([self.h - side, self.w - side])).astype(int)
+            region = img[y:y + side, x:x + side]
+            region[mask] = tex[mask]
+        return img
+
+
+def encode_long_video(path: Path, minutes: float, fps: int = 25, size: tuple[int, int] = (720, 1280)) -> float:
+    """Render and encode ``minutes`` of :class:`LayeredVideo` to ``path`` (H.264, preset fast); returns seconds."""
+    import av
+
+    t0 = time.perf_counter()
+    video = LayeredVideo(size)
+    tmp = path.with_name(path.name + ".part")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "fast", "crf": "23"}
+        for t in range(int(round(minutes * 60 * fps))):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(video.frame(t), format="rgb24")))
+        container.mux(stream.encode(None))
+    os.replace(tmp, path)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def run_generate(inputs: list[Path], out: Path, *args: str) -> dict:
+    """``dynocc-data generate`` in a child process: wall seconds, peak RSS (MiB) and its stats.json."""
+    cmd = [sys.executable, "-m", "dynocc_data.cli", "generate", *map(str, inputs), "--out", str(out),
+           "--no-progress", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"generate failed ({proc.returncode}):\n{stderr.decode(errors='replace')[-3000:]}")
+    stats = json.loads((out / "stats.json").read_text())
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stats": stats}
+
+
+def throughput(work: Path, args: argparse.Namespace) -> dict:
+    clips = work / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for i in range(args.videos):
+        path = clips / f"clip{i}.mp4"
+        if not path.exists():
+            write_scene(make_scene(SceneConfig(height=360, width=640, num_frames=args.frames), seed=100 + i),
+                        clips, f"clip{i}")
+        videos.append(path)
+    results = {}
+    for workers in (1, 2):
+        out = Path(tempfile.mkdtemp(dir=work, prefix=f"w{workers}-"))
+        r = run_generate(videos, out, "--workers", str(workers))
+        frames = r["stats"]["frames_processed"]
+        results[workers] = {"frames": frames, "wall_s": r["wall_s"], "frames_per_s": round(frames / r["wall_s"], 3),
+                            "peak_rss_mib": r["peak_rss_mib"]}
+        print(f"  {workers} worker(s): {frames} frames in {r['wall_s']:.1f} s = "
+              f"{results[workers]['frames_per_s']:.2f} frames/s (peak RSS of the largest process "
+              f"{r['peak_rss_mib']:.0f} MiB)")
+    ratio = results[2]["frames_per_s"] / results[1]["frames_per_s"]
+    print(f"  speed-up with 2 workers: {ratio:.2f}x on {os.cpu_count()} CPU(s), "
+          f"load average before: {args.load_before}")
+    return {"per_workers": results, "speedup_2_vs_1": round(ratio, 3)}
+
+
+def memory(work: Path, args: argparse.Namespace) -> dict:
+    videos = {}
+    for label, minutes in (("short", args.short_minutes), ("long", args.long_minutes)):
+        videos[label] = video = work / f"layered_{minutes:g}min.mp4"
+        if not video.exists():
+            secs = encode_long_video(video, minutes)
+            print(f"  rendered and encoded {minutes:g} min of 1280x720 ({int(minutes * 60 * 25)} frames) in "
+                  f"{secs:.0f} s, {video.stat().st_size / 2**20:.0f} MiB")
+    figures = {}
+    for decoder in args.decoders.split(","):
+        results = {}
+        for label, minutes in (("short", args.short_minutes), ("long", args.long_minutes)):
+            out = Path(tempfile.mkdtemp(dir=work, prefix=f"mem-{decoder}-{label}-"))
+            r = run_generate([videos[label]], out, "--workers", "1", "--stride", str(args.stride),
+                             "--decoder", decoder)
+            s = r["stats"]
+            results[label] = {"minutes": minutes, "frames_in_video": int(minutes * 60 * 25),
+                              "frames_processed": s["frames_processed"], "frames_written": s["frames_written"],
+                              "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
+            print(f"  --decoder {decoder}, {minutes:g} min: {s['frames_processed']} selected frames (every "
+                  f"{args.stride}th, whole video), {s['frames_written']} written, {r['wall_s']:.0f} s, "
+                  f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+        ratio = results["long"]["peak_rss_mib"] / results["short"]["peak_rss_mib"]
+        print(f"  --decoder {decoder}: peak RSS long / short {ratio:.3f} "
+              f"(long: {results['long']['peak_rss_mib'] / 1024:.2f} GiB)")
+        figures[decoder] = {**results, "rss_ratio_long_vs_short": round(ratio, 3)}
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=4, help="640x360 clips for the throughput part (default 4)")
+    p.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
+    p.add_argument("--long-minutes", type=float, default=10.0)
+    p.add_argument("--short-minutes", type=float, default=1.0)
+    p.add_argument("--stride", type=int, default=50, help="frame stride of the memory runs (default 50)")
+    p.add_argument("--decoders", default="auto,pyav",
+                   help="decoders of the memory runs, comma-separated (default auto,pyav: auto is decord2)")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--cache", default=None, help="folder keeping the rendered videos between runs")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args()
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    figures = {"cpus": os.cpu_count(), "load_average_before": args.load_before}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.cache) if args.cache else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if not args.skip_throughput:
+            print(f"throughput: {args.videos} synthetic 640x360 clips of {args.frames} frames (stride 4)")
+            figures["throughput"] = throughput(work, args)
+        if not args.skip_memory:
+            print(f"memory: {args.short_minutes:g}- and {args.long_minutes:g}-minute synthetic 1280x720 videos")
+            figures["memory"] = memory(work, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

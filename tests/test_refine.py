@@ -1,0 +1,151 @@
+"""Placement and verification of ordered boundary points (dynocc_data.refine) on hand-made frames.
+
+The frames: a textured square (rows TOP..TOP+SIDE-1, columns LEFT..LEFT+SIDE-1 in the processed frame)
+over an unrelated static textured background; in the next frame the square has moved by (DX, 0), in the
+previous one by (-DX, 0). The flows are the exact ones. Boundary points sit on the square's left edge,
+whose true outline is the line x = LEFT - 0.5.
+"""
+
+import cv2
+import numpy as np
+import torch
+
+from dynocc_data.ordering import OrderedBoundaries
+from dynocc_data.refine import RefineConfig, refine_boundaries, side_margins
+
+H, W = 64, 96
+TOP, LEFT, SIDE = 12, 36, 40
+DX = 4
+
+
+def texture(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth random RGB texture, float32 [H,W,3] in 0..1 with strong grey-level contrast."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 1.5)
+    base = (base - base.mean()) / base.std()
+    return np.clip(0.5 + 0.25 * base, 0, 1)[..., None] * rng.uniform(0.7, 1.0, 3).astype(np.float32)
+
+
+BACKGROUND = texture(H, W, seed=1)
+SQUARE = texture(SIDE, SIDE, seed=2)
+
+
+def frame(shift: int) -> torch.Tensor:
+    """The frame with the square moved by ``shift`` pixels to the right, float RGB [1,3,H,W]."""
+    img = BACKGROUND.copy()
+    img[TOP:TOP + SIDE, LEFT + shift:LEFT + shift + SIDE] = SQUARE
+    return torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+
+
+def true_flow(dx: float) -> torch.Tensor:
+    """Exact flow [1,2,H,W] (dx, dy) of the middle frame to the frame whose square moved by ``dx``."""
+    flow = torch.zeros(1, 2, H, W)
+    flow[0, 0, TOP:TOP + SIDE, LEFT:LEFT + SIDE] = dx
+    return flow
+
+
+IMAGE = frame(0)
+FLOWS = [true_flow(DX), true_flow(-DX)]
+TARGETS = [frame(DX), frame(-DX)]
+
+
+def left_edge(x: float, normal_x: float = 1.0, rows=range(TOP + 6, TOP + SIDE - 6), segment: int = 0,
+              b: int = 0) -> OrderedBoundaries:
+    """Ordered points at column ``x`` on the rows ``rows``, normals (0, normal_x)."""
+    n = len(rows)
+    return OrderedBoundaries(
+        b=torch.full((n,), b, dtype=torch.long), y=torch.tensor(list(rows), dtype=torch.long),
+        x=torch.full((n,), x, dtype=torch.float32), normal=torch.tensor([[0.0, normal_x]] * n),
+        confidence=torch.ones(n), segment=torch.full((n,), segment, dtype=torch.long), jump=torch.full((n,), 4.0))
+
+
+def cat(*sets: OrderedBoundaries) -> OrderedBoundaries:
+    """Concatenate point sets."""
+    return OrderedBoundaries(*(torch.cat([getattr(s, f) for s in sets]) for f in OrderedBoundaries.POINT_FIELDS))
+
+
+def margins(points: OrderedBoundaries, image=IMAGE, flows=FLOWS, targets=TARGETS) -> torch.Tensor:
+    """side_margins with the default geometry: pair pixels 6 px off, motions 10 px off, 3x3 patch 2 px apart."""
+    return side_margins(points, image, flows, targets, offset=6.0, motion_offset=10.0, patch=1, step=2.0)
+
+
+def test_margins_positive_on_the_true_outline():
+    # x = LEFT: pair pixels at LEFT + 6 (square) and LEFT - 6 (background), each explained by its own motion
+    m = margins(left_edge(LEFT))
+    assert m.shape == (SIDE - 12,)
+    assert (m > 0.05).all()
+
+
+def test_margins_do_not_depend_on_the_sign_of_the_normal():
+    # side_margins judges where the pair pixels land, not which side is in front: flipping the normal swaps
+    # both the pixels and the motions they are compared with (the order is ordering.py's job)
+    assert torch.allclose(margins(left_edge(LEFT, normal_x=-1.0)), margins(left_edge(LEFT)))
+
+
+def test_margins_negative_when_pair_pixels_sit_on_the_other_surface():
+    # a point 8 px inside the square whose normal points out of it: its "front" pixel (LEFT + 2) is on the
+    # square but the front motion is sampled on the background (LEFT - 2), so the background motion explains it
+    # worse than the square's does
+    inside = margins(left_edge(LEFT + 8, normal_x=-1.0))
+    assert (inside < -0.05).all()
+    # a point 9 px out on the background, normal towards the square: its front pixel (LEFT - 3) is background
+    # but the front motion is sampled on the square (LEFT + 1). Judged on the next frame only: in the previous
+    # one the square covers that pixel, so neither motion explains it there
+    wrong = margins(left_edge(LEFT - 9, normal_x=1.0), flows=FLOWS[:1], targets=TARGETS[:1])
+    assert (wrong < -0.05).all()
+
+
+def test_margins_vanish_on_a_textureless_image():
+    flat = torch.full((1, 3, H, W), 0.5)
+    m = side_margins(left_edge(LEFT), flat, FLOWS, [flat, flat], offset=6.0, motion_offset=10.0, patch=1,
+                     step=2.0)
+    assert torch.allclose(m, torch.zeros_like(m), atol=1e-6)
+    assert (m < RefineConfig().min_margin).all()  # so verification drops them
+
+
+def test_margins_of_no_points():
+    assert margins(left_edge(LEFT, rows=range(0))).shape == (0,)
+
+
+def test_refine_shifts_along_the_normal_and_drops_short_segments():
+    long = left_edge(LEFT - 2, rows=range(TOP, TOP + 30), segment=3)
+    short = left_edge(LEFT - 2, rows=range(TOP + 32, TOP + 37), segment=7)  # 5 points
+    cfg = RefineConfig(shift=2.0, min_margin=None, min_segment=20)
+    out = refine_boundaries(cat(long, short), IMAGE, FLOWS, TARGETS, cfg)
+    assert len(out) == 30
+    assert out.segment.unique().tolist() == [3]
+    assert torch.equal(out.y, torch.arange(TOP, TOP + 30, dtype=torch.float32))
+    assert torch.allclose(out.x, torch.full((30,), float(LEFT)))
+    # normals pointing left move points left; diagonal normals move both coordinates
+    diag = OrderedBoundaries(torch.zeros(1, dtype=torch.long), torch.tensor([30]), torch.tensor([40]),
+                             torch.tensor([[0.6, -0.8]]), torch.ones(1), torch.zeros(1, dtype=torch.long),
+                             torch.ones(1))
+    moved = refine_boundaries(diag, IMAGE, FLOWS, TARGETS, RefineConfig(shift=5.0, min_margin=None, min_segment=1))
+    assert torch.allclose(torch.stack([moved.y, moved.x], 1), torch.tensor([[33.0, 36.0]]))
+
+
+def test_refine_keeps_verified_points_and_drops_misplaced_ones():
+    # like a flow edge, 2 px on the back side of the outline: shifted onto it and verified
+    good = left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), segment=0)
+    # 10 px inside the square with the normal pointing out: after the shift (to LEFT + 8) the "front" pair
+    # pixel is on the square while the front motion is the background's -> dropped
+    bad = left_edge(LEFT + 10, normal_x=-1.0, rows=range(TOP + 4, TOP + 34), segment=1)
+    cfg = RefineConfig(shift=2.0, pair_offset=6.0, motion_offset=10.0, min_segment=20)
+    out = refine_boundaries(cat(good, bad), IMAGE, FLOWS, TARGETS, cfg)
+    assert out.segment.unique().tolist() == [0]
+    assert len(out) == 30
+    assert torch.allclose(out.x, torch.full((30,), float(LEFT)))
+    # the same points on a textureless frame cannot be verified: nothing is kept
+    flat = torch.full((1, 3, H, W), 0.5)
+    assert len(refine_boundaries(good, flat, FLOWS, [flat, flat], cfg)) == 0
+
+
+def test_refine_works_per_batch_item():
+    # two frames of a batch: the second is textureless, its points go, the first frame's stay
+    image = torch.cat([IMAGE, torch.full_like(IMAGE, 0.5)])
+    flows = [torch.cat([f, f]) for f in FLOWS]
+    targets = [torch.cat([t, torch.full_like(t, 0.5)]) for t in TARGETS]
+    pts = cat(left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), b=0),
+              left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), segment=1, b=1))
+    out = refine_boundaries(pts, image, flows, targets, RefineConfig(min_segment=20))
+    assert out.b.unique().tolist() == [0] and len(out) == 30
