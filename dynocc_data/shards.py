@@ -382,7 +382,7 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
                 log.info("%s: removing a shard left unfinished by an interrupted run", partial)
                 partial.unlink()
         for s in state.shards:
-            if not (out / s["url"]).exists():
+            if not s.get("remote") and not (out / s["url"]).exists():  # uploaded shards live elsewhere
                 raise DynOccError(f"{out / s['url']}: committed in the ledger but missing on disk")
     return state
 

@@ -298,9 +298,16 @@ def test_torchcodec_backend(clips):
         assert [read_index(f) for _, f in reader.iter_frames([0, 9])] == [0, 9]
 
 
-def test_auto_falls_back_to_pyav_without_decord(clips, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
+def test_auto_picks_pyav_on_cpu(clips, caplog):
     with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), open_video(clips["x264.mp4"]) as reader:
+        assert reader.backend == "pyav" and read_index(next(reader.iter_frames([4]))[1]) == 4
+    assert caplog.text == ""
+
+
+def test_auto_on_cuda_falls_back_to_pyav_without_decord(clips, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), \
+            open_video(clips["x264.mp4"], device="cuda") as reader:
         assert reader.backend == "pyav" and read_index(next(reader.iter_frames([4]))[1]) == 4
     assert str(clips["x264.mp4"]) in caplog.text and "PyAV" in caplog.text
 
@@ -314,11 +321,11 @@ def test_cuda_device_falls_back_to_cpu_decoding(clips):
 
 def test_auto_handles_frame_widths_decord_misshapes(tmp_path, caplog):
     clip = write_pyav(tmp_path / "narrow.mp4", 10, h=64, w=96)
-    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), open_video(clip) as reader:
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), open_video(clip, device="cuda") as reader:
         assert reader.size == (64, 96) and reader.num_frames == 10
         frames = decode_all(reader, [0, 9])
         if reader.backend == "pyav":  # decord2 3.4 returns HxWx4 arrays at this width: fell back, and said so
-            assert "falling back to PyAV" in caplog.text and str(clip) in caplog.text
+            assert "trying the other decoder" in caplog.text and str(clip) in caplog.text
     assert all(f.shape == (64, 96, 3) and np.abs(f.astype(int) - pattern(i, 64, 96)).mean() < 12
                for i, f in frames.items())
 
