@@ -14,13 +14,16 @@ setups taking turns within each round so that a busy machine slows them alike:
   (``torchvision.io.decode_jpeg``, RGB) — the floor any loader pays;
 * **stored**: ``DynOccDataset(strategy="stored")``, full items (ratio to bare decode, target >= 0.8);
 * **train**: ``DynOccDataset(strategy=--strategy)`` plus ``create_transform(train=True, size=--size,
-  color_jitter=0)`` (random resized crop + horizontal flip, float output; ratio to bare decode, target >= 0.6);
+  crop="random", color_jitter=0, to_float=False)``: the issue's "resampling strategy plus random crop and
+  flip", ``uint8`` out (converted to float on the GPU; ratio to bare decode, target >= 0.6);
+* **train, resized + float** (for information): the same with the default random *resized* crop (a resample)
+  and ``float32`` output in the loader;
 * **YouTube3D-style vs ours, same output**: a map-style dataset written as princeton-vl/YouTube3D's
   ``YoutubeDataset.__getitem__`` does it (a JPEG file per image read with ``cv2.imread``, a pickle per target —
   a ``5 x N`` float array the bench writes with ``pickle`` — coordinates scaled and clipped, ``cv2.resize`` to
   ``--size``, ``float32 [3,h,w]`` in [0, 1]) against ``DynOccDataset(strategy="stored", transform=
-  create_transform(train=False, size=--size))``, which yields the same sizes and dtypes (target: ours not
-  slower);
+  create_transform(train=False, size=--size, antialias=False))``, which yields the same sizes and dtypes and
+  samples like ``cv2.resize`` (bilinear, no antialiasing) (target: ours not slower);
 * **DataLoader** items/s of the train setup with 0, 1 and 2 workers (``collate_pairs``, ``--batch-size``),
   counted from the first batch (worker start-up excluded).
 
@@ -185,7 +188,7 @@ def stage_costs(root: Path, strategy: str, train_tf: Any, eval_tf: Any, repeats:
         "decode_sample minus the JPEG": each(lambda i: decode_sample(raw[i], decode_image=False)),
         f"pair strategy {strategy}": each(lambda i: sampler(items[i]["boundary"], items[i]["meta"]["size"],
                                                             sample_generator(0, 0, items[i]["meta"]["key"]))),
-        "train transform (crop, flip, float)": each(lambda i: train_tf(plain[i])),
+        "train transform (random crop, flip)": each(lambda i: train_tf(plain[i])),
         "eval transform (resize, float)": each(lambda i: eval_tf(plain[i])),
     }
     return {name: 1000 / rate for name, rate in best_rates(stages, repeats).items()}
@@ -251,13 +254,16 @@ def main() -> None:
               f"items/s = best of {args.repeats} passes")
 
         root = tmp / "shards"
-        train_tf = create_transform(train=True, size=size, color_jitter=0.0)
-        eval_tf = create_transform(train=False, size=size)
+        train_tf = create_transform(train=True, size=size, crop="random", color_jitter=0.0, to_float=False)
+        resized_tf = create_transform(train=True, size=size, color_jitter=0.0)
+        eval_tf = create_transform(train=False, size=size, antialias=False)
         youtube3d = YouTube3DStyle(entries, size)
         rates = best_rates({
             "bare_decode": lambda: bare_decode(jpegs),
             "stored": lambda: DynOccDataset(root, strategy="stored"),
             "train": lambda: DynOccDataset(root, strategy=args.strategy, transform=train_tf, keep_boundary=False),
+            "train_resized": lambda: DynOccDataset(root, strategy=args.strategy, transform=resized_tf,
+                                                   keep_boundary=False),
             "youtube3d_style": lambda: (youtube3d[i] for i in range(len(youtube3d))),
             "ours_same_output": lambda: DynOccDataset(root, strategy="stored", transform=eval_tf, keep_boundary=False),
         }, args.repeats)
@@ -271,14 +277,15 @@ def main() -> None:
 
     ratios = {
         "stored / bare decode": (rates["stored"] / rates["bare_decode"], 0.8),
-        f"train ({args.strategy} + crop/flip) / bare decode": (rates["train"] / rates["bare_decode"], 0.6),
+        f"train ({args.strategy} + random crop/flip) / bare decode": (rates["train"] / rates["bare_decode"], 0.6),
         "ours / YouTube3D-style (same output)": (rates["ours_same_output"] / rates["youtube3d_style"], 1.0),
     }
     print(f"\n{'setup':62s} {'items/s':>9s}")
     labels = {
         "bare_decode": "bare decode (decode_jpeg of the same bytes)",
         "stored": "DynOccDataset strategy=stored",
-        "train": f"DynOccDataset strategy={args.strategy} + crop/flip {size[0]}x{size[1]}",
+        "train": f"DynOccDataset strategy={args.strategy} + random crop/flip {size[0]}x{size[1]}, uint8",
+        "train_resized": f"  same, random resized crop + flip {size[0]}x{size[1]}, float32",
         "youtube3d_style": f"YouTube3D-style (cv2.imread + pickle + cv2.resize {size[0]}x{size[1]})",
         "ours_same_output": f"DynOccDataset stored + resize {size[0]}x{size[1]} (same output)",
         **{f"loader_{w}w": f"DataLoader train setup, {w} workers, batch {args.batch_size}" for w in (0, 1, 2)},

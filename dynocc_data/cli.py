@@ -155,10 +155,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"scenes: {args.scenes} (seeds {args.scene_seed}..{args.scene_seed + args.scenes - 1}), "
           f"{d['frames_selected']} frames, {d['frames_written']} with pairs")
     for name, v in sorted(d["per_video"].items()):
-        print(f"  {name}: {v['pairs']} pairs, precision {v['precision']:.2%}, coverage {v['coverage']:.2%}")
+        print(f"  {name}: {v['pairs']} pairs, precision {v['precision']:.2%}, coverage {v['coverage']:.2%} "
+              f"(any motion {v['coverage_any']:.2%})")
     print(f"pair precision:    {d['precision']:.2%}  ({d['correct']}/{d['pairs']} pairs agree with ground truth)")
-    print(f"boundary coverage: {d['coverage']:.2%}  ({d['covered_pixels']}/{d['boundary_pixels']} moving-boundary "
-          f"pixels with a pair within {args.radius:g} px)")
+    print(f"boundary coverage: {d['coverage']:.2%}  ({d['covered_pixels']}/{d['boundary_pixels']} pixels of boundary "
+          f"moving across itself with a pair within {args.radius:g} px)")
+    print(f"  any motion:      {d['coverage_any']:.2%}  ({d['covered_pixels_any']}/{d['boundary_pixels_any']}, sliding "
+          "parts included: outlines whose sides only slide along them, which no occlusion test can order)")
     print(f"pairs per frame:   {d['pairs_per_frame']:.1f} (written frames), {d['pairs_per_selected_frame']:.1f} "
           f"(all selected frames)")
     Path(args.out).mkdir(parents=True, exist_ok=True)

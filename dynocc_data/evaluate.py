@@ -2,9 +2,12 @@
 
 * **pair precision**: share of pairs whose order (``ordinal``) agrees with the ground-truth depth at the
   two points;
-* **boundary coverage**: share of ground-truth *moving* occlusion boundary pixels (``Scene.moving_boundary``)
-  of every selected frame that have a pair (its midpoint) within ``coverage_radius`` pixels; frames that
-  made no sample count as uncovered;
+* **boundary coverage**: share of ground-truth *moving* occlusion boundary pixels of every selected frame that
+  have a pair (its midpoint) within ``coverage_radius`` pixels; frames that made no sample count as uncovered.
+  The boundary is where the two sides move at least ``min_motion`` px *across* the outline over the flow gap
+  (``Scene.moving_boundary(motion="across")``: the occluder covers or uncovers what is behind it, the event
+  DynOcc's cue rests on). ``coverage_any`` counts every outline whose sides move apart in any direction
+  (``motion="any"``), parts that only slide along themselves included, which no occlusion test can order;
 * **pairs per frame**: over written frames and over all selected frames.
 
 Items are read through :class:`~dynocc_data.datasets.DynOccDataset`, exactly as a user would read them,
@@ -36,6 +39,8 @@ class EvalResult:
     correct: int = 0
     boundary_pixels: int = 0
     covered_pixels: int = 0
+    boundary_pixels_any: int = 0
+    covered_pixels_any: int = 0
     frames_selected: int = 0
     frames_written: int = 0
     per_video: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -49,6 +54,10 @@ class EvalResult:
         return self.covered_pixels / self.boundary_pixels if self.boundary_pixels else float("nan")
 
     @property
+    def coverage_any(self) -> float:
+        return self.covered_pixels_any / self.boundary_pixels_any if self.boundary_pixels_any else float("nan")
+
+    @property
     def pairs_per_frame(self) -> float:
         return self.pairs / self.frames_written if self.frames_written else 0.0
 
@@ -58,7 +67,8 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(precision=self.precision, coverage=self.coverage, pairs_per_frame=self.pairs_per_frame,
+        d.update(precision=self.precision, coverage=self.coverage, coverage_any=self.coverage_any,
+                 pairs_per_frame=self.pairs_per_frame,
                  pairs_per_selected_frame=self.pairs_per_selected_frame)
         return d
 
@@ -83,7 +93,7 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
     """
     res = EvalResult()
     mids: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
-    per_video: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    per_video: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
     for item in items:
         meta = item["meta"]
         name = meta["video"]
@@ -113,25 +123,31 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
         gt = scenes[name]
         for t in ts:
             res.frames_selected += 1
-            boundary = gt.moving_boundary(t, gap, min_motion=min_motion)
-            n = int(boundary.sum())
-            if n == 0:
-                continue
-            covered = 0
+            near = None  # pixels within coverage_radius of a pair midpoint
             if (name, t) in mids:
                 m = np.concatenate(mids[(name, t)])
-                seed = np.ones(boundary.shape, np.uint8)
-                yy = np.clip(np.rint(m[:, 0]).astype(int), 0, boundary.shape[0] - 1)
-                xx = np.clip(np.rint(m[:, 1]).astype(int), 0, boundary.shape[1] - 1)
-                seed[yy, xx] = 0
-                dist = cv2.distanceTransform(seed, cv2.DIST_L2, 5)
-                covered = int((boundary & (dist <= coverage_radius)).sum())
-            res.boundary_pixels += n
-            res.covered_pixels += covered
-            per_video[name][2] += n
-            per_video[name][3] += covered
-    res.per_video = {k: {"pairs": v[0], "precision": v[1] / v[0] if v[0] else float("nan"),
-                         "coverage": v[3] / v[2] if v[2] else float("nan")} for k, v in per_video.items()}
+                shape = gt.depth.shape[1:]
+                seed = np.ones(shape, np.uint8)
+                seed[np.clip(np.rint(m[:, 0]).astype(int), 0, shape[0] - 1),
+                     np.clip(np.rint(m[:, 1]).astype(int), 0, shape[1] - 1)] = 0
+                near = cv2.distanceTransform(seed, cv2.DIST_L2, 5) <= coverage_radius
+            for slot, motion in ((2, "across"), (4, "any")):
+                boundary = gt.moving_boundary(t, gap, min_motion=min_motion, motion=motion)
+                n = int(boundary.sum())
+                covered = int((boundary & near).sum()) if near is not None else 0
+                per_video[name][slot] += n
+                per_video[name][slot + 1] += covered
+    for v in per_video.values():
+        res.boundary_pixels += v[2]
+        res.covered_pixels += v[3]
+        res.boundary_pixels_any += v[4]
+        res.covered_pixels_any += v[5]
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    res.per_video = {k: {"pairs": v[0], "precision": ratio(v[1], v[0]), "coverage": ratio(v[3], v[2]),
+                         "coverage_any": ratio(v[5], v[4])} for k, v in per_video.items()}
     return res
 
 

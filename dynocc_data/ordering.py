@@ -42,7 +42,7 @@ class OrderConfig:
 
     pool_radius: int = 8
     """Votes are pooled over points of the same segment about this far apart."""
-    min_confidence: float = 0.7
+    min_confidence: float = 0.8
     """Points whose pooled vote margin is below this are dropped."""
     min_votes: float = 2.0
     """Points with less total vote weight around them than this are dropped."""

@@ -68,7 +68,6 @@ __all__ = [
 # A dict of 1-D tensors (docs/FORMAT.md); a numpy structured array as read from boundary.npy is accepted too.
 Boundary = Union[Mapping[str, Union[torch.Tensor, np.ndarray]], np.ndarray]
 PairsAndOrdinal = tuple[torch.Tensor, torch.Tensor]
-Offsets = tuple[Union[torch.Tensor, float], ...]  # (u_front, u_back[, v_front, v_back]); floats broadcast
 
 _REQUIRED_FIELDS = ("y", "x", "ny", "nx", "segment")
 
@@ -229,23 +228,41 @@ class UniformConfig(SamplerConfig):
         return UniformSampler(self)
 
 
-# ------------------------------------------------------------------------------------------ tensor helpers
+# ------------------------------------------------------------------------------------------ array helpers
+#
+# A sample has a few hundred to a few thousand boundary points: at that size the cost is per operation, not per
+# element, and a numpy operation costs a fraction of a torch one.  The samplers therefore compute with numpy
+# arrays (zero-copy views of the CPU tensors they are given) and draw every random number from the torch
+# generator, a block at a time, so the result depends on (seed, epoch, key) alone as before.
 
 
-def _boundary_tensors(boundary: Boundary, need_confidence: bool) -> dict[str, torch.Tensor]:
-    """Validate the annotation and return its fields as 1-D tensors (float32 coordinates, int64 segment)."""
+def _as_array(value: Any, name: str) -> np.ndarray:
+    """One boundary field as a numpy array (a zero-copy view of a CPU tensor)."""
+    if isinstance(value, torch.Tensor):
+        try:
+            return value.numpy()
+        except (RuntimeError, TypeError):  # on a GPU, or requires grad
+            return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"boundary field {name} is not an array: {err}") from None
+
+
+def _boundary_arrays(boundary: Boundary, need_confidence: bool) -> dict[str, np.ndarray]:
+    """Validate the annotation and return its fields as 1-D arrays (float32 coordinates, int64 segment)."""
     if isinstance(boundary, np.ndarray) and boundary.dtype.names:  # boundary.npy as loaded
-        boundary = {name: np.ascontiguousarray(boundary[name]) for name in boundary.dtype.names}
+        boundary = {name: boundary[name] for name in boundary.dtype.names}
     _require(isinstance(boundary, Mapping), f"boundary must be a mapping of tensors, got {type(boundary).__name__}")
     need = _REQUIRED_FIELDS + (("confidence",) if need_confidence else ())
     missing = [name for name in need if name not in boundary]
     _require(not missing, f"boundary annotation lacks field(s) {', '.join(missing)} (needs {', '.join(need)})")
-    out = {name: torch.as_tensor(boundary[name]) for name in need}
+    out = {name: _as_array(boundary[name], name) for name in need}
     size = out["y"].shape
-    bad = [name for name, t in out.items() if t.dim() != 1 or t.shape != size]
+    bad = [name for name, a in out.items() if a.ndim != 1 or a.shape != size]
     _require(not bad, f"boundary fields must be 1-D of equal length {tuple(size)}; bad: {', '.join(bad)}")
     for name in need:
-        out[name] = out[name].to(device="cpu", dtype=torch.int64 if name == "segment" else torch.float32)
+        out[name] = out[name].astype(np.int64 if name == "segment" else np.float32, copy=False)
     return out
 
 
@@ -259,49 +276,56 @@ def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    """``n`` float32 draws from U(low, high) on the CPU."""
-    return torch.empty(n).uniform_(low, high, generator=generator)
+def _rand(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Uniform ``[0, 1)`` draws from the torch ``generator`` as a numpy array."""
+    return torch.rand(shape, generator=generator, dtype=dtype).numpy()
 
 
-def _mask_of(n: int, keep: torch.Tensor) -> torch.Tensor:
+def _randperm(n: int, generator: torch.Generator) -> np.ndarray:
+    """A random permutation of ``range(n)`` from the torch ``generator``."""
+    return torch.randperm(n, generator=generator).numpy()
+
+
+def _mask_of(n: int, keep: np.ndarray) -> np.ndarray:
     """Boolean mask of length ``n``, True at ``keep`` (selections stay in input order without a sort)."""
-    return torch.zeros(n, dtype=torch.bool).index_fill_(0, keep, True)
+    mask = np.zeros(n, dtype=bool)
+    mask[keep] = True
+    return mask
 
 
-def _random_subset(n: int, k: int | None, generator: torch.Generator) -> torch.Tensor | None:
+def _random_subset(n: int, k: int | None, generator: torch.Generator) -> np.ndarray | None:
     """Mask keeping a random ``k``-subset of ``range(n)``, or None when nothing has to go."""
     if k is None or n <= k:
         return None
-    return _mask_of(n, torch.randperm(n, generator=generator)[:k])
+    return _mask_of(n, _randperm(n, generator)[:k])
 
 
-def _cap_per_segment(segment: torch.Tensor, cap: int | None, generator: torch.Generator) -> torch.Tensor | None:
+def _cap_per_segment(segment: np.ndarray, cap: int | None, generator: torch.Generator) -> np.ndarray | None:
     """Mask keeping at most ``cap`` random entries per segment id, or None when nothing has to go."""
-    n = segment.numel()
+    n = segment.size
     if cap is None or n <= cap:
         return None
     # Shuffle, then a stable sort by segment: rows grouped by segment, in random order within each group
     # (cheaper than sorting random keys); keep each group's first `cap`.
-    perm = torch.randperm(n, generator=generator)
-    order = perm.index_select(0, torch.sort(segment.index_select(0, perm), stable=True).indices)
-    grouped = segment.index_select(0, order)
-    position = torch.arange(n)
-    is_start = torch.ones(n, dtype=torch.bool)
+    perm = _randperm(n, generator)
+    order = perm[np.argsort(segment[perm], kind="stable")]
+    grouped = segment[order]
+    position = np.arange(n)
+    is_start = np.ones(n, dtype=bool)
     is_start[1:] = grouped[1:] != grouped[:-1]
-    group_start = torch.where(is_start, position, 0).cummax(0).values
-    return _mask_of(n, order.masked_select(position - group_start < cap))
+    group_start = np.maximum.accumulate(np.where(is_start, position, 0))
+    return _mask_of(n, order[position - group_start < cap])
 
 
 def _arc_length_thin(
-    y: torch.Tensor,
-    x: torch.Tensor,
-    ny: torch.Tensor,
-    nx: torch.Tensor,
-    segment: torch.Tensor,
+    y: np.ndarray,
+    x: np.ndarray,
+    ny: np.ndarray,
+    nx: np.ndarray,
+    segment: np.ndarray,
     spacing: float,
     generator: torch.Generator,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Indices of points ``spacing`` px apart along each segment, by systematic arc-length sampling.
 
     A point of a thinned 8-connected curve stands for ``1 / max(|ny|, |nx|)`` px of arc (1 on axis-aligned runs,
@@ -311,58 +335,52 @@ def _arc_length_thin(
     monotone along its principal axis); on any shape the count is ``length / spacing`` in expectation (a
     segment shorter than ``spacing`` is kept with probability ``length / spacing``).  Inputs must be finite.
     """
-    if segment.numel() == 0:
-        return torch.empty(0, dtype=torch.int64)
+    if segment.size == 0:
+        return np.empty(0, dtype=np.int64)
     low, high = int(segment.min()), int(segment.max())
-    if high - low < 4 * segment.numel() + 64:  # usual labels 0..S-1: use them as they are, unused ids cost nothing
+    if high - low < 4 * segment.size + 64:  # usual labels 0..S-1: use them as they are, unused ids cost nothing
         seg, num_segments = segment - low, high - low + 1
     else:
-        seg_ids, seg = torch.unique(segment, return_inverse=True)
-        num_segments = seg_ids.numel()
-    y, x = y.double(), x.double()
+        seg_ids, seg = np.unique(segment, return_inverse=True)
+        num_segments = seg_ids.size
+    y, x = y.astype(np.float64), x.astype(np.float64)
 
-    def per_segment(weights: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(seg, weights=weights, minlength=num_segments)
+    def per_segment(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(seg, weights=weights, minlength=num_segments)
 
     # Principal axis of each segment from its second moments; the coordinate along it orders the points.
-    count, sum_y, sum_x = per_segment(torch.ones_like(y)), per_segment(y), per_segment(x)
+    count, sum_y, sum_x = np.bincount(seg, minlength=num_segments).astype(np.float64), per_segment(y), per_segment(x)
+    count = np.maximum(count, 1.0)  # unused ids: no point reads their (meaningless) axis
     var_y = per_segment(y * y) - sum_y * sum_y / count
     var_x = per_segment(x * x) - sum_x * sum_x / count
     cov_yx = per_segment(y * x) - sum_y * sum_x / count
-    angle = 0.5 * torch.atan2(2 * cov_yx, var_y - var_x)
-    along = y * torch.cos(angle).index_select(0, seg) + x * torch.sin(angle).index_select(0, seg)
+    angle = 0.5 * np.arctan2(2 * cov_yx, var_y - var_x)
+    along = y * np.cos(angle)[seg] + x * np.sin(angle)[seg]
     # One sort on (segment, position along it): the stride exceeds any spread of `along`.
-    stride = 2.0 * float(along.abs().max()) + 1.0
-    order = torch.argsort(seg * stride + along)
-    seg_sorted = seg.index_select(0, order)
-    arc = (1.0 / torch.maximum(ny.abs(), nx.abs()).double()).clamp(1.0, math.sqrt(2.0)).index_select(0, order)
-    end = arc.cumsum(0)  # running arc length over all segments, end of each point's interval
-    seg_length = torch.bincount(seg_sorted, weights=arc, minlength=num_segments)
-    phase = torch.rand(num_segments, generator=generator, dtype=torch.float64) * spacing
-    end = end + (phase - (seg_length.cumsum(0) - seg_length)).index_select(0, seg_sorted)  # per segment, + phase
-    hit = torch.floor(end / spacing) > torch.floor((end - arc) / spacing)
-    return order.masked_select(hit)
+    stride = 2.0 * float(np.abs(along).max()) + 1.0
+    order = np.argsort(seg * stride + along, kind="stable")
+    seg_sorted = seg[order]
+    arc = np.clip(1.0 / np.maximum(np.abs(ny), np.abs(nx)).astype(np.float64), 1.0, math.sqrt(2.0))[order]
+    end = np.cumsum(arc)  # running arc length over all segments, end of each point's interval
+    seg_length = np.bincount(seg_sorted, weights=arc, minlength=num_segments)
+    phase = _rand((num_segments,), generator, torch.float64) * spacing
+    end = end + (phase - (np.cumsum(seg_length) - seg_length))[seg_sorted]  # per segment, + phase
+    hit = np.floor(end / spacing) > np.floor((end - arc) / spacing)
+    return order[hit]
 
 
-def _assemble(
-    columns: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    ordinal: torch.Tensor,
-    balance: bool,
-    generator: torch.Generator,
-) -> PairsAndOrdinal:
-    """Stack ``(yA, xA, yB, xB)`` into int64 ``[N, 4]``; with ``balance``, swap A/B (and the ordinal) w.p. 0.5."""
-    if balance:
-        swap = torch.rand(ordinal.numel(), generator=generator) < 0.5
-        ya, xa, yb, xb = columns
-        # Column-wise where: much faster on CPU than a row-broadcast where over [N, 4].
-        columns = (
-            torch.where(swap, yb, ya),
-            torch.where(swap, xb, xa),
-            torch.where(swap, ya, yb),
-            torch.where(swap, xa, xb),
-        )
-        ordinal = torch.where(swap, -ordinal, ordinal)
-    return torch.stack(columns, 1), ordinal
+def _assemble(ends: np.ndarray, ordinal: np.ndarray, balance: bool, generator: torch.Generator) -> PairsAndOrdinal:
+    """``ends`` ``[4,N]`` rows (yA, xA, yB, xB) -> int64 ``pairs [N,4]`` and ``ordinal [N]``; with ``balance``,
+    swap A and B (and negate the ordinal) with probability 0.5 each."""
+    if balance and ordinal.size:
+        swap = _rand((ordinal.size,), generator) < 0.5
+        ends = np.where(swap, ends[_SWAP_ENDS], ends)
+        ordinal = np.where(swap, -ordinal, ordinal)
+    pairs = np.ascontiguousarray(ends.T, dtype=np.int64)
+    return torch.from_numpy(pairs), torch.from_numpy(ordinal.astype(np.int64, copy=False))
+
+
+_SWAP_ENDS = [2, 3, 0, 1]  # rows (yA, xA, yB, xB) -> (yB, xB, yA, xA)
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -394,11 +412,14 @@ class StoredSampler:
         )
         keep = _random_subset(ordinal.numel(), self.config.max_pairs, generator)
         if keep is not None:
-            index = keep.nonzero().squeeze(1)
+            index = torch.from_numpy(np.flatnonzero(keep))
             pairs, ordinal = pairs.index_select(0, index), ordinal.index_select(0, index)
         if not self.config.balance:
             return pairs, ordinal
-        return _assemble(pairs.unbind(1), ordinal, True, generator)
+        return _assemble(pairs.numpy().T, ordinal.numpy(), True, generator)
+
+
+_SIDES = np.array([[1.0], [-1.0]], dtype=np.float32)  # front point: +offset along the normal, back point: -offset
 
 
 class _SideSampler:
@@ -414,13 +435,14 @@ class _SideSampler:
         return f"{type(self).__name__}({self.config!r})"
 
     def _anchors(
-        self, fields: dict[str, torch.Tensor], usable: torch.Tensor | None, generator: torch.Generator
-    ) -> torch.Tensor | None:
+        self, fields: dict[str, np.ndarray], usable: np.ndarray | None, generator: torch.Generator
+    ) -> np.ndarray | None:
         """Mask of the boundary points to sample at, given the confident ones (None: all points)."""
         return usable
 
-    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
-        """Normal offsets ``(u_front, u_back)``, optionally followed by tangential ``(v_front, v_back)``."""
+    def _offsets(self, n: int, generator: torch.Generator) -> tuple[np.ndarray | float, np.ndarray | None]:
+        """Normal offsets ``u`` (``[2,n]``: front, back; or one float for both) and tangential offsets ``v``
+        (``[2,n]``, or None)."""
         raise NotImplementedError
 
     def __call__(
@@ -433,36 +455,36 @@ class _SideSampler:
         """Sample pairs across the boundary (``stored`` is ignored); see the module docstring."""
         cfg = self.config
         height, width = _check_image_size(image_size)
-        fields = _boundary_tensors(boundary, need_confidence=cfg.min_confidence > 0)
-        y, x, ny, nx, segment = (fields[name] for name in _REQUIRED_FIELDS)
+        fields = _boundary_arrays(boundary, need_confidence=cfg.min_confidence > 0)
+        y, x, ny, nx = fields["y"], fields["x"], fields["ny"], fields["nx"]
         usable = fields["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0 else None
         usable = self._anchors(fields, usable, generator)
 
-        # Work on whole columns (fast on CPU), then gather the surviving rows once.
-        u_front, u_back, *tangential = self._offsets(y.numel(), generator)
-        ya, xa = y + u_front * ny, x + u_front * nx
-        yb, xb = y - u_back * ny, x - u_back * nx
-        if tangential:  # t = (-nx, ny)
-            v_front, v_back = tangential
-            ya, xa, yb, xb = ya - v_front * nx, xa + v_front * ny, yb - v_back * nx, xb + v_back * ny
-        ya, xa, yb, xb = ya.round(), xa.round(), yb.round(), xb.round()
-        # NaN coordinates fail every comparison, so they are dropped too.
-        valid = (ya >= 0) & (ya < height) & (yb >= 0) & (yb < height)
-        valid &= (xa >= 0) & (xa < width) & (xb >= 0) & (xb < width)
-        valid &= (ya != yb) | (xa != xb)
+        # Whole [2, n] blocks (row 0: A = front, row 1: B = back) written into the rows (yA, xA, yB, xB) of one
+        # [4, n] array: p +- u * n + v * t with t = (-nx, ny).
+        u, v = self._offsets(y.size, generator)
+        u = _SIDES * u
+        ends = np.empty((4, y.size), dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf points fail the tests below and are dropped
+            np.add(y, u * ny, out=ends[0::2])
+            np.add(x, u * nx, out=ends[1::2])
+            if v is not None:
+                ends[0::2] -= v * nx
+                ends[1::2] += v * ny
+            np.rint(ends, out=ends)
+            valid = ((ends >= 0) & (ends < np.array([[height], [width], [height], [width]]))).all(0)
+            valid &= (ends[:2] != ends[2:]).any(0)
         if usable is not None:
             valid &= usable
-        index = valid.nonzero().squeeze(1)
+        index = np.flatnonzero(valid)
         if cfg.per_segment_cap is not None:
-            keep = _cap_per_segment(segment.index_select(0, index), cfg.per_segment_cap, generator)
-            index = index if keep is None else index.masked_select(keep)
-        keep = _random_subset(index.numel(), cfg.max_pairs, generator)
-        index = index if keep is None else index.masked_select(keep)
+            keep = _cap_per_segment(fields["segment"][index], cfg.per_segment_cap, generator)
+            index = index if keep is None else index[keep]
+        keep = _random_subset(index.size, cfg.max_pairs, generator)
+        index = index if keep is None else index[keep]
 
         # A = front (closer), B = back (farther): ordinal -1 before balancing.
-        ordinal = torch.full((index.numel(),), -1, dtype=torch.int64)
-        columns = tuple(c.index_select(0, index).to(torch.int64) for c in (ya, xa, yb, xb))
-        return _assemble(columns, ordinal, cfg.balance, generator)
+        return _assemble(ends[:, index], np.full(index.size, -1, dtype=np.int64), cfg.balance, generator)
 
 
 class BoundarySampler(_SideSampler):
@@ -474,9 +496,9 @@ class BoundarySampler(_SideSampler):
         """Keep the config (defaults: offset 4 px)."""
         super().__init__(config or BoundaryConfig())
 
-    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+    def _offsets(self, n: int, generator: torch.Generator) -> tuple[float, None]:
         """The same fixed offset on both sides."""
-        return float(self.config.offset), float(self.config.offset)
+        return float(self.config.offset), None
 
 
 class MultiscaleSampler(_SideSampler):
@@ -488,10 +510,10 @@ class MultiscaleSampler(_SideSampler):
         """Keep the config (defaults: offsets in (2, 12) px)."""
         super().__init__(config or MultiscaleConfig())
 
-    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+    def _offsets(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, None]:
         """Independent uniform offsets for the front and the back point."""
         low, high = self.config.offset_range
-        return _uniform(n, low, high, generator), _uniform(n, low, high, generator)
+        return low + (high - low) * _rand((2, n), generator), None
 
 
 class BandSampler(_SideSampler):
@@ -503,16 +525,12 @@ class BandSampler(_SideSampler):
         """Keep the config (defaults: depth (2, 12) px, jitter ±2 px)."""
         super().__init__(config or BandConfig())
 
-    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+    def _offsets(self, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Independent normal and tangential offsets for the front and the back point."""
         low, high = self.config.depth_range
         jitter = float(self.config.jitter)
-        return (
-            _uniform(n, low, high, generator),
-            _uniform(n, low, high, generator),
-            _uniform(n, -jitter, jitter, generator),
-            _uniform(n, -jitter, jitter, generator),
-        )
+        draws = _rand((4, n), generator)
+        return low + (high - low) * draws[:2], jitter * (2 * draws[2:] - 1)
 
 
 class UniformSampler(_SideSampler):
@@ -525,19 +543,20 @@ class UniformSampler(_SideSampler):
         super().__init__(config or UniformConfig())
 
     def _anchors(
-        self, fields: dict[str, torch.Tensor], usable: torch.Tensor | None, generator: torch.Generator
-    ) -> torch.Tensor:
+        self, fields: dict[str, np.ndarray], usable: np.ndarray | None, generator: torch.Generator
+    ) -> np.ndarray:
         """Systematic arc-length sampling among the usable points, see :func:`_arc_length_thin`."""
         y, x, ny, nx, segment = (fields[name] for name in _REQUIRED_FIELDS)
-        finite = (y + x + ny + nx).isfinite()  # NaN/inf would poison the running arc length
-        index = (finite if usable is None else finite & usable).nonzero().squeeze(1)
-        y, x, ny, nx, segment = (t.index_select(0, index) for t in (y, x, ny, nx, segment))
-        thinned = _arc_length_thin(y, x, ny, nx, segment, float(self.config.spacing), generator)
-        return _mask_of(finite.numel(), index.index_select(0, thinned))
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(y + x + ny + nx)  # NaN/inf would poison the running arc length
+        index = np.flatnonzero(finite if usable is None else finite & usable)
+        thinned = _arc_length_thin(y[index], x[index], ny[index], nx[index], segment[index],
+                                   float(self.config.spacing), generator)
+        return _mask_of(finite.size, index[thinned])
 
-    def _offsets(self, n: int, generator: torch.Generator) -> Offsets:
+    def _offsets(self, n: int, generator: torch.Generator) -> tuple[float, None]:
         """The same fixed offset on both sides."""
-        return float(self.config.offset), float(self.config.offset)
+        return float(self.config.offset), None
 
 
 # ------------------------------------------------------------------------------------- registry / factory

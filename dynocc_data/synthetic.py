@@ -286,22 +286,28 @@ class SceneGT:
         dx, dy = _apply(d, xs, ys)
         return np.stack([dy, dx], axis=-1).astype(np.float32)
 
-    def moving_boundary(self, t: int, gap: int = 1, min_motion: float = 1.0) -> np.ndarray:
+    def moving_boundary(self, t: int, gap: int = 1, min_motion: float = 1.0, *,
+                        motion: str = "any") -> np.ndarray:
         """Ground-truth moving occlusion boundary of frame t, bool [H,W], marked on the front (nearer) side.
 
         A pixel is marked when its visible layer differs from a 4-neighbour's, it is the nearer of the two, and
         the two layers' relative displacement at that place, from t to t+gap or from t to t-gap (whichever
-        frames exist), is at least ``min_motion`` pixels.
+        frames exist), is at least ``min_motion`` pixels: in any direction with ``motion="any"``, or across
+        the outline with ``motion="across"`` (the component along the outline's normal, i.e. where the front
+        layer covers or uncovers the back one; an outline whose sides only slide along it is left out).
         """
         t = self._check_frame(t)
         if gap < 1:
             raise ValueError(f"gap must be a positive number of frames, got {gap}")
+        if motion not in ("any", "across"):
+            raise ValueError(f"motion must be 'any' or 'across', got {motion!r}")
         others = [u for u in (t + gap, t - gap) if 0 <= u < self.num_frames]
         if not others:
             raise ValueError(f"gap {gap} leaves no frame on either side of frame {t} ({self.num_frames} frames)")
         motions = [self._motion(t, u) - np.eye(3) for u in others]
         lab, dep = self.labels[t], self.depth[t]
         out = np.zeros(lab.shape, bool)
+        normals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for dy, dx in ((1, 0), (0, 1)):
             h, w = lab.shape[0] - dy, lab.shape[1] - dx
             ya, xa = np.nonzero(lab[:h, :w] != lab[dy:, dx:])
@@ -310,14 +316,35 @@ class SceneGT:
             a_front = dep[ya, xa] < dep[yb, xb]
             my, mx = ya + dy / 2, xa + dx / 2  # judge both layers' motion midway between the two pixels
             moving = np.zeros(ya.shape, bool)
+            if motion == "across":
+                ny, nx = _outline_normals(lab, np.where(a_front, la, lb), ya, xa, yb, xb, normals)
             for m in motions:
                 ax, ay = _apply(m[la], mx, my)
                 bx, by = _apply(m[lb], mx, my)
-                moving |= np.hypot(ax - bx, ay - by) >= min_motion
+                rel = np.hypot(ax - bx, ay - by) if motion == "any" else np.abs((ay - by) * ny + (ax - bx) * nx)
+                moving |= rel >= min_motion
             fy = np.where(a_front, ya, yb)[moving]
             fx = np.where(a_front, xa, xb)[moving]
             out[fy, fx] = True
         return out
+
+
+def _outline_normals(labels: np.ndarray, front: np.ndarray, ya: np.ndarray, xa: np.ndarray, yb: np.ndarray,
+                     xb: np.ndarray, cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals ``(ny, nx)`` of the outline of layer ``front`` between 4-neighbours a and b: the gradient of
+    the layer's mask smoothed over a few pixels (so that a staircase outline gets its true direction)."""
+    gy = np.zeros(ya.shape, np.float64)
+    gx = np.zeros(ya.shape, np.float64)
+    for layer in np.unique(front):
+        if int(layer) not in cache:
+            smooth = cv2.GaussianBlur((labels == layer).astype(np.float32), (0, 0), 2.0)
+            cache[int(layer)] = (cv2.Sobel(smooth, cv2.CV_32F, 0, 1), cv2.Sobel(smooth, cv2.CV_32F, 1, 0))
+        sy, sx = cache[int(layer)]
+        sel = front == layer
+        gy[sel] = sy[ya[sel], xa[sel]] + sy[yb[sel], xb[sel]]
+        gx[sel] = sx[ya[sel], xa[sel]] + sx[yb[sel], xb[sel]]
+    norm = np.maximum(np.hypot(gy, gx), 1e-12)
+    return gy / norm, gx / norm
 
 
 @dataclass(eq=False, repr=False, kw_only=True)

@@ -55,6 +55,7 @@ __all__ = [
     "Resize",
     "ToFloatImage",
     "TransformConfig",
+    "CROPS",
     "create_transform",
 ]
 
@@ -67,6 +68,7 @@ Interpolation = str | v2.InterpolationMode
 # Step (in input pixels) to the auxiliary points that carry each boundary normal and tangent through the transform.
 _NORMAL_STEP = 1.0
 _BOUNDARY_GEOMETRY = ("y", "x", "ny", "nx")
+_YX_TO_XY = torch.tensor([1, 0, 3, 2])  # column order (yA, xA, yB, xB) <-> (xA, yA, xB, yB)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -135,22 +137,29 @@ def _where(item: Mapping[str, Any]) -> str:
 
 def _check_item(item: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate ``image``, ``pairs`` and ``ordinal`` of one item (one-line :class:`InputError` otherwise)."""
-    where = _where(item)
-    for field in ("image", "pairs", "ordinal"):
-        if not isinstance(item.get(field), torch.Tensor):
-            raise InputError(where, f"item has no tensor '{field}' (see docs/FORMAT.md)")
-    image, pairs, ordinal = item["image"], item["pairs"], item["ordinal"]
+    image, pairs, ordinal = item.get("image"), item.get("pairs"), item.get("ordinal")
+    for field, value in (("image", image), ("pairs", pairs), ("ordinal", ordinal)):
+        if not isinstance(value, torch.Tensor):
+            raise InputError(_where(item), f"item has no tensor '{field}' (see docs/FORMAT.md)")
     if image.ndim != 3:
-        raise InputError(where, f"image must be [C,H,W], got shape {tuple(image.shape)}")
+        raise InputError(_where(item), f"image must be [C,H,W], got shape {tuple(image.shape)}")
     if pairs.ndim != 2 or pairs.shape[1] != 4 or pairs.is_floating_point():
-        raise InputError(where, f"pairs must be an integer tensor [N,4], got {tuple(pairs.shape)} {pairs.dtype}")
+        raise InputError(_where(item), f"pairs must be an integer tensor [N,4], got {tuple(pairs.shape)} "
+                                       f"{pairs.dtype}")
     if ordinal.shape != (pairs.shape[0],):
-        raise InputError(where, f"ordinal must be [{pairs.shape[0]}] (one per pair), got {tuple(ordinal.shape)}")
+        raise InputError(_where(item), f"ordinal must be [{pairs.shape[0]}] (one per pair), got "
+                                       f"{tuple(ordinal.shape)}")
     height, width = image.shape[-2:]
-    limit = torch.tensor([height, width, height, width], device=pairs.device)
-    if pairs.numel() and not ((pairs >= 0) & (pairs < limit)).all():
-        raise InputError(where, f"pairs lie outside the {height}x{width} image")
+    if pairs.numel() and not _pairs_inside(pairs, height, width):
+        raise InputError(_where(item), f"pairs lie outside the {height}x{width} image")
     return image, pairs, ordinal
+
+
+def _pairs_inside(pairs: torch.Tensor, height: int, width: int) -> bool:
+    """Whether every ``(yA, xA, yB, xB)`` row of a non-empty ``pairs`` lies inside a ``height x width`` image."""
+    low, high = pairs.aminmax(dim=0)  # per column: one reduction instead of a broadcast compare over [N,4]
+    low, high = low.tolist(), high.tolist()
+    return min(low) >= 0 and max(high[0], high[2]) < height and max(high[1], high[3]) < width
 
 
 def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
@@ -168,7 +177,7 @@ def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
 
 def _pair_points(pairs: torch.Tensor) -> torch.Tensor:
     """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) corner coordinates of those pixels' centres."""
-    return pairs.reshape(len(pairs), 2, 2).flip(-1).reshape(2 * len(pairs), 2).to(torch.float32) + 0.5
+    return pairs.index_select(1, _YX_TO_XY.to(pairs.device)).reshape(2 * len(pairs), 2) + 0.5  # int + 0.5: float32
 
 
 def _boundary_points(boundary: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -188,13 +197,14 @@ def _inside(points: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
 
 def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int]):
     """Transformed ``[2N,2]`` corner points -> surviving ``pairs [N',4]`` and their ``ordinal [N']``."""
-    ends = points.reshape(len(ordinal), 2, 2)
-    inside = _inside(ends, canvas).all(1)
-    pixels = torch.zeros(ends.shape, dtype=torch.int64, device=ends.device)
-    pixels[inside] = ends[inside].floor().to(torch.int64)  # only finite, in-image values are converted
-    keep = inside & (pixels[:, 0] != pixels[:, 1]).any(-1)
-    kept = pixels[keep].flip(-1)
-    return kept.reshape(len(kept), 4), ordinal[keep]
+    height, width = canvas
+    pixels = points.reshape(len(ordinal), 4).floor()  # (xA, yA, xB, yB); NaN stays NaN and fails every test below
+    limit = torch.tensor((width, height, width, height), dtype=pixels.dtype, device=pixels.device)
+    keep = ((pixels >= 0) & (pixels < limit)).all(1) & (pixels[:, :2] != pixels[:, 2:]).any(1)
+    index = keep.nonzero().squeeze(1)
+    # only finite, in-image values are converted to integers
+    kept = pixels.index_select(0, index).index_select(1, _YX_TO_XY.to(pixels.device)).to(torch.int64)
+    return kept, ordinal.index_select(0, index)
 
 
 def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int]):
@@ -222,6 +232,45 @@ def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], c
 # --------------------------------------------------------------------------------------------------------------
 
 
+# v2 transforms whose ``transform`` treats a plain tensor exactly as a ``tv_tensors.Image`` (kernels registered for
+# both), that declare no input checks a pure tensor could fail and that use v2's own ``forward``: PairTransform
+# runs these itself (see ``_LeanSteps``).  Subclasses are not included: they may override anything.
+_LEAN_TYPES = frozenset({
+    v2.Resize, v2.RandomResizedCrop, v2.RandomCrop, v2.CenterCrop, v2.Pad, v2.RandomHorizontalFlip,
+    v2.RandomVerticalFlip, v2.RandomRotation, v2.RandomAffine, v2.ColorJitter, v2.RandomGrayscale, v2.Normalize,
+    v2.ToDtype,
+})
+_RANDOM_APPLY = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomGrayscale)  # draw torch.rand(1) first
+
+
+def _lean_steps(transform: Callable[..., Any]) -> tuple[v2.Transform, ...] | None:
+    """The v2 transforms ``transform`` is made of (``Compose`` flattened) when :class:`PairTransform` can run all
+    of them itself, else ``None``."""
+    if type(transform) is v2.Compose:
+        parts = [_lean_steps(t) for t in transform.transforms]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if type(transform) not in _LEAN_TYPES:
+        return None
+    if type(transform) is v2.ToDtype and not isinstance(transform.dtype, torch.dtype):
+        return None  # a per-type dtype dict looks at tv_tensor classes
+    return (transform,)
+
+
+def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: _CornerKeyPoints):
+    """What ``v2.Compose(steps)(tv_tensors.Image(image), points)`` does, without its per-call machinery.
+
+    Each step draws its parameters exactly as its ``forward`` would (``torch.rand(1) >= p`` first for random-apply
+    transforms, then ``make_params``), so results and the global random stream are identical; the image stays a
+    plain tensor (v2 treats the first plain tensor as the image) and keeps its memory layout.
+    """
+    for step in steps:
+        if isinstance(step, _RANDOM_APPLY) and torch.rand(1) >= step.p:
+            continue
+        params = step.make_params([image, points])
+        image, points = step.transform(image, params), step.transform(points, params)
+    return image, points
+
+
 class PairTransform:
     """Apply a ``torchvision.transforms.v2`` transform (or a sequence of them) to an item dict.
 
@@ -229,9 +278,15 @@ class PairTransform:
     so random parameters are shared; pairs leaving the image or collapsing onto one pixel are dropped whole.
     A sequence is composed with ``v2.Compose``; :class:`PairTransform` members of it contribute their v2
     transform, so points are rounded to pixels once, at the end.  Returns a new dict (the input is not modified).
+
+    When every part is one of v2's stock geometric, colour or dtype transforms (``Resize``, ``RandomResizedCrop``,
+    ``RandomCrop``, ``CenterCrop``, ``Pad``, flips, ``RandomRotation``, ``RandomAffine``, ``ColorJitter``,
+    ``RandomGrayscale``, ``Normalize``, ``ToDtype``), the parts are run one by one with their own ``make_params``
+    and ``transform`` (no ``Compose``/pytree/tv_tensor wrapping per call): same kernels, same random draws,
+    same output, several times less overhead.  ``fast=False`` always goes through ``v2.Compose``.
     """
 
-    def __init__(self, transform: Callable[..., Any] | Sequence[Callable[..., Any]]) -> None:
+    def __init__(self, transform: Callable[..., Any] | Sequence[Callable[..., Any]], *, fast: bool = True) -> None:
         """Wrap ``transform``: a v2 transform, a :class:`PairTransform`, or a sequence of either."""
         if isinstance(transform, Sequence):
             parts = [t.transform if isinstance(t, PairTransform) else t for t in transform]
@@ -241,6 +296,7 @@ class PairTransform:
         if not callable(transform):
             raise TypeError(f"PairTransform needs a callable v2 transform, got {type(transform).__name__}")
         self.transform: Callable[..., Any] = transform
+        self._steps = _lean_steps(transform) if fast else None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
@@ -248,25 +304,33 @@ class PairTransform:
     def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """Transform one item; see the class and module docstrings for what happens to each field."""
         image, pairs, ordinal = _check_item(item)
-        where = _where(item)
-        boundary = _check_boundary(item["boundary"], where) if item.get("boundary") is not None else None
+        boundary = item.get("boundary")
+        if boundary is not None:
+            boundary = _check_boundary(boundary, _where(item))
         num_pair_points = 2 * pairs.shape[0]
-        coords = [_pair_points(pairs)] + ([_boundary_points(boundary)] if boundary is not None else [])
-        points = _CornerKeyPoints(torch.cat(coords), canvas_size=tuple(image.shape[-2:]))
+        coords = _pair_points(pairs)
+        if boundary is not None:
+            coords = torch.cat([coords, _boundary_points(boundary)])
+        points = _CornerKeyPoints._wrap(coords, canvas_size=tuple(image.shape[-2:]), check_dims=False)
 
-        out_image, out_points = self.transform(tv_tensors.Image(image), points)
+        if self._steps is not None:
+            out_image, out_points = _run_lean(self._steps, image, points)
+        else:
+            out_image, out_points = self.transform(tv_tensors.Image(image), points)
 
         canvas = tuple(out_image.shape[-2:])
         if not isinstance(out_points, tv_tensors.KeyPoints) or tuple(out_points.canvas_size) != canvas:
-            raise InputError(where, f"{self.transform!r} changed the image to {canvas[0]}x{canvas[1]} but not the "
-                                    "key points: it has no KeyPoints support and cannot be used with pairs")
+            raise InputError(_where(item), f"{self.transform!r} changed the image to {canvas[0]}x{canvas[1]} but "
+                                           "not the key points: it has no KeyPoints support and cannot be used with "
+                                           "pairs")
         out_points = out_points.as_subclass(torch.Tensor)
         out = dict(item)
         out["image"] = out_image.as_subclass(torch.Tensor)
         out["pairs"], out["ordinal"] = _pairs_back(out_points[:num_pair_points], ordinal, canvas)
         if boundary is not None:
             out["boundary"] = _boundary_back(out_points[num_pair_points:], boundary, canvas)
-        logger.debug("%s: %d of %d pairs kept", where, out["pairs"].shape[0], pairs.shape[0])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %d of %d pairs kept", _where(item), out["pairs"].shape[0], pairs.shape[0])
         return out
 
 
@@ -345,20 +409,30 @@ class ToFloatImage(PairTransform):
         super().__init__(parts)
 
 
+CROPS = ("resized", "random")
+
+
 @dataclass(frozen=True)
 class TransformConfig:
     """Options of :func:`create_transform`.
 
-    ``size``: int (square crop when training; shorter side when evaluating) or ``(h, w)``.  ``hflip``: flip
-    probability.  ``scale``/``ratio``: random-resized-crop area fraction and aspect range.  ``rotation``: max
-    absolute angle in degrees (0: none).  ``color_jitter``: brightness = contrast = saturation factor, or a
-    ``(brightness, contrast, saturation[, hue])`` tuple (0: none).  ``grayscale``: random-grayscale probability.
-    ``normalize``: subtract ``mean`` / divide by ``std``.  ``interpolation``: image resampling.
-    ``center_crop``: evaluation with an int ``size`` also centre-crops to ``size x size``.
+    ``size``: int (square crop when training; shorter side when evaluating) or ``(h, w)``.  ``crop`` (training):
+    ``"resized"``, a random resized crop (area fraction ``scale``, aspect ``ratio``, resampled to ``size``), or
+    ``"random"``, a plain random crop of ``size`` pixels at full resolution (no resampling: the cheapest, pixels
+    kept exactly; an image smaller than ``size`` is zero-padded first).  ``hflip``: flip probability.
+    ``rotation``: max absolute angle in degrees (0: none).  ``color_jitter``: brightness = contrast = saturation
+    factor, or a ``(brightness, contrast, saturation[, hue])`` tuple (0: none).  ``grayscale``: random-grayscale
+    probability.  ``normalize``: subtract ``mean`` / divide by ``std``.  ``interpolation``: image resampling.
+    ``antialias``: low-pass filter when downscaling (torchvision's antialiased resize; ``False`` samples like
+    ``cv2.resize`` / ``INTER_LINEAR`` and is a little faster).  ``center_crop``: evaluation with an int ``size``
+    also centre-crops to ``size x size``.  ``to_float``: end with ``float32`` in ``[0, 1]`` (normalised with
+    ``normalize``); ``False`` keeps the ``uint8`` image, as timm's prefetching loader does: a quarter of the bytes
+    between worker processes and to the GPU, converted there (``batch["image"].float().div_(255)``).
     """
 
     train: bool
     size: Size
+    crop: str = "resized"
     hflip: float = 0.5
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -369,13 +443,17 @@ class TransformConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    antialias: bool = True
     center_crop: bool = False
+    to_float: bool = True
 
     def __post_init__(self) -> None:
         """Reject out-of-range options with a one-line message."""
         sizes = (self.size,) if isinstance(self.size, int) else tuple(self.size)
         if len(sizes) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sizes):
             raise ValueError(f"size must be a positive int or (h, w), got {self.size!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if not 0.0 <= self.hflip <= 1.0 or not 0.0 <= self.grayscale <= 1.0:
             raise ValueError(f"hflip and grayscale are probabilities in [0, 1], got {self.hflip}, {self.grayscale}")
         if not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
@@ -387,6 +465,10 @@ class TransformConfig:
         jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else (self.color_jitter,)
         if len(jitter) not in (1, 3, 4) or any(j < 0 for j in jitter):
             raise ValueError(f"color_jitter must be >= 0 or a (b, c, s[, hue]) tuple, got {self.color_jitter!r}")
+        if not isinstance(self.antialias, bool):
+            raise ValueError(f"antialias must be a bool, got {self.antialias!r}")
+        if self.normalize and not self.to_float:
+            raise ValueError("normalize=True needs to_float=True (normalising makes a float image)")
         _interpolation(self.interpolation)
 
     def jitter(self) -> tuple[float, float, float, float]:
@@ -401,16 +483,20 @@ def create_transform(config: TransformConfig | None = None, /, **options: Any) -
     Call as ``create_transform(train=True, size=(256, 320), rotation=5)`` (keywords of :class:`TransformConfig`)
     or ``create_transform(config, hflip=0.0)`` (overrides applied to a config).
 
-    * ``train=True``: [rotation] -> random resized crop to ``size`` -> [horizontal flip] -> [colour jitter,
-      grayscale] -> float (-> normalise).
+    * ``train=True``: [rotation] -> random resized crop to ``size`` (``crop="resized"``) or random crop of
+      ``size`` (``crop="random"``) -> [horizontal flip] -> [colour jitter, grayscale] -> [float (-> normalise)].
     * ``train=False``: resize to ``size`` (``(h, w)`` exactly; an int sets the shorter side, aspect kept, then
-      [centre crop to ``size x size``]) -> float (-> normalise).
+      [centre crop to ``size x size``]) -> [float (-> normalise)].
 
-    Output item: ``image`` ``float32 [3,h,w]`` in ``[0, 1]`` (or normalised), ``(h, w)`` = ``size`` (an int
+    Output item: ``image`` ``float32 [3,h,w]`` in ``[0, 1]`` (or normalised; ``uint8`` with ``to_float=False``),
+    ``(h, w)`` = ``size`` (an int
     ``size`` gives ``size x size`` when training; when evaluating without ``center_crop`` the shorter side is
     ``size``, so batch such items only if the sources share an aspect ratio); ``pairs`` ``int64 [N',4]`` in that
     image's pixels (pairs leaving the crop dropped whole), ``ordinal`` ``int64 [N']`` aligned, ``boundary``
-    transformed likewise, ``meta`` unchanged.
+    transformed likewise, ``meta`` unchanged.  The image keeps the memory layout of the input (channels-last
+    strides for JPEGs decoded by ``torchvision.io.decode_jpeg``, the layout torchvision resizes fastest); stacked
+    by ``collate_pairs`` it gives a ``channels_last`` batch.  Every part is a stock v2 transform, so
+    :class:`PairTransform` runs them on its lean path.
     """
     cfg = dataclasses.replace(config, **options) if config is not None else TransformConfig(**options)
     mode = _interpolation(cfg.interpolation)
@@ -418,7 +504,11 @@ def create_transform(config: TransformConfig | None = None, /, **options: Any) -
     if cfg.train:
         if cfg.rotation > 0:
             parts.append(v2.RandomRotation(cfg.rotation, interpolation=mode))
-        parts.append(v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, interpolation=mode))
+        if cfg.crop == "random":
+            parts.append(v2.RandomCrop(cfg.size, pad_if_needed=True))
+        else:
+            parts.append(v2.RandomResizedCrop(cfg.size, scale=cfg.scale, ratio=cfg.ratio, interpolation=mode,
+                                              antialias=cfg.antialias))
         if cfg.hflip > 0:
             parts.append(v2.RandomHorizontalFlip(cfg.hflip))
         if any(j > 0 for j in cfg.jitter()):
@@ -426,8 +516,9 @@ def create_transform(config: TransformConfig | None = None, /, **options: Any) -
         if cfg.grayscale > 0:
             parts.append(v2.RandomGrayscale(cfg.grayscale))
     else:
-        parts.append(v2.Resize(cfg.size, interpolation=mode))
+        parts.append(v2.Resize(cfg.size, interpolation=mode, antialias=cfg.antialias))
         if cfg.center_crop and isinstance(cfg.size, int):
             parts.append(v2.CenterCrop(cfg.size))
-    parts.append(ToFloatImage(cfg.mean, cfg.std) if cfg.normalize else ToFloatImage())
+    if cfg.to_float:
+        parts.append(ToFloatImage(cfg.mean, cfg.std) if cfg.normalize else ToFloatImage())
     return PairTransform(parts)

@@ -24,10 +24,12 @@ class FakeGT:
         self.depth[:, 10:20, 10:20] = 10.0
         self.calls: list[tuple[int, int, float]] = []
 
-    def moving_boundary(self, t: int, gap: int = 1, min_motion: float = 1.0) -> np.ndarray:
-        self.calls.append((t, gap, min_motion))
+    def moving_boundary(self, t: int, gap: int = 1, min_motion: float = 1.0, *, motion: str = "any") -> np.ndarray:
+        self.calls.append((t, gap, min_motion, motion))
         out = np.zeros((GT_H, GT_W), bool)
-        out[10:20, 10] = out[10:20, 19] = True  # 20 pixels
+        out[10:20, 10] = out[10:20, 19] = True  # 20 pixels moving across the outline
+        if motion == "any":
+            out[10, 10:20] = True  # plus a sliding side: 28 pixels in all
         return out
 
 
@@ -84,7 +86,11 @@ def test_frames_without_samples_count_against_coverage():
     assert res.coverage == pytest.approx(10 / 60)
     assert res.pairs_per_frame == 5.0  # 5 pairs over 1 written frame
     assert res.pairs_per_selected_frame == pytest.approx(5 / 3)
-    assert sorted(gt.calls) == [(0, 2, 0.5), (1, 2, 0.5), (2, 2, 0.5)]  # gap and min_motion reach the GT
+    # gap and min_motion reach the GT, asked for both kinds of motion
+    assert sorted(gt.calls) == [(t, 2, 0.5, m) for t in (0, 1, 2) for m in ("across", "any")]
+    # the sliding top row adds 8 pixels a frame; (10, 11..14) lie within 6 px of the midpoint (14, 10)
+    assert res.boundary_pixels_any == 84 and res.covered_pixels_any == 14
+    assert res.coverage_any == pytest.approx(14 / 84)
     d = res.to_dict()
     assert d["coverage"] == pytest.approx(10 / 60) and d["precision"] == pytest.approx(4 / 5)
     assert d["per_video"]["a.mp4"]["coverage"] == pytest.approx(10 / 60)

@@ -211,6 +211,21 @@ def test_moving_boundary_is_the_outline_of_the_moving_square():
         s.moving_boundary(6, 1)
 
 
+def test_moving_boundary_across_keeps_the_leading_and_trailing_sides_only():
+    # the square slides 3 px/frame to the right: its top and bottom sides only slide along themselves
+    s = moving_square_scene(size=(96, 128), num_frames=6, velocity=(0.0, 3.0))
+    across, full = s.moving_boundary(2, 1, motion="across"), s.moving_boundary(2, 1)
+    assert (across & ~full).sum() == 0
+    ys, xs = np.nonzero(s.labels[2] == 1)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    inner = slice(top + 3, bottom - 2)  # away from the corners, where the smoothed normal turns
+    assert across[inner, left].all() and across[inner, right].all()
+    assert not across[top, left + 3:right - 2].any() and not across[bottom, left + 3:right - 2].any()
+    assert full[top, left + 3:right - 2].all()
+    with pytest.raises(ValueError, match="motion"):
+        s.moving_boundary(2, 1, motion="sideways")
+
+
 def test_nothing_moves_in_the_static_scene():
     s = static_scene()
     assert s.num_layers >= 3

@@ -333,3 +333,45 @@ def test_real_frame_flip_and_upscale_keep_pixel_values(shared_videos):
         before = image[:, pairs[:, ends][:, 0], pairs[:, ends][:, 1]]
         after = out["image"][:, out["pairs"][:, ends][:, 0], out["pairs"][:, ends][:, 1]]
         assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("options", [
+    dict(rotation=10.0, color_jitter=0.4, grayscale=0.2, normalize=True),
+    dict(crop="random", hflip=0.5, color_jitter=0.0),
+])
+def test_lean_path_matches_v2_compose_exactly(options):
+    # PairTransform runs stock v2 parts itself; it must draw the same parameters and give the same output
+    image, pairs = coord_image(48, 64), random_pairs(48, 64, 200)
+    fast = create_transform(train=True, size=(32, 40), **options)
+    slow = PairTransform(fast.transform, fast=False)
+    assert fast._steps is not None and slow._steps is None
+    for seed in range(6):
+        torch.manual_seed(seed)
+        a = fast(make_item(image, pairs))
+        torch.manual_seed(seed)
+        b = slow(make_item(image, pairs))
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["pairs"], b["pairs"])
+        assert torch.equal(a["ordinal"], b["ordinal"])
+
+
+def test_random_crop_keeps_pixels_exactly_and_uint8_without_to_float():
+    image, pairs = coord_image(40, 60), random_pairs(40, 60, 400)
+    transform = create_transform(train=True, size=(24, 30), crop="random", hflip=0.5, color_jitter=0.0,
+                                 to_float=False)
+    flipped = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        out = transform(make_item(image, pairs))
+        assert out["image"].dtype == torch.uint8 and tuple(out["image"].shape) == (3, 24, 30)
+        assert 0 < len(out["pairs"]) < len(pairs)  # pairs leaving the crop are dropped whole
+        assert_same_content(out, pairs)  # no resampling: every kept point on exactly its own pixel
+        flipped += int(out["image"][1, 0, 0] > out["image"][1, 0, -1])  # green = source column
+    assert 0 < flipped < 8
+    small = create_transform(train=True, size=(50, 70), crop="random", color_jitter=0.0, to_float=False)
+    out = small(make_item(image, pairs))
+    assert tuple(out["image"].shape) == (3, 50, 70) and len(out["pairs"]) == len(pairs)  # padded, nothing lost
+    assert_same_content(out, pairs)
+    with pytest.raises(ValueError, match="normalize=True needs to_float"):
+        create_transform(train=True, size=16, normalize=True, to_float=False)
+    with pytest.raises(ValueError, match="crop must be one of"):
+        create_transform(train=True, size=16, crop="center")
