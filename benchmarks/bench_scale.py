@@ -13,9 +13,10 @@
    progressively with PyAV/libx264 (``fast`` preset), so the benchmark itself never holds a video in memory.
    Generation selects every ``--stride``-th frame over the *whole* video (decode and processing span its full
    length) and runs in a child process; its peak RSS comes from ``os.wait4`` (``ru_maxrss``). Measured once
-   per decoder of ``--decoders`` (default ``auto`` = decord2, and ``pyav``): decord2 keeps decoding ahead in
-   the background while the pipeline is busy with earlier frames, which costs up to about 1 GB more on
-   long videos before it levels off; PyAV's footprint stays flat.
+   per decoder of ``--decoders`` (default ``auto``, which is PyAV on the CPU, and ``decord``): decord2 keeps
+   decoding ahead in the background while the pipeline is busy with earlier frames, which costs up to about
+   1 GB more on long videos before it levels off (hence PyAV is the CPU default); PyAV's footprint stays
+   flat.
 
 Every run is ``python -m dynocc_data.cli generate`` in a fresh process. No assertion: figures are printed
 (and written with ``--json``).
@@ -192,8 +193,9 @@ def main() -> None:
     p.add_argument("--long-minutes", type=float, default=10.0)
     p.add_argument("--short-minutes", type=float, default=1.0)
     p.add_argument("--stride", type=int, default=50, help="frame stride of the memory runs (default 50)")
-    p.add_argument("--decoders", default="auto,pyav",
-                   help="decoders of the memory runs, comma-separated (default auto,pyav: auto is decord2)")
+    p.add_argument("--decoders", default="auto,decord",
+                   help="decoders of the memory runs, comma-separated (default auto,decord: auto is PyAV on "
+                        "the CPU)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--cache", default=None, help="folder keeping the rendered videos between runs")

@@ -267,17 +267,25 @@ def non_max_suppression(pts: EdgePoints) -> torch.Tensor:
 def sample_bilinear(field: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``field`` [B,C,H,W] at float points (b, y, x) [N]; border-clamped. Returns [N,C].
 
-    One ``grid_sample`` call for the whole batch: every point samples all B*C channels and keeps its own
-    item's C (cheaper than a call per item for the small batches used here).
+    Points grouped by item (as the stages produce them: ``b`` non-decreasing) are sampled with one
+    ``grid_sample`` call per item; otherwise one call samples all B*C channels at every point and keeps each
+    point's own C (B times the work, still correct).
     """
     B, C, H, W = field.shape
     n = b.numel()
     grid = torch.stack([x.to(field.dtype) * (2.0 / max(W - 1, 1)) - 1.0,
-                        y.to(field.dtype) * (2.0 / max(H - 1, 1)) - 1.0], -1).view(1, 1, n, 2)
-    out = F.grid_sample(field.reshape(1, B * C, H, W), grid, mode="bilinear", padding_mode="border",
-                        align_corners=True).view(B, C, n)
-    if B == 1:
-        return out[0].T
+                        y.to(field.dtype) * (2.0 / max(H - 1, 1)) - 1.0], -1)
+    if B == 1 or n == 0:
+        return F.grid_sample(field[:1], grid.view(1, 1, n, 2), mode="bilinear", padding_mode="border",
+                             align_corners=True).view(C, n).T
+    if bool((b[1:] >= b[:-1]).all()):
+        counts = torch.bincount(b, minlength=B).tolist()
+        parts = [F.grid_sample(field[i:i + 1], g.view(1, 1, -1, 2), mode="bilinear", padding_mode="border",
+                               align_corners=True).view(C, -1)
+                 for i, g in enumerate(grid.split(counts)) if counts[i]]
+        return torch.cat(parts, 1).T
+    out = F.grid_sample(field.reshape(1, B * C, H, W), grid.view(1, 1, n, 2), mode="bilinear",
+                        padding_mode="border", align_corners=True).view(B, C, n)
     return out[b, :, torch.arange(n, device=b.device)]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ReliabilityConfig", "warp", "photometric_error", "blank_frames", "patch_residuals"]
+__all__ = ["ReliabilityConfig", "warp", "check_grey", "photometric_error", "blank_frames", "patch_residuals"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class ReliabilityConfig:
     """A frame whose grey-level standard deviation (0..255) is below this is blank (single colour)."""
 
 
-def _grey(frames: torch.Tensor) -> torch.Tensor:
-    """RGB [B,3,H,W] (uint8, or float in 0..1) -> float grey [B,1,H,W] in [0, 1] at quarter resolution when
-    the frame is large enough (a cut or a failed flow shows at any scale)."""
+def check_grey(frames: torch.Tensor) -> torch.Tensor:
+    """RGB [B,3,H,W] (uint8, or float in 0..1) -> float grey [B,1,h,w] in [0, 1] at quarter resolution when
+    the frame is large enough (a cut or a failed flow shows at any scale): what :func:`photometric_error`
+    compares. Make it once per frame when a frame takes part in several checks."""
     x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
     k = 4 if min(frames.shape[-2:]) >= 128 else 1
     g = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
@@ -53,10 +54,11 @@ def photometric_error(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor, 
                       pixel_threshold: float = ReliabilityConfig.pixel_threshold) -> torch.Tensor:
     """Fraction [B] of pixels whose grey level disagrees after warping ``dst`` onto ``src`` with ``flow``.
 
-    ``src``, ``dst``: RGB [B,3,H,W], uint8 or float in 0..1; ``flow`` [B,2,H,W] from src to dst at full
-    resolution. Pixels whose target falls outside the frame are not counted.
+    ``src``, ``dst``: RGB [B,3,H,W], uint8 or float in 0..1, or their :func:`check_grey` images (one channel);
+    ``flow`` [B,2,H,W] from src to dst at full resolution. Pixels whose target falls outside the frame are not
+    counted.
     """
-    gs, gd = _grey(src), _grey(dst)
+    gs, gd = (x if x.shape[1] == 1 else check_grey(x) for x in (src, dst))
     h, w = gs.shape[-2:]
     f = flow
     if (h, w) != tuple(flow.shape[-2:]):

@@ -35,7 +35,7 @@ import torch
 
 from . import _version
 from .boundaries import Boundaries, BoundaryConfig, detect_boundaries, truncated_distance
-from .cuts import ReliabilityConfig, blank_frames, photometric_error
+from .cuts import ReliabilityConfig, blank_frames, check_grey, photometric_error
 from .errors import DynOccError, InputError
 from .ordering import OrderConfig, order_boundaries
 from .refine import RefineConfig, refine_boundaries
@@ -224,9 +224,10 @@ class FrameProcessor:
         self.bnds: dict[int, Boundaries] = {}
         self.dists: dict[int, torch.Tensor] = {}
         self.floats: dict[int, torch.Tensor] = {}  # frames as float RGB in 0..1, made once when first needed
+        self.greys: dict[int, torch.Tensor] = {}  # reduced grey frames of the reliability check, made once
 
     def _evict(self, before: int) -> None:
-        for cache in (self.frames, self.bnds, self.dists, self.floats):
+        for cache in (self.frames, self.bnds, self.dists, self.floats, self.greys):
             for k in [k for k in cache if k < before]:
                 del cache[k]
         for k in [k for k in self.flows if k[0] < before]:
@@ -270,13 +271,20 @@ class FrameProcessor:
             flows = [torch.stack([self.flows[(t, t + g)] for t in chunk]),
                      torch.stack([self.flows[(t, t - g)] for t in chunk])]
             dists = [torch.stack([self.dists[t + g] for t in chunk]), torch.stack([self.dists[t - g] for t in chunk])]
-            for t in {t + s for t in chunk for s in (-g, 0, g)} - self.floats.keys():
-                self.floats[t] = self.frames[t].float().div_(255)
+            needed = {t + s for t in chunk for s in (-g, 0, g)}
+            new = sorted(needed - self.floats.keys())
+            if new:  # each frame takes part in up to three chunks' checks: convert it once
+                floats = torch.stack([self.frames[t] for t in new]).float().div_(255)
+                greys = check_grey(floats)
+                for i, t in enumerate(new):
+                    self.floats[t], self.greys[t] = floats[i], greys[i]
             image = torch.stack([self.floats[t] for t in chunk])
             targets = [torch.stack([self.floats[t + s] for t in chunk]) for s in (g, -g)]
             ordered = order_boundaries(bnd, flows, dists, self.config.order, images=image, targets=targets)
-            errors = [photometric_error(image, dst, f, pixel_threshold=self.config.reliability.pixel_threshold)
-                      for dst, f in zip(targets, flows)]
+            grey = torch.stack([self.greys[t] for t in chunk])
+            errors = [photometric_error(grey, torch.stack([self.greys[t + s] for t in chunk]), f,
+                                        pixel_threshold=self.config.reliability.pixel_threshold)
+                      for s, f in zip((g, -g), flows)]
             unreliable = (torch.stack(errors).amax(0) > self.config.reliability.max_bad_fraction).tolist()
             blank = blank_frames(torch.stack([self.frames[t] for t in chunk]),
                                  min_contrast=self.config.reliability.min_contrast).tolist()

@@ -198,3 +198,21 @@ def test_opencv_and_torch_kernels_agree(monkeypatch):
     d_t, t_t = flow_derivatives(flow, 1.0), truncated_distance(mask, 5)
     assert torch.allclose(d_cv, d_t, atol=1e-5)
     assert torch.allclose(t_cv, t_t, atol=1e-5)
+
+
+def test_sample_bilinear_batched_points_in_any_order():
+    # each point reads its own item: field value = 100 * item + 10 * channel + y + x/10 (bilinear is exact on it)
+    B, C, H, W = 3, 2, 6, 8
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    field = torch.stack([torch.stack([100 * i + 10 * c + yy + xx / 10 for c in range(C)]) for i in range(B)])
+    b = torch.tensor([0, 0, 1, 2, 2, 2])
+    y = torch.tensor([0.5, 4.0, 1.25, 5.0, 0.0, 2.5])
+    x = torch.tensor([1.5, 7.0, 3.0, 0.5, 6.0, 2.0])
+    expected = torch.stack([100 * b + 10 * c + y + x / 10 for c in range(C)], 1)
+    torch.testing.assert_close(sample_bilinear(field, b, y, x), expected)  # grouped by item
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    torch.testing.assert_close(sample_bilinear(field, b[perm], y[perm], x[perm]), expected[perm])  # mixed order
+    empty = torch.empty(0)
+    assert sample_bilinear(field, empty.long(), empty, empty).shape == (0, C)
+    torch.testing.assert_close(sample_bilinear(field, torch.tensor([2, 2]), y[:2], x[:2]),
+                               expected[:2] + 200 - 100 * b[:2, None])  # an item with no points before it
