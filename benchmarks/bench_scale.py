@@ -1,7 +1,7 @@
 """Scaling figures of ``dynocc-data generate``: worker processes and memory on long videos.
 
     python benchmarks/bench_scale.py                       # both parts, default sizes
-    python benchmarks/bench_scale.py --skip-memory         # throughput only (about a minute)
+    python benchmarks/bench_scale.py --skip-memory         # throughput only (about a minute with the clips cached)
     python benchmarks/bench_scale.py --cache /tmp/bench    # keep the rendered videos for the next run
 
 1. **Throughput**: a few synthetic 640x360 clips (``synthetic.make_scene``) generated with 1 and with 2 worker
@@ -136,10 +136,11 @@ def throughput(work: Path, args: argparse.Namespace) -> dict:
     clips.mkdir(parents=True, exist_ok=True)
     videos = []
     for i in range(args.videos):
-        path = clips / f"clip{i}.mp4"
+        name = f"clip{i}-{args.frames}f"  # the frame count in the name: a cache never serves the wrong length
+        path = clips / f"{name}.mp4"
         if not path.exists():
             write_scene(make_scene(SceneConfig(height=360, width=640, num_frames=args.frames), seed=100 + i),
-                        clips, f"clip{i}")
+                        clips, name)
         videos.append(path)
     results = {}
     for workers in (1, 2):
@@ -189,7 +190,8 @@ def memory(work: Path, args: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=4, help="640x360 clips for the throughput part (default 4)")
-    p.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
+    p.add_argument("--frames", type=int, default=240,
+                   help="frames per clip (default 240: enough work that process start-up does not dominate)")
     p.add_argument("--long-minutes", type=float, default=10.0)
     p.add_argument("--short-minutes", type=float, default=1.0)
     p.add_argument("--stride", type=int, default=50, help="frame stride of the memory runs (default 50)")
