@@ -31,6 +31,11 @@ __all__ = ["EvalResult", "score_items", "evaluate_shards", "evaluate_synthetic"]
 log = logging.getLogger(__name__)
 
 
+def _ratio(part: int, whole: int) -> float:
+    """``part / whole``, NaN when there is nothing to score."""
+    return part / whole if whole else float("nan")
+
+
 @dataclass
 class EvalResult:
     """Scores of a set of items against ground truth (pooled over all frames)."""
@@ -47,15 +52,15 @@ class EvalResult:
 
     @property
     def precision(self) -> float:
-        return self.correct / self.pairs if self.pairs else float("nan")
+        return _ratio(self.correct, self.pairs)
 
     @property
     def coverage(self) -> float:
-        return self.covered_pixels / self.boundary_pixels if self.boundary_pixels else float("nan")
+        return _ratio(self.covered_pixels, self.boundary_pixels)
 
     @property
     def coverage_any(self) -> float:
-        return self.covered_pixels_any / self.boundary_pixels_any if self.boundary_pixels_any else float("nan")
+        return _ratio(self.covered_pixels_any, self.boundary_pixels_any)
 
     @property
     def pairs_per_frame(self) -> float:
@@ -142,12 +147,8 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
         res.covered_pixels += v[3]
         res.boundary_pixels_any += v[4]
         res.covered_pixels_any += v[5]
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else float("nan")
-
-    res.per_video = {k: {"pairs": v[0], "precision": ratio(v[1], v[0]), "coverage": ratio(v[3], v[2]),
-                         "coverage_any": ratio(v[5], v[4])} for k, v in per_video.items()}
+    res.per_video = {k: {"pairs": v[0], "precision": _ratio(v[1], v[0]), "coverage": _ratio(v[3], v[2]),
+                         "coverage_any": _ratio(v[5], v[4])} for k, v in per_video.items()}
     return res
 
 
