@@ -25,7 +25,12 @@ setups taking turns within each round so that a busy machine slows them alike:
   create_transform(train=False, size=--size, antialias=False))``, which yields the same sizes and dtypes and
   samples like ``cv2.resize`` (bilinear, no antialiasing) (target: ours not slower);
 * **DataLoader** items/s of the train setup with 0, 1 and 2 workers (``collate_pairs``, ``--batch-size``),
-  counted from the first batch (worker start-up excluded).
+  counted from the first batch (worker start-up excluded);
+* two **reference** rows that are not the package's way of loading, to show where the time goes: the train setup
+  with the random crop and flip of the image done by ``v2.functional`` but the pairs moved by a few lines of numpy
+  instead of ``tv_tensors.KeyPoints`` through v2 (what the v2 key-point path costs), and ``DynOccDataset(stored)``
+  followed by nothing but ``v2.functional.resize`` and the float conversion of the image (the floor of any
+  v2-based loader with the YouTube3D-style output: it reads, parses and decodes, but does no pair geometry).
 
 No assertion: the figures are printed as a table and, with ``--json``, written to a file.
 """
@@ -50,6 +55,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -194,6 +201,36 @@ def stage_costs(root: Path, strategy: str, train_tf: Any, eval_tf: Any, repeats:
     return {name: 1000 / rate for name, rate in best_rates(stages, repeats).items()}
 
 
+class HandCropFlip:
+    """Reference only: ``v2.RandomCrop(size)`` + ``v2.RandomHorizontalFlip()`` on the image with the pairs moved by
+    numpy (integer pixel arithmetic) instead of ``tv_tensors.KeyPoints``; same draws as the package's transform."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.crop = v2.RandomCrop(size)
+        self.height, self.width = size
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        image = item["image"]
+        params = self.crop.make_params([image])
+        top, left = params["top"], params["left"]
+        image = F.crop(image, top, left, self.height, self.width)
+        pairs = item["pairs"].numpy() - (top, left, top, left)
+        if torch.rand(1) < 0.5:
+            image = F.horizontal_flip(image)
+            pairs[:, 1::2] = self.width - 1 - pairs[:, 1::2]
+        keep = (pairs.min(1) >= 0) & (pairs[:, 0::2].max(1) < self.height) & (pairs[:, 1::2].max(1) < self.width)
+        return {**item, "image": image, "pairs": torch.from_numpy(pairs[keep]),
+                "ordinal": torch.from_numpy(item["ordinal"].numpy()[keep])}
+
+
+def resize_only(size: tuple[int, int]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Reference only: the image resized (bilinear, no antialiasing) and made float, pairs left as they are."""
+    def run(item: dict[str, Any]) -> dict[str, Any]:
+        image = F.to_dtype(F.resize(item["image"], list(size), antialias=False), torch.float32, scale=True)
+        return {**item, "image": image}
+    return run
+
+
 def bare_decode(jpegs: list[bytes]) -> Iterable[torch.Tensor]:
     """Only the JPEG decode of every sample, bytes already in memory."""
     for data in jpegs:
@@ -266,10 +303,19 @@ def main() -> None:
                                                    keep_boundary=False),
             "youtube3d_style": lambda: (youtube3d[i] for i in range(len(youtube3d))),
             "ours_same_output": lambda: DynOccDataset(root, strategy="stored", transform=eval_tf, keep_boundary=False),
+            "ref_hand_pairs": lambda: DynOccDataset(root, strategy=args.strategy, transform=HandCropFlip(size),
+                                                    keep_boundary=False),
+            "ref_resize_only": lambda: DynOccDataset(root, strategy="stored", transform=resize_only(size),
+                                                     keep_boundary=False),
         }, args.repeats)
         ours, theirs = next(iter(DynOccDataset(root, transform=eval_tf, keep_boundary=False))), youtube3d[0]
         same = all(ours[k].shape[1:] == theirs[k].shape[1:] and ours[k].dtype == theirs[k].dtype
                    for k in ("image", "pairs", "ordinal")) and ours["image"].shape == theirs["image"].shape
+        torch.manual_seed(0)
+        ours_train = list(DynOccDataset(root, strategy=args.strategy, transform=train_tf, keep_boundary=False))
+        torch.manual_seed(0)
+        hand = list(DynOccDataset(root, strategy=args.strategy, transform=HandCropFlip(size), keep_boundary=False))
+        hand_same = all(torch.equal(a[k], b[k]) for a, b in zip(ours_train, hand) for k in ("image", "pairs", "ordinal"))
         stages = stage_costs(root, args.strategy, train_tf, eval_tf, args.repeats)
         train_ds = DynOccDataset(root, strategy=args.strategy, transform=train_tf, keep_boundary=False)
         for workers in (0, 1, 2):
@@ -280,6 +326,10 @@ def main() -> None:
         f"train ({args.strategy} + random crop/flip) / bare decode": (rates["train"] / rates["bare_decode"], 0.6),
         "ours / YouTube3D-style (same output)": (rates["ours_same_output"] / rates["youtube3d_style"], 1.0),
     }
+    references = {
+        "reference: train, pairs by numpy / bare decode": rates["ref_hand_pairs"] / rates["bare_decode"],
+        "reference: resize-only floor / YouTube3D-style": rates["ref_resize_only"] / rates["youtube3d_style"],
+    }
     print(f"\n{'setup':62s} {'items/s':>9s}")
     labels = {
         "bare_decode": "bare decode (decode_jpeg of the same bytes)",
@@ -289,20 +339,26 @@ def main() -> None:
         "youtube3d_style": f"YouTube3D-style (cv2.imread + pickle + cv2.resize {size[0]}x{size[1]})",
         "ours_same_output": f"DynOccDataset stored + resize {size[0]}x{size[1]} (same output)",
         **{f"loader_{w}w": f"DataLoader train setup, {w} workers, batch {args.batch_size}" for w in (0, 1, 2)},
+        "ref_hand_pairs": "reference: train setup, pairs moved by numpy, not KeyPoints",
+        "ref_resize_only": "reference: stored + resize + float, no pair handling",
     }
     for name, rate in rates.items():
         print(f"{labels[name]:62s} {rate:9.1f}")
     print(f"\n{'ratio':62s} {'value':>9s} {'target':>7s}")
     for name, (value, target) in ratios.items():
         print(f"{name:62s} {value:8.2f}x {'>=' + format(target, '.1f'):>7s} {'ok' if value >= target else 'MISSED'}")
+    for name, value in references.items():
+        print(f"{name:62s} {value:8.2f}x")
     print(f"same output sizes and dtypes as the YouTube3D-style loader: {same}")
+    print(f"numpy-pairs reference yields the same items as the train setup (same seed): {hand_same}")
     print(f"\n{'stage (timed apart)':62s} {'ms/item':>9s}")
     for name, ms in stages.items():
         print(f"{name:62s} {ms:9.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "items_per_s": rates, "ratios": {k: v for k, (v, _) in ratios.items()},
-            "targets": {k: t for k, (_, t) in ratios.items()}, "stage_ms": stages, "samples": args.samples,
+            "targets": {k: t for k, (_, t) in ratios.items()}, "references": references, "stage_ms": stages,
+            "samples": args.samples,
             "shards": args.shards,
             "size": list(size), "strategy": args.strategy, "threads": args.threads,
         }, indent=1))

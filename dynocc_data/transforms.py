@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -68,7 +69,7 @@ Interpolation = str | v2.InterpolationMode
 # Step (in input pixels) to the auxiliary points that carry each boundary normal and tangent through the transform.
 _NORMAL_STEP = 1.0
 _BOUNDARY_GEOMETRY = ("y", "x", "ny", "nx")
-_YX_TO_XY = torch.tensor([1, 0, 3, 2])  # column order (yA, xA, yB, xB) <-> (xA, yA, xB, yB)
+_YX_TO_XY = [1, 0, 3, 2]  # column order (yA, xA, yB, xB) <-> (xA, yA, xB, yB)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -177,7 +178,9 @@ def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
 
 def _pair_points(pairs: torch.Tensor) -> torch.Tensor:
     """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) corner coordinates of those pixels' centres."""
-    return pairs.index_select(1, _YX_TO_XY.to(pairs.device)).reshape(2 * len(pairs), 2) + 0.5  # int + 0.5: float32
+    # numpy: on a few hundred rows the cost is per operation, and a numpy operation costs a fraction of a torch one
+    xy = pairs.detach().cpu().numpy()[:, _YX_TO_XY].reshape(-1, 2).astype(np.float32) + np.float32(0.5)
+    return torch.from_numpy(xy).to(pairs.device)
 
 
 def _boundary_points(boundary: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -198,13 +201,11 @@ def _inside(points: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
 def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int]):
     """Transformed ``[2N,2]`` corner points -> surviving ``pairs [N',4]`` and their ``ordinal [N']``."""
     height, width = canvas
-    pixels = points.reshape(len(ordinal), 4).floor()  # (xA, yA, xB, yB); NaN stays NaN and fails every test below
-    limit = torch.tensor((width, height, width, height), dtype=pixels.dtype, device=pixels.device)
-    keep = ((pixels >= 0) & (pixels < limit)).all(1) & (pixels[:, :2] != pixels[:, 2:]).any(1)
-    index = keep.nonzero().squeeze(1)
-    # only finite, in-image values are converted to integers
-    kept = pixels.index_select(0, index).index_select(1, _YX_TO_XY.to(pixels.device)).to(torch.int64)
-    return kept, ordinal.index_select(0, index)
+    # (xA, yA, xB, yB) pixels; NaN stays NaN and fails every comparison below (silently, comparisons never warn)
+    pixels = np.floor(points.detach().cpu().numpy().reshape(-1, 4))
+    keep = ((pixels >= 0) & (pixels < (width, height, width, height))).all(1) & (pixels[:, :2] != pixels[:, 2:]).any(1)
+    kept = pixels[keep][:, _YX_TO_XY].astype(np.int64)  # only finite, in-image values are converted to integers
+    return torch.from_numpy(kept).to(points.device), ordinal[torch.from_numpy(keep).to(ordinal.device)]
 
 
 def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int]):
