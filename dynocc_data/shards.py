@@ -225,8 +225,9 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
     read with ``allow_pickle=False`` and members other than :data:`REQUIRED_FIELDS` are ignored. The JPEG is
     decoded to RGB ``uint8 [3,H,W]`` (libjpeg-turbo) and must have the JSON ``size``; pairs must lie inside
     it and ordinals be -1, 0 or +1. ``meta["source"]`` is the JSON ``source`` (default ``"dynocc"``), so
-    converted YouTube3D/DIW shards say so. ``decode_image=False`` leaves the JPEG bytes in ``image`` (the
-    JSON size is then trusted); ``with_boundary=False`` skips ``boundary.npy`` (no ``boundary`` key).
+    converted YouTube3D/DIW shards say so. ``decode_image=False`` leaves the JPEG bytes in ``image`` for
+    :func:`decode_image_member` to decode later; ``with_boundary=False`` skips ``boundary.npy`` (no ``boundary``
+    key).
 
     Raises :class:`MissingFieldError` when a member is absent and :class:`ShardFormatError` (naming the shard,
     the key and the member) when one does not decode or breaks the format.
@@ -250,14 +251,8 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
     ordinal = parse("ordinal.npy", lambda: _decode_ordinal(_npy_array(sample["ordinal.npy"]), len(pairs)))
     boundary = parse("boundary.npy", lambda: _decode_boundary(_npy_array(sample["boundary.npy"]))) \
         if with_boundary else None
-    image = sample["jpg"]
-    if decode_image:  # last: the small members are parsed while the caches are not yet full of pixels
-        image = parse("jpg", _decode_jpeg_rgb, image)
-        if tuple(image.shape[1:]) != size:
-            raise ShardFormatError(url, key, f"jpg: image is {image.shape[1]}x{image.shape[2]} but json size says "
-                                             f"{meta['size']}")
     item: dict[str, Any] = {
-        "image": image,
+        "image": sample["jpg"],
         "pairs": pairs,
         "ordinal": ordinal,
         "meta": {
@@ -268,6 +263,22 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
     }
     if boundary is not None:
         item["boundary"] = boundary
+    return decode_image_member(item) if decode_image else item
+
+
+def decode_image_member(item: dict[str, Any]) -> dict[str, Any]:
+    """Decode the JPEG bytes that ``decode_sample(..., decode_image=False)`` left in ``item["image"]`` (in place;
+    returns ``item``). Raises :class:`ShardFormatError` when they do not decode or the image is not the JSON
+    ``size``."""
+    meta = item["meta"]
+    try:
+        image = _decode_jpeg_rgb(item["image"])
+    except Exception as e:  # noqa: BLE001 - any failure to decode is a format error of the member
+        raise ShardFormatError(meta["url"], meta["key"], f"jpg: {e}") from None
+    if tuple(image.shape[1:]) != meta["size"]:
+        raise ShardFormatError(meta["url"], meta["key"], f"jpg: image is {image.shape[1]}x{image.shape[2]} but "
+                                                         f"json size says {list(meta['size'])}")
+    item["image"] = image
     return item
 
 

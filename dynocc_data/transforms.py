@@ -176,16 +176,18 @@ def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
     return dict(boundary)
 
 
-def _pair_points(pairs: torch.Tensor) -> torch.Tensor:
-    """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) corner coordinates of those pixels' centres."""
+def _pair_points(pairs: torch.Tensor, shift: float) -> torch.Tensor:
+    """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) coordinates of those pixels' centres, in the
+    convention where pixel ``i``'s centre is ``i + shift`` (0.5: corner convention, 0: v2's pixel centres)."""
     # numpy: on a few hundred rows the cost is per operation, and a numpy operation costs a fraction of a torch one
-    xy = pairs.detach().cpu().numpy()[:, _YX_TO_XY].reshape(-1, 2).astype(np.float32) + np.float32(0.5)
-    return torch.from_numpy(xy).to(pairs.device)
+    xy = pairs.detach().cpu().numpy()[:, _YX_TO_XY].reshape(-1, 2).astype(np.float32)
+    return torch.from_numpy(xy + np.float32(shift) if shift else xy).to(pairs.device)
 
 
-def _boundary_points(boundary: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``[3M,2]`` (x, y) corner coordinates: every point p, then p + step*normal, then p + step*tangent."""
-    point = torch.stack([boundary["x"], boundary["y"]], 1).to(torch.float32) + 0.5
+def _boundary_points(boundary: Mapping[str, torch.Tensor], shift: float) -> torch.Tensor:
+    """``[3M,2]`` (x, y) coordinates (pixel centres at ``i + shift``): every point p, then p + step*normal, then
+    p + step*tangent."""
+    point = torch.stack([boundary["x"], boundary["y"]], 1).to(torch.float32) + shift
     normal = torch.stack([boundary["nx"], boundary["ny"]], 1).to(torch.float32)
     tangent = torch.stack([-normal[:, 1], normal[:, 0]], 1)  # normal turned by +90 degrees
     return torch.cat([point, point + _NORMAL_STEP * normal, point + _NORMAL_STEP * tangent])
@@ -198,20 +200,26 @@ def _inside(points: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
     return (x >= 0) & (x < width) & (y >= 0) & (y < height)
 
 
-def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int]):
-    """Transformed ``[2N,2]`` corner points -> surviving ``pairs [N',4]`` and their ``ordinal [N']``."""
+def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int], shift: float):
+    """Transformed ``[2N,2]`` points (pixel centres at ``i + shift``) -> surviving ``pairs [N',4]`` and their
+    ``ordinal [N']``."""
     height, width = canvas
     # (xA, yA, xB, yB) pixels; NaN stays NaN and fails every comparison below (silently, comparisons never warn)
-    pixels = np.floor(points.detach().cpu().numpy().reshape(-1, 4))
+    corner = points.detach().cpu().numpy().reshape(-1, 4)
+    pixels = np.floor(corner + np.float32(0.5 - shift) if shift != 0.5 else corner)
     keep = ((pixels >= 0) & (pixels < (width, height, width, height))).all(1) & (pixels[:, :2] != pixels[:, 2:]).any(1)
     kept = pixels[keep][:, _YX_TO_XY].astype(np.int64)  # only finite, in-image values are converted to integers
     return torch.from_numpy(kept).to(points.device), ordinal[torch.from_numpy(keep).to(ordinal.device)]
 
 
-def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int]):
-    """Transformed ``[3M,2]`` corner points -> the boundary dict in output pixels (rows outside dropped)."""
+def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int],
+                   shift: float):
+    """Transformed ``[3M,2]`` points (pixel centres at ``i + shift``) -> the boundary dict in output pixels (rows
+    outside dropped)."""
     point, front, along = points.reshape(3, len(boundary["x"]), 2).unbind(0)
     push_normal, tangent = front - point, along - point
+    if shift != 0.5:
+        point = point + (0.5 - shift)  # to corner coordinates
     # The perpendicular of the pushed tangent is the inverse-transpose image of the normal; orient it to the front.
     normal = torch.stack([tangent[:, 1], -tangent[:, 0]], 1)
     normal = torch.where(((normal * push_normal).sum(1) < 0).unsqueeze(1), -normal, normal)
@@ -232,6 +240,13 @@ def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], c
 # Public transforms
 # --------------------------------------------------------------------------------------------------------------
 
+
+# Stock v2 transforms that move pixels by whole pixels or not at all: with only these, pixel indices map to pixel
+# indices exactly in v2's own pixel-centre convention, so the points need no corner shift (nor its flip kernels).
+_PIXEL_EXACT_TYPES = frozenset({
+    v2.RandomCrop, v2.CenterCrop, v2.Pad, v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.ColorJitter,
+    v2.RandomGrayscale, v2.Normalize, v2.ToDtype,
+})
 
 # v2 transforms whose ``transform`` treats a plain tensor exactly as a ``tv_tensors.Image`` (kernels registered for
 # both), that declare no input checks a pure tensor could fail and that use v2's own ``forward``: PairTransform
@@ -257,7 +272,7 @@ def _lean_steps(transform: Callable[..., Any]) -> tuple[v2.Transform, ...] | Non
     return (transform,)
 
 
-def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: _CornerKeyPoints):
+def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: tv_tensors.KeyPoints):
     """What ``v2.Compose(steps)(tv_tensors.Image(image), points)`` does, without its per-call machinery.
 
     Each step draws its parameters exactly as its ``forward`` would (``torch.rand(1) >= p`` first for random-apply
@@ -267,7 +282,7 @@ def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: _Corne
     for step in steps:
         if isinstance(step, _RANDOM_APPLY) and torch.rand(1) >= step.p:
             continue
-        params = step.make_params([image, points])
+        params = step.make_params([image])  # the points share the image's canvas; no stock part looks at them
         image, points = step.transform(image, params), step.transform(points, params)
     return image, points
 
@@ -298,6 +313,9 @@ class PairTransform:
             raise TypeError(f"PairTransform needs a callable v2 transform, got {type(transform).__name__}")
         self.transform: Callable[..., Any] = transform
         self._steps = _lean_steps(transform) if fast else None
+        # Points in v2's pixel-centre convention when every step is pixel-exact, else in the corner convention.
+        exact = self._steps is not None and all(type(step) in _PIXEL_EXACT_TYPES for step in self._steps)
+        self._shift, self._points_type = (0.0, tv_tensors.KeyPoints) if exact else (0.5, _CornerKeyPoints)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform!r})"
@@ -309,10 +327,10 @@ class PairTransform:
         if boundary is not None:
             boundary = _check_boundary(boundary, _where(item))
         num_pair_points = 2 * pairs.shape[0]
-        coords = _pair_points(pairs)
+        coords = _pair_points(pairs, self._shift)
         if boundary is not None:
-            coords = torch.cat([coords, _boundary_points(boundary)])
-        points = _CornerKeyPoints._wrap(coords, canvas_size=tuple(image.shape[-2:]), check_dims=False)
+            coords = torch.cat([coords, _boundary_points(boundary, self._shift)])
+        points = self._points_type._wrap(coords, canvas_size=tuple(image.shape[-2:]), check_dims=False)
 
         if self._steps is not None:
             out_image, out_points = _run_lean(self._steps, image, points)
@@ -327,9 +345,9 @@ class PairTransform:
         out_points = out_points.as_subclass(torch.Tensor)
         out = dict(item)
         out["image"] = out_image.as_subclass(torch.Tensor)
-        out["pairs"], out["ordinal"] = _pairs_back(out_points[:num_pair_points], ordinal, canvas)
+        out["pairs"], out["ordinal"] = _pairs_back(out_points[:num_pair_points], ordinal, canvas, self._shift)
         if boundary is not None:
-            out["boundary"] = _boundary_back(out_points[num_pair_points:], boundary, canvas)
+            out["boundary"] = _boundary_back(out_points[num_pair_points:], boundary, canvas, self._shift)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %d of %d pairs kept", _where(item), out["pairs"].shape[0], pairs.shape[0])
         return out

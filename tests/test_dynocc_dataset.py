@@ -284,26 +284,50 @@ def test_corrupt_tar_header_ends_the_shard_with_a_warning_and_a_count(shards, ca
     assert f"{shards.paths[1]}: truncated or corrupt: ended after 2 of 4 samples" in caplog.text
 
 
-def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog):
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_corrupt_samples_are_skipped_and_counted(tmp_path, caplog, chunk):
+    # a bad JPEG (found by the decode step) before bad small members (found by the parse step): with chunks the
+    # parse step runs first over the chunk, yet errors reach the handler in sample order, as without chunks
     bad = {"clip0-00000000_000001": {"jpg": b"not a jpeg"},
            "clip1-9e3779b1_000000": {"pairs.npy": b"\x93NUMPY garbage"},
            "clip1-9e3779b1_000002": {"json": b"{not json"},
            "clip2-3c6ef362_000000": {"ordinal.npy": npy_bytes(np.full(4, 7, dtype=np.int8))}}
     s = write_shards(tmp_path / "s", COUNTS, edit=bad)
     assert set(bad) <= set(s.keys)
-    ds = DynOccDataset(s.root)
+    ds = DynOccDataset(s.root, decode_chunk=chunk)
     with caplog.at_level(logging.WARNING):
         got = keys(ds)
     assert got == [k for k in s.keys if k not in bad]
     assert ds.stats.skipped_samples == 4 and ds.stats.shard_errors == 0
     assert f"skipped sample: {s.paths[0]} [clip0-00000000_000001]: jpg: " in caplog.text
     assert f"skipped sample: {s.paths[1]} [clip1-9e3779b1_000000]: pairs.npy: " in caplog.text
+    before_error = []
     with pytest.raises(ShardFormatError, match=r"dynocc-r000-000000.tar \[clip0-00000000_000001\]: jpg"):
-        list(DynOccDataset(s.root, handler="raise"))
+        for item in DynOccDataset(s.root, handler="raise", decode_chunk=chunk):
+            before_error.append(item["meta"]["key"])
+    assert before_error == s.keys[:1]  # the samples before the bad one come out first
     errors = []
-    assert len(list(DynOccDataset(s.root, handler=lambda e: errors.append(e) or True))) == 10
-    assert sorted(e.key for e in errors) == sorted(bad)
-    assert keys(DynOccDataset(s.root, handler=lambda e: False)) == s.keys[:1]  # False stops the reader
+    assert len(list(DynOccDataset(s.root, handler=lambda e: errors.append(e) or True, decode_chunk=chunk))) == 10
+    assert [e.key for e in errors] == [k for k in s.keys if k in bad]  # in sample order
+    assert keys(DynOccDataset(s.root, handler=lambda e: False, decode_chunk=chunk)) == s.keys[:1]  # stop
+
+
+def test_decode_chunk_changes_nothing_but_speed(shards):
+    from dynocc_data.transforms import create_transform
+
+    def epoch(chunk):
+        torch.manual_seed(3)  # the transform draws from the global generator, in item order
+        ds = DynOccDataset(shards.root, strategy="band", shuffle=5, seed=1, decode_chunk=chunk,
+                           transform=create_transform(train=True, size=(8, 8), crop="random", to_float=False))
+        return list(ds)
+
+    one, chunked = epoch(1), epoch(4)
+    assert keys(one) == keys(chunked) and len(one) == sum(COUNTS)
+    for a, b in zip(one, chunked):
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "pairs", "ordinal"))
+        assert all(torch.equal(a["boundary"][k], b["boundary"][k]) for k in a["boundary"])
+    with pytest.raises(ValueError, match="decode_chunk"):
+        DynOccDataset(shards.root, decode_chunk=0)
 
 
 def test_missing_field_names_shard_key_and_field(tmp_path):

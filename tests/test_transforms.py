@@ -337,21 +337,30 @@ def test_real_frame_flip_and_upscale_keep_pixel_values(shared_videos):
 
 @pytest.mark.parametrize("options", [
     dict(rotation=10.0, color_jitter=0.4, grayscale=0.2, normalize=True),
-    dict(crop="random", hflip=0.5, color_jitter=0.0),
+    dict(crop="random", hflip=0.5, color_jitter=0.0),  # pixel-exact parts: points in v2's pixel-centre convention
+    dict(crop="random", hflip=0.5, color_jitter=0.4, to_float=True, normalize=True),
 ])
 def test_lean_path_matches_v2_compose_exactly(options):
-    # PairTransform runs stock v2 parts itself; it must draw the same parameters and give the same output
+    # PairTransform runs stock v2 parts itself; it must draw the same parameters and give the same output as
+    # v2.Compose on corner-convention key points (the boundary up to float rounding of the half-pixel shift)
     image, pairs = coord_image(48, 64), random_pairs(48, 64, 200)
+    g = torch.Generator().manual_seed(1)
+    angle = torch.rand(300, generator=g) * 2 * math.pi
+    boundary = boundary_dict((torch.rand(300, generator=g) * 48).tolist(), (torch.rand(300, generator=g) * 64).tolist(),
+                             angle.sin().tolist(), angle.cos().tolist())
     fast = create_transform(train=True, size=(32, 40), **options)
     slow = PairTransform(fast.transform, fast=False)
     assert fast._steps is not None and slow._steps is None
     for seed in range(6):
         torch.manual_seed(seed)
-        a = fast(make_item(image, pairs))
+        a = fast(make_item(image, pairs, boundary=boundary))
         torch.manual_seed(seed)
-        b = slow(make_item(image, pairs))
+        b = slow(make_item(image, pairs, boundary=boundary))
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["pairs"], b["pairs"])
         assert torch.equal(a["ordinal"], b["ordinal"])
+        assert torch.equal(a["boundary"]["segment"], b["boundary"]["segment"])
+        for name in ("x", "y", "nx", "ny", "jump"):
+            torch.testing.assert_close(a["boundary"][name], b["boundary"][name], atol=1e-4, rtol=0)
 
 
 def test_random_crop_keeps_pixels_exactly_and_uint8_without_to_float():
