@@ -426,6 +426,9 @@ class _SideSampler:
     """Shared pipeline: usable points -> front/back points -> pixels -> validity -> caps -> balance."""
 
     config: SamplerConfig
+    # Draws from the boundary alone (``stored`` is never read) and takes boundary.npy's structured array as it is:
+    # a loader may then skip decoding the stored pairs and the per-field tensors.
+    takes_boundary_array: ClassVar[bool] = True
 
     def __init__(self, config: SamplerConfig) -> None:
         """Keep the config."""

@@ -207,18 +207,24 @@ def _decode_ordinal(ordinal: np.ndarray, n: int) -> torch.Tensor:
     return torch.from_numpy(ordinal.astype(np.int64))
 
 
-def _decode_boundary(array: np.ndarray) -> dict[str, torch.Tensor]:
-    """``boundary.npy`` (1-D structured, :data:`BOUNDARY_DTYPE` fields) as float32 tensors, ``segment`` int64."""
+def _check_boundary_array(array: np.ndarray) -> np.ndarray:
+    """``boundary.npy`` checked to be 1-D structured with the :data:`BOUNDARY_DTYPE` fields (returned as it is)."""
     names = array.dtype.names or ()
     if array.ndim != 1 or any(n not in names for n in BOUNDARY_FIELDS):
         raise ValueError(f"need a 1-D structured array with fields {', '.join(BOUNDARY_FIELDS)}, "
                          f"got {array.dtype} {array.shape}")
+    return array
+
+
+def _decode_boundary(array: np.ndarray) -> dict[str, torch.Tensor]:
+    """``boundary.npy`` (1-D structured, :data:`BOUNDARY_DTYPE` fields) as float32 tensors, ``segment`` int64."""
+    array = _check_boundary_array(array)
     return {name: torch.from_numpy(np.array(array[name], dtype=np.int64 if name == "segment" else np.float32))
             for name in BOUNDARY_FIELDS}  # one contiguous copy per field
 
 
-def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
-                  with_boundary: bool = True) -> dict[str, Any]:
+def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_boundary: bool = True,
+                  with_pairs: bool = True, boundary_array: bool = False) -> dict[str, Any]:
     """A raw webdataset sample (``__key__``, ``__url__`` and member bytes) to an item of the contract.
 
     The one decoder of the package (``DynOccDataset`` uses it). Nothing is unpickled: ``.npy`` members are
@@ -227,7 +233,9 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
     it and ordinals be -1, 0 or +1. ``meta["source"]`` is the JSON ``source`` (default ``"dynocc"``), so
     converted YouTube3D/DIW shards say so. ``decode_image=False`` leaves the JPEG bytes in ``image`` for
     :func:`decode_image_member` to decode later; ``with_boundary=False`` skips ``boundary.npy`` (no ``boundary``
-    key).
+    key); ``with_pairs=False`` skips ``pairs.npy`` and ``ordinal.npy`` (no ``pairs``/``ordinal`` keys: for a
+    loader that draws its own pairs); ``boundary_array=True`` leaves ``boundary`` as the checked structured
+    array of ``boundary.npy`` (a zero-copy view, for the built-in samplers) instead of a dict of tensors.
 
     Raises :class:`MissingFieldError` when a member is absent and :class:`ShardFormatError` (naming the shard,
     the key and the member) when one does not decode or breaks the format.
@@ -247,20 +255,21 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True,
 
     meta = parse("json", _decode_meta, sample["json"])
     size = (meta["size"][0], meta["size"][1])
-    pairs = parse("pairs.npy", lambda: _decode_pairs(_npy_array(sample["pairs.npy"]), size))
-    ordinal = parse("ordinal.npy", lambda: _decode_ordinal(_npy_array(sample["ordinal.npy"]), len(pairs)))
-    boundary = parse("boundary.npy", lambda: _decode_boundary(_npy_array(sample["boundary.npy"]))) \
+    item: dict[str, Any] = {"image": sample["jpg"]}
+    if with_pairs:
+        item["pairs"] = parse("pairs.npy", lambda: _decode_pairs(_npy_array(sample["pairs.npy"]), size))
+        item["ordinal"] = parse("ordinal.npy", lambda: _decode_ordinal(_npy_array(sample["ordinal.npy"]),
+                                                                         len(item["pairs"])))
+    boundary_from = _check_boundary_array if boundary_array else _decode_boundary
+    boundary = parse("boundary.npy", lambda: boundary_from(_npy_array(sample["boundary.npy"]))) \
         if with_boundary else None
-    item: dict[str, Any] = {
-        "image": sample["jpg"],
-        "pairs": pairs,
-        "ordinal": ordinal,
+    item.update({
         "meta": {
             "source": meta.get("source", DEFAULT_SOURCE), "key": key, "video": meta["video"],
             "video_id": meta.get("video_id", key.rsplit("_", 1)[0]), "frame": meta["frame"],
             "orig_size": tuple(meta["orig_size"]), "size": size, "url": url,
         },
-    }
+    })
     if boundary is not None:
         item["boundary"] = boundary
     return decode_image_member(item) if decode_image else item

@@ -141,6 +141,30 @@ def test_custom_strategy_gets_boundary_size_generator_and_stored_pairs(shards):
     assert not all(torch.equal(a["pairs"], b["pairs"]) for a, b in zip(first, later))
 
 
+@pytest.mark.parametrize("strategy", ["boundary", "multiscale", "band", "uniform"])
+def test_built_in_strategies_draw_the_same_pairs_from_boundary_npy_as_it_is(shards, strategy):
+    # without keep_boundary the sampler gets boundary.npy's structured array, not per-field tensors
+    kept = list(DynOccDataset(shards.root, strategy=strategy, seed=3))
+    lean = list(DynOccDataset(shards.root, strategy=strategy, seed=3, keep_boundary=False))
+    assert keys(kept) == keys(lean) == shards.keys
+    assert sum(len(item["pairs"]) for item in lean) > 0
+    for a, b in zip(kept, lean):
+        assert torch.equal(a["pairs"], b["pairs"]) and torch.equal(a["ordinal"], b["ordinal"])
+        assert "boundary" in a and "boundary" not in b
+
+
+def test_stored_pairs_are_decoded_only_for_strategies_that_read_them(tmp_path):
+    key = "clip1-9e3779b1_000000"
+    s = write_shards(tmp_path / "s", COUNTS, edit={key: {"pairs.npy": b"\x93NUMPY garbage"}})
+    assert key not in keys(DynOccDataset(s.root))  # "stored": the sample is skipped
+    assert key not in keys(DynOccDataset(s.root, strategy=lambda b, size, g, stored=None: stored))
+    for keep_boundary in (True, False):  # "band" draws its own pairs and never reads pairs.npy
+        assert keys(DynOccDataset(s.root, strategy="band", keep_boundary=keep_boundary)) == s.keys
+    missing = write_shards(tmp_path / "m", COUNTS, edit={key: {"pairs.npy": None}})
+    with pytest.raises(MissingFieldError, match="pairs.npy"):  # a missing member is an error all the same
+        list(DynOccDataset(missing.root, strategy="band"))
+
+
 def test_named_strategy_goes_through_create_sampler(shards):
     items = list(DynOccDataset(shards.root, strategy="stored", sampler_options={"max_pairs": 1}))
     assert all(item["pairs"].shape == (1, 4) for item in items)

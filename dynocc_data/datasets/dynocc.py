@@ -52,7 +52,9 @@ exactly between two members cannot be told from a sample missing a member.
 
 **Items** follow the contract (image, pairs, ordinal, meta, and ``boundary`` when ``keep_boundary``); pairs come
 from ``strategy`` (``"stored"``: the pairs in the shard; otherwise ``sampling.create_sampler(strategy)`` called
-with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` is applied.
+with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` is applied. The stored pairs
+(``pairs.npy``, ``ordinal.npy``) are decoded, and checked, only for strategies that read them (``"stored"`` and
+custom callables, which get them as ``stored=``); the built-in strategies that draw their own pairs skip them.
 """
 
 from __future__ import annotations
@@ -789,11 +791,14 @@ class DynOccDataset(IterableDataset):
     def _parse(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
         """A raw sample to a contract item with the JPEG still undecoded: small members parsed, pairs drawn by
         the strategy, the boundary dropped unless kept."""
-        item = decode_sample(sample, decode_image=False, with_boundary=self.keep_boundary or self._sampler is not None)
+        # The built-in side samplers never read the stored pairs, and take boundary.npy's array as it is.
+        own_pairs = getattr(self._sampler, "takes_boundary_array", False)
+        item = decode_sample(sample, decode_image=False, with_boundary=self.keep_boundary or self._sampler is not None,
+                             with_pairs=not own_pairs, boundary_array=own_pairs and not self.keep_boundary)
         if self._sampler is not None:
             generator = sample_generator(self.seed, epoch, item["meta"]["key"])
-            pairs, ordinal = self._sampler(item["boundary"], item["meta"]["size"], generator,
-                                           stored=(item["pairs"], item["ordinal"]))
+            stored = None if own_pairs else (item["pairs"], item["ordinal"])
+            pairs, ordinal = self._sampler(item["boundary"], item["meta"]["size"], generator, stored=stored)
             if not (pairs.dtype == ordinal.dtype == torch.int64 and pairs.dim() == 2 and pairs.shape[1] == 4
                     and ordinal.shape == pairs.shape[:1]):
                 raise ValueError(f"strategy {self.strategy!r} returned pairs {tuple(pairs.shape)} {pairs.dtype} and "
