@@ -80,7 +80,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from ..errors import InputError, ShardFormatError
-from ..sampling import sample_generator
+from ..sampling import create_sampler, sample_generator
 from ..shards import MissingFieldError, decode_image_member, decode_sample
 from .loader import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
 
@@ -638,8 +638,6 @@ def _resolve_strategy(
     """``None`` for the stored pairs as they are, else a sampler from ``sampling.create_sampler``."""
     if isinstance(strategy, str) and strategy.strip().lower() == "stored" and not options:
         return None
-    from ..sampling import create_sampler
-
     return create_sampler(strategy, **options)
 
 
@@ -810,7 +808,6 @@ class DynOccDataset(IterableDataset):
 
     def _finish(self, item: dict[str, Any]) -> Any:
         """The transform of a decoded item (outside the decode stage: its errors are raised, never skipped)."""
-        item.pop("__key__", None)  # webdataset's map stage copies the sample key into dict results
         return item if self.transform is None else self.transform(item)
 
     def _source(self, rank: int, world: int, worker: int, workers: int, epoch: int,
