@@ -1,6 +1,6 @@
 """Loading speed of DynOccDataset on 640x360 shards, against a bare JPEG-decode loop and a YouTube3D-style loader.
 
-    python benchmarks/bench_load.py                      # about 1.5 min on 2 CPU cores
+    python benchmarks/bench_load.py                      # about 40 s on 2 CPU cores
     python benchmarks/bench_load.py --samples 800 --json load.json
 
 Makes the data first (not timed): two synthetic 640x360 clips go through ``dynocc_data.generate`` (real JPEGs,
