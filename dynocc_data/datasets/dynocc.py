@@ -475,7 +475,8 @@ def _in_chunks(
                         chunk[i] = step(sample)
                     except Exception as exn:  # noqa: BLE001 - the handler decides, in order (and re-raises bugs)
                         chunk[i] = _Failed(exn)
-        for result in chunk:
+        for i, result in enumerate(chunk):
+            chunk[i] = None  # hold no reference to what was handed on: its decoded image can go once used
             if not isinstance(result, _Failed):
                 yield result
             elif not handler(result.error):
