@@ -19,7 +19,9 @@ image (pixel index ``i`` covers ``[i, i+1)``), the convention in which v2 resamp
 for resize, crop, pad, rotate, affine and perspective; a point's pixel afterwards is ``floor`` of its coordinate.
 v2's flip kernels instead assume pixel *centres* (``x -> W-1-x``) and its elastic kernel returns centre
 coordinates, so a private ``KeyPoints`` subclass re-registers those three with v2's own kernels behind the
-half-pixel shift (otherwise every flipped point would land one pixel off).  For image interpolation use
+half-pixel shift (otherwise every flipped point would land one pixel off).  When every step moves pixels by
+whole pixels (crops, pads, flips, colour and dtype steps), the points travel in v2's own pixel-centre convention
+instead, as integer pixel indices: the same result without the shift.  For image interpolation use
 ``bilinear``/``bicubic`` or ``nearest-exact``: legacy ``nearest`` samples half a pixel off from every
 coordinate convention.
 
