@@ -37,7 +37,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Union, runtime_checkable
 
@@ -369,18 +369,26 @@ def _arc_length_thin(
     return order[hit]
 
 
-def _assemble(ends: np.ndarray, ordinal: np.ndarray, balance: bool, generator: torch.Generator) -> PairsAndOrdinal:
-    """``ends`` ``[4,N]`` rows (yA, xA, yB, xB) -> int64 ``pairs [N,4]`` and ``ordinal [N]``; with ``balance``,
-    swap A and B (and negate the ordinal) with probability 0.5 each."""
-    if balance and ordinal.size:
-        swap = _rand((ordinal.size,), generator) < 0.5
-        ends = np.where(swap, ends[_SWAP_ENDS], ends)
-        ordinal = np.where(swap, -ordinal, ordinal)
-    pairs = np.ascontiguousarray(ends.T, dtype=np.int64)
-    return torch.from_numpy(pairs), torch.from_numpy(ordinal.astype(np.int64, copy=False))
+def _swaps(n: int, balance: bool, generator: torch.Generator) -> np.ndarray | None:
+    """Which of ``n`` pairs to swap (A with B) for ``balance``: each with probability 0.5 (None: no balancing)."""
+    return _rand((n,), generator) < 0.5 if balance and n else None
 
 
-_SWAP_ENDS = [2, 3, 0, 1]  # rows (yA, xA, yB, xB) -> (yB, xB, yA, xA)
+def _swapped(ends: np.ndarray, ordinal: np.ndarray, swap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``ends`` ``[4,N]`` rows (yA, xA, yB, xB) and ``ordinal [N]`` with A and B swapped (ordinal negated) where
+    ``swap``."""
+    if swap is None:
+        return ends, ordinal
+    return np.where(swap, ends[_SWAP_ENDS], ends), np.where(swap, -ordinal, ordinal)
+
+
+def _tensors(ends: np.ndarray, ordinal: np.ndarray) -> PairsAndOrdinal:
+    """``[4,N]`` rows (yA, xA, yB, xB) -> int64 ``pairs [N,4]`` and ``ordinal [N]`` tensors (own memory)."""
+    return (torch.from_numpy(np.ascontiguousarray(ends.T, dtype=np.int64)),
+            torch.from_numpy(np.array(ordinal, dtype=np.int64)))
+
+
+_SWAP_ENDS = np.array([2, 3, 0, 1])  # rows (yA, xA, yB, xB) -> (yB, xB, yA, xA)
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -416,7 +424,7 @@ class StoredSampler:
             pairs, ordinal = pairs.index_select(0, index), ordinal.index_select(0, index)
         if not self.config.balance:
             return pairs, ordinal
-        return _assemble(pairs.numpy().T, ordinal.numpy(), True, generator)
+        return _tensors(*_swapped(pairs.numpy().T, ordinal.numpy(), _swaps(ordinal.numel(), True, generator)))
 
 
 _SIDES = np.array([[1.0], [-1.0]], dtype=np.float32)  # front point: +offset along the normal, back point: -offset
@@ -456,38 +464,75 @@ class _SideSampler:
         stored: PairsAndOrdinal | None = None,
     ) -> PairsAndOrdinal:
         """Sample pairs across the boundary (``stored`` is ignored); see the module docstring."""
+        return self.sample_many([boundary], [image_size], [generator])[0]
+
+    def sample_many(
+        self,
+        boundaries: Sequence[Boundary],
+        image_sizes: Sequence[tuple[int, int]],
+        generators: Sequence[torch.Generator],
+    ) -> list[PairsAndOrdinal]:
+        """``[self(b, size, g) for b, size, g in zip(...)]``, the same results, with the arithmetic done once over
+        all the samples: each sample draws from its own generator, in the same order as alone."""
         cfg = self.config
-        height, width = _check_image_size(image_size)
-        fields = _boundary_arrays(boundary, need_confidence=cfg.min_confidence > 0)
-        y, x, ny, nx = fields["y"], fields["x"], fields["ny"], fields["nx"]
-        usable = fields["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0 else None
-        usable = self._anchors(fields, usable, generator)
+        if not len(boundaries) == len(image_sizes) == len(generators):
+            raise ValueError("sample_many needs as many image sizes and generators as boundaries")
+        fields, limits, usable, u, v = [], [], [], [], []
+        for boundary, image_size, generator in zip(boundaries, image_sizes, generators):
+            height, width = _check_image_size(image_size)
+            f = _boundary_arrays(boundary, need_confidence=cfg.min_confidence > 0)
+            n = f["y"].size
+            mask = self._anchors(f, f["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0 else None,
+                                 generator)
+            normal, tangent = self._offsets(n, generator)
+            fields.append(f)
+            limits.append(np.array([[height], [width], [height], [width]]))
+            usable.append(mask)
+            u.append(np.broadcast_to(_SIDES * normal, (2, n)))
+            v.append(tangent)
+        if not fields:
+            return []
+        sizes = [f["y"].size for f in fields]
+        y, x, ny, nx = (np.concatenate([f[name] for f in fields]) for name in ("y", "x", "ny", "nx"))
+        un = np.concatenate(u, axis=1)
+        limit = limits[0] if all(np.array_equal(a, limits[0]) for a in limits) else np.repeat(
+            np.concatenate(limits, axis=1), sizes, axis=1)
 
         # Whole [2, n] blocks (row 0: A = front, row 1: B = back) written into the rows (yA, xA, yB, xB) of one
         # [4, n] array: p +- u * n + v * t with t = (-nx, ny).
-        u, v = self._offsets(y.size, generator)
-        u = _SIDES * u
         ends = np.empty((4, y.size), dtype=np.float32)
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf points fail the tests below and are dropped
-            np.add(y, u * ny, out=ends[0::2])
-            np.add(x, u * nx, out=ends[1::2])
-            if v is not None:
-                ends[0::2] -= v * nx
-                ends[1::2] += v * ny
+            np.add(y, un * ny, out=ends[0::2])
+            np.add(x, un * nx, out=ends[1::2])
+            if v[0] is not None:
+                vt = np.concatenate(v, axis=1)
+                ends[0::2] -= vt * nx
+                ends[1::2] += vt * ny
             np.rint(ends, out=ends)
-            valid = ((ends >= 0) & (ends < np.array([[height], [width], [height], [width]]))).all(0)
+            valid = ((ends >= 0) & (ends < limit)).all(0)
             valid &= (ends[:2] != ends[2:]).any(0)
-        if usable is not None:
-            valid &= usable
-        index = np.flatnonzero(valid)
-        if cfg.per_segment_cap is not None:
-            keep = _cap_per_segment(fields["segment"][index], cfg.per_segment_cap, generator)
-            index = index if keep is None else index[keep]
-        keep = _random_subset(index.size, cfg.max_pairs, generator)
-        index = index if keep is None else index[keep]
+        if any(mask is not None for mask in usable):
+            valid &= np.concatenate([np.ones(n, dtype=bool) if m is None else m for m, n in zip(usable, sizes)])
 
+        # Per sample, in its own generator's order: caps, subset, balance.
+        starts = np.cumsum([0] + sizes)
+        picked, swaps = [], []
+        for f, generator, start, stop in zip(fields, generators, starts[:-1], starts[1:]):
+            index = np.flatnonzero(valid[start:stop])
+            if cfg.per_segment_cap is not None:
+                keep = _cap_per_segment(f["segment"][index], cfg.per_segment_cap, generator)
+                index = index if keep is None else index[keep]
+            keep = _random_subset(index.size, cfg.max_pairs, generator)
+            index = index if keep is None else index[keep]
+            picked.append(start + index)
+            swap = _swaps(index.size, cfg.balance, generator)
+            swaps.append(np.zeros(index.size, dtype=bool) if swap is None else swap)
+        index = np.concatenate(picked)
         # A = front (closer), B = back (farther): ordinal -1 before balancing.
-        return _assemble(ends[:, index], np.full(index.size, -1, dtype=np.int64), cfg.balance, generator)
+        swap = np.concatenate(swaps) if cfg.balance else None
+        chosen, ordinal = _swapped(ends[:, index], np.full(index.size, -1, dtype=np.int64), swap)
+        bounds = np.cumsum([0] + [len(i) for i in picked])
+        return [_tensors(chosen[:, a:b], ordinal[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class BoundarySampler(_SideSampler):

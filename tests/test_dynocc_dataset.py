@@ -153,6 +153,40 @@ def test_built_in_strategies_draw_the_same_pairs_from_boundary_npy_as_it_is(shar
         assert "boundary" in a and "boundary" not in b
 
 
+def test_a_failing_batch_is_drawn_again_one_by_one(shards):
+    from dynocc_data.sampling import BandSampler
+
+    class Flaky(BandSampler):
+        """sample_many always fails; alone, the sample named ``bad`` fails."""
+
+        bad = None
+
+        def sample_many(self, boundaries, image_sizes, generators):
+            if len(boundaries) > 1:
+                raise RuntimeError("batch")
+            return super().sample_many(boundaries, image_sizes, generators)
+
+        def __call__(self, boundary, image_size, generator, stored=None):
+            if boundary["y"].tolist() == self.bad:
+                raise ValueError("this sample")
+            return super().__call__(boundary, image_size, generator, stored)
+
+    reference = list(DynOccDataset(shards.root, strategy="band", seed=2, keep_boundary=False))
+    flaky = Flaky()
+    got = list(DynOccDataset(shards.root, strategy=flaky, seed=2, keep_boundary=False))
+    assert keys(got) == keys(reference)  # every sample drawn alone, with the same pairs
+    assert all(torch.equal(a["pairs"], b["pairs"]) and torch.equal(a["ordinal"], b["ordinal"])
+               for a, b in zip(got, reference))
+    flaky.bad = shards.samples[shards.keys[5]].boundary["y"].tolist()
+    first_bad = next(i for i, k in enumerate(shards.keys) if shards.samples[k].boundary["y"].tolist() == flaky.bad)
+    assert first_bad > 1
+    before_error = []
+    with pytest.raises(ValueError, match="this sample"):  # a bug in a strategy is raised, at its sample's turn
+        for item in DynOccDataset(shards.root, strategy=flaky, seed=2, keep_boundary=False):
+            before_error.append(item["meta"]["key"])
+    assert before_error == shards.keys[:first_bad]
+
+
 def test_stored_pairs_are_decoded_only_for_strategies_that_read_them(tmp_path):
     key = "clip1-9e3779b1_000000"
     s = write_shards(tmp_path / "s", COUNTS, edit={key: {"pairs.npy": b"\x93NUMPY garbage"}})

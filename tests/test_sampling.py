@@ -362,3 +362,25 @@ def test_stored_passthrough():
         assert (row, o) in ((orig, orig_o), (orig[2:] + orig[:2], -orig_o))
     with pytest.raises(ValueError, match="needs the stored pairs"):
         create_sampler("stored")(vertical_line(), (64, 64), gen())
+
+
+@pytest.mark.parametrize("name", ["boundary", "multiscale", "band", "uniform"])
+@pytest.mark.parametrize("options", [{}, {"per_segment_cap": 3, "max_pairs": 8, "min_confidence": 0.5},
+                                     {"balance": False}])
+def test_sample_many_gives_what_each_sample_gives_alone(name, options):
+    # one call over several samples (what DynOccDataset does per chunk): every sample draws from its own
+    # generator, so the result must not depend on its neighbours, whatever their sizes, images or emptiness
+    rng = np.random.default_rng(0)
+    boundaries = [concat(vertical_line(x=20, confidence=0.4), vertical_line(x=40, segment=1)),
+                  make_boundary(np.zeros(0), np.zeros(0), 0.0, 1.0),
+                  make_boundary(rng.uniform(0, 60, 50), rng.uniform(0, 80, 50), 0.6, -0.8,
+                                segment=np.arange(50) % 4, confidence=rng.uniform(0, 1, 50)),
+                  vertical_line(x=5, y0=0, y1=30)]
+    sizes = [(64, 64), (32, 32), (60, 80), (30, 12)]
+    sampler = create_sampler(name, **options)
+    alone = [sampler(b, size, sample_generator(1, 0, f"k{i}")) for i, (b, size) in enumerate(zip(boundaries, sizes))]
+    together = sampler.sample_many(boundaries, sizes, [sample_generator(1, 0, f"k{i}") for i in range(4)])
+    assert len(together) == 4 and sum(len(p) for p, _ in alone) > 5
+    for (pa, oa), (pt, ot) in zip(alone, together):
+        assert torch.equal(pa, pt) and torch.equal(oa, ot)
+    assert sampler.sample_many([], [], []) == []

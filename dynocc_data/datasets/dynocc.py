@@ -455,26 +455,39 @@ class _Failed:
         self.error = error
 
 
+def _each(fn: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
+    """A chunk step applying ``fn`` to each sample; a sample whose ``fn`` raises becomes a :class:`_Failed`."""
+    def step(samples: list[Any]) -> list[Any]:
+        out = []
+        for sample in samples:
+            try:
+                out.append(fn(sample))
+            except Exception as exn:  # noqa: BLE001 - the handler decides, in sample order (and re-raises bugs)
+                out.append(_Failed(exn))
+        return out
+    return step
+
+
 def _in_chunks(
-    src: Iterator[dict[str, Any]], *, size: int, steps: Sequence[Callable[[Any], Any]],
+    src: Iterator[dict[str, Any]], *, size: int, steps: Sequence[Callable[[list[Any]], list[Any]]],
     handler: Callable[[BaseException], bool],
 ) -> Iterator[Any]:
     """Pipeline stage: ``size`` samples at a time, each of ``steps`` run over the whole chunk before the next one.
 
-    Samples come out in order, and the errors too: a sample whose step raised reaches ``handler`` at its turn, after
-    the samples before it were yielded (True: skip it and go on; False: stop), as with webdataset's ``map``.
+    A step takes the chunk's samples that have not failed and returns one result each, a :class:`_Failed` for a
+    sample it could not process (see :func:`_each`). Samples come out in order, and the errors too: a failed
+    sample reaches ``handler`` at its turn, after the samples before it were yielded (True: skip it and go on;
+    False: stop), as with webdataset's ``map``.
     Why chunks: per sample, the pair work is a few hundred small-array calls and the JPEG decode streams a megabyte
-    through the caches; alternating them runs the small calls markedly slower than running them back to back
-    (``benchmarks/bench_load.py``: about 15 % more items/s with chunks of 16 than one by one)."""
+    through the caches; alternating them runs the small calls markedly slower than running them back to back,
+    and a chunk lets the sampler do its arithmetic once for all its samples (``benchmarks/bench_load.py``:
+    about 20 % more items/s with chunks of 16 than one by one)."""
     source = iter(src)
     while chunk := list(itertools.islice(source, size)):
         for step in steps:
-            for i, sample in enumerate(chunk):
-                if not isinstance(sample, _Failed):
-                    try:
-                        chunk[i] = step(sample)
-                    except Exception as exn:  # noqa: BLE001 - the handler decides, in order (and re-raises bugs)
-                        chunk[i] = _Failed(exn)
+            live = [i for i, sample in enumerate(chunk) if not isinstance(sample, _Failed)]
+            for i, result in zip(live, step([chunk[i] for i in live]), strict=True):
+                chunk[i] = result
         for i, result in enumerate(chunk):
             chunk[i] = None  # hold no reference to what was handed on: its decoded image can go once used
             if not isinstance(result, _Failed):
@@ -695,6 +708,7 @@ class DynOccDataset(IterableDataset):
         self.shards = resolve_shards(urls, index=index)
         self.strategy, self.sampler_options = strategy, dict(sampler_options or {})
         self._sampler = _resolve_strategy(strategy, self.sampler_options)
+        self._own_pairs = bool(getattr(self._sampler, "takes_boundary_array", False))
         self.transform, self.shuffle, self.seed = transform, int(shuffle), int(seed)
         self.resampled, self.epoch_length = bool(resampled), epoch_length
         self.split_by_node, self.handler, self.equalize = bool(split_by_node), handler, bool(equalize)
@@ -787,24 +801,42 @@ class DynOccDataset(IterableDataset):
         return n
 
     # -- reading
-    def _parse(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
-        """A raw sample to a contract item with the JPEG still undecoded: small members parsed, pairs drawn by
-        the strategy, the boundary dropped unless kept."""
+    def _parse(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """A raw sample to a contract item with the JPEG still undecoded and the pairs not yet drawn."""
         # The built-in side samplers never read the stored pairs, and take boundary.npy's array as it is.
-        own_pairs = getattr(self._sampler, "takes_boundary_array", False)
-        item = decode_sample(sample, decode_image=False, with_boundary=self.keep_boundary or self._sampler is not None,
-                             with_pairs=not own_pairs, boundary_array=own_pairs and not self.keep_boundary)
-        if self._sampler is not None:
-            generator = sample_generator(self.seed, epoch, item["meta"]["key"])
-            stored = None if own_pairs else (item["pairs"], item["ordinal"])
-            pairs, ordinal = self._sampler(item["boundary"], item["meta"]["size"], generator, stored=stored)
-            if not (pairs.dtype == ordinal.dtype == torch.int64 and pairs.dim() == 2 and pairs.shape[1] == 4
-                    and ordinal.shape == pairs.shape[:1]):
-                raise ValueError(f"strategy {self.strategy!r} returned pairs {tuple(pairs.shape)} {pairs.dtype} and "
-                                 f"ordinal {tuple(ordinal.shape)} {ordinal.dtype}; need int64 [N,4] and [N]")
-            item["pairs"], item["ordinal"] = pairs, ordinal
+        return decode_sample(sample, decode_image=False, with_boundary=self.keep_boundary or self._sampler is not None,
+                             with_pairs=not self._own_pairs, boundary_array=self._own_pairs and not self.keep_boundary)
+
+    def _draw_pairs(self, items: list[dict[str, Any]], epoch: int) -> list[Any]:
+        """Chunk step: each item's pairs from the strategy, in one call over the chunk when the sampler has
+        ``sample_many`` (the built-in ones), else (or to find the sample an error belongs to) one by one."""
+        many = getattr(self._sampler, "sample_many", None)
+        if many is not None and items:
+            try:
+                drawn = many([item["boundary"] for item in items], [item["meta"]["size"] for item in items],
+                             [sample_generator(self.seed, epoch, item["meta"]["key"]) for item in items])
+            except Exception:  # noqa: BLE001 - drawn again one by one below, where the error finds its sample
+                pass
+            else:
+                return _each(lambda args: self._with_pairs(*args))(list(zip(items, drawn)))
+        return _each(lambda item: self._draw_one(item, epoch))(items)
+
+    def _draw_one(self, item: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """One item's pairs from the strategy."""
+        generator = sample_generator(self.seed, epoch, item["meta"]["key"])
+        stored = None if self._own_pairs else (item["pairs"], item["ordinal"])
+        return self._with_pairs(item, self._sampler(item["boundary"], item["meta"]["size"], generator, stored=stored))
+
+    def _with_pairs(self, item: dict[str, Any], drawn: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+        """The item with the strategy's pairs (checked), its boundary dropped unless kept."""
+        pairs, ordinal = drawn
+        if not (pairs.dtype == ordinal.dtype == torch.int64 and pairs.dim() == 2 and pairs.shape[1] == 4
+                and ordinal.shape == pairs.shape[:1]):
+            raise ValueError(f"strategy {self.strategy!r} returned pairs {tuple(pairs.shape)} {pairs.dtype} and "
+                             f"ordinal {tuple(ordinal.shape)} {ordinal.dtype}; need int64 [N,4] and [N]")
+        item["pairs"], item["ordinal"] = pairs, ordinal
         if not self.keep_boundary:
-            item.pop("boundary", None)
+            del item["boundary"]
         return item
 
     def _finish(self, item: dict[str, Any]) -> Any:
@@ -859,8 +891,11 @@ class DynOccDataset(IterableDataset):
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
             wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker)) if self.shuffle
             else None,
-            wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error,
-                                           steps=(lambda s: self._parse(s, epoch), decode_image_member)),
+            wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error, steps=[
+                _each(self._parse),
+                *([lambda items: self._draw_pairs(items, epoch)] if self._sampler is not None else []),
+                _each(decode_image_member),
+            ]),
             wds.slice(limit) if limit is not None else None,
         ]
         finished = False
