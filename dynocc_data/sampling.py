@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -391,6 +392,11 @@ def _tensors(ends: np.ndarray, ordinal: np.ndarray) -> PairsAndOrdinal:
 _SWAP_ENDS = np.array([2, 3, 0, 1])  # rows (yA, xA, yB, xB) -> (yB, xB, yA, xA)
 
 
+def _joined(arrays: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """``np.concatenate(arrays, axis)``, or the one array itself (no copy for a single sample)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+
+
 # ---------------------------------------------------------------------------------------------- samplers
 
 
@@ -477,62 +483,62 @@ class _SideSampler:
         cfg = self.config
         if not len(boundaries) == len(image_sizes) == len(generators):
             raise ValueError("sample_many needs as many image sizes and generators as boundaries")
-        fields, limits, usable, u, v = [], [], [], [], []
-        for boundary, image_size, generator in zip(boundaries, image_sizes, generators):
-            height, width = _check_image_size(image_size)
-            f = _boundary_arrays(boundary, need_confidence=cfg.min_confidence > 0)
-            n = f["y"].size
-            mask = self._anchors(f, f["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0 else None,
-                                 generator)
-            normal, tangent = self._offsets(n, generator)
-            fields.append(f)
-            limits.append(np.array([[height], [width], [height], [width]]))
-            usable.append(mask)
-            u.append(np.broadcast_to(_SIDES * normal, (2, n)))
-            v.append(tangent)
-        if not fields:
+        if not boundaries:
             return []
+        fields, shapes, usable, u, v = [], [], [], [], []
+        for boundary, image_size, generator in zip(boundaries, image_sizes, generators):
+            shapes.append(_check_image_size(image_size))
+            f = _boundary_arrays(boundary, need_confidence=cfg.min_confidence > 0)
+            fields.append(f)
+            usable.append(self._anchors(f, f["confidence"] >= cfg.min_confidence if cfg.min_confidence > 0
+                                        else None, generator))
+            normal, tangent = self._offsets(f["y"].size, generator)
+            u.append(_SIDES * normal)  # [2, n], or [2, 1] for one offset on every point
+            v.append(tangent)
         sizes = [f["y"].size for f in fields]
-        y, x, ny, nx = (np.concatenate([f[name] for f in fields]) for name in ("y", "x", "ny", "nx"))
-        un = np.concatenate(u, axis=1)
-        limit = limits[0] if all(np.array_equal(a, limits[0]) for a in limits) else np.repeat(
-            np.concatenate(limits, axis=1), sizes, axis=1)
+        starts = list(itertools.accumulate(sizes, initial=0))
+        y, x, ny, nx = (_joined([f[name] for f in fields]) for name in ("y", "x", "ny", "nx"))
+        if len(fields) > 1:
+            u = [np.broadcast_to(offsets, (2, n)) for offsets, n in zip(u, sizes)]
+        limit = np.array([[h, w, h, w] for h, w in dict.fromkeys(shapes)]).T  # [4, 1] when all sizes agree
+        if limit.shape[1] > 1:
+            limit = np.repeat(np.array([[h, w, h, w] for h, w in shapes]).T, sizes, axis=1)
 
         # Whole [2, n] blocks (row 0: A = front, row 1: B = back) written into the rows (yA, xA, yB, xB) of one
         # [4, n] array: p +- u * n + v * t with t = (-nx, ny).
         ends = np.empty((4, y.size), dtype=np.float32)
+        un = _joined(u, axis=1)
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf points fail the tests below and are dropped
             np.add(y, un * ny, out=ends[0::2])
             np.add(x, un * nx, out=ends[1::2])
             if v[0] is not None:
-                vt = np.concatenate(v, axis=1)
+                vt = _joined(v, axis=1)
                 ends[0::2] -= vt * nx
                 ends[1::2] += vt * ny
             np.rint(ends, out=ends)
             valid = ((ends >= 0) & (ends < limit)).all(0)
             valid &= (ends[:2] != ends[2:]).any(0)
         if any(mask is not None for mask in usable):
-            valid &= np.concatenate([np.ones(n, dtype=bool) if m is None else m for m, n in zip(usable, sizes)])
+            valid &= _joined([np.ones(n, dtype=bool) if m is None else m for m, n in zip(usable, sizes)])
 
         # Per sample, in its own generator's order: caps, subset, balance.
-        starts = np.cumsum([0] + sizes)
         picked, swaps = [], []
-        for f, generator, start, stop in zip(fields, generators, starts[:-1], starts[1:]):
+        for f, generator, start, stop in zip(fields, generators, starts, starts[1:]):
             index = np.flatnonzero(valid[start:stop])
             if cfg.per_segment_cap is not None:
                 keep = _cap_per_segment(f["segment"][index], cfg.per_segment_cap, generator)
                 index = index if keep is None else index[keep]
             keep = _random_subset(index.size, cfg.max_pairs, generator)
             index = index if keep is None else index[keep]
-            picked.append(start + index)
+            picked.append(index + start if start else index)
             swap = _swaps(index.size, cfg.balance, generator)
             swaps.append(np.zeros(index.size, dtype=bool) if swap is None else swap)
-        index = np.concatenate(picked)
+        index = _joined(picked)
         # A = front (closer), B = back (farther): ordinal -1 before balancing.
-        swap = np.concatenate(swaps) if cfg.balance else None
-        chosen, ordinal = _swapped(ends[:, index], np.full(index.size, -1, dtype=np.int64), swap)
-        bounds = np.cumsum([0] + [len(i) for i in picked])
-        return [_tensors(chosen[:, a:b], ordinal[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        chosen, ordinal = _swapped(ends[:, index], np.full(index.size, -1, dtype=np.int64),
+                                   _joined(swaps) if cfg.balance else None)
+        bounds = list(itertools.accumulate((i.size for i in picked), initial=0))
+        return [_tensors(chosen[:, a:b], ordinal[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
 class BoundarySampler(_SideSampler):
