@@ -500,9 +500,8 @@ class _SideSampler:
         y, x, ny, nx = (_joined([f[name] for f in fields]) for name in ("y", "x", "ny", "nx"))
         if len(fields) > 1:
             u = [np.broadcast_to(offsets, (2, n)) for offsets, n in zip(u, sizes)]
-        limit = np.array([[h, w, h, w] for h, w in dict.fromkeys(shapes)]).T  # [4, 1] when all sizes agree
-        if limit.shape[1] > 1:
-            limit = np.repeat(np.array([[h, w, h, w] for h, w in shapes]).T, sizes, axis=1)
+        limit = np.array([[h, w, h, w] for h, w in shapes]).T  # [4, samples], a column per point below
+        limit = limit[:, :1] if len(set(shapes)) == 1 else np.repeat(limit, sizes, axis=1)
 
         # Whole [2, n] blocks (row 0: A = front, row 1: B = back) written into the rows (yA, xA, yB, xB) of one
         # [4, n] array: p +- u * n + v * t with t = (-nx, ny).
@@ -531,8 +530,9 @@ class _SideSampler:
             keep = _random_subset(index.size, cfg.max_pairs, generator)
             index = index if keep is None else index[keep]
             picked.append(index + start if start else index)
-            swap = _swaps(index.size, cfg.balance, generator)
-            swaps.append(np.zeros(index.size, dtype=bool) if swap is None else swap)
+            if cfg.balance:
+                swap = _swaps(index.size, True, generator)
+                swaps.append(np.zeros(0, dtype=bool) if swap is None else swap)  # None: no pair to swap
         index = _joined(picked)
         # A = front (closer), B = back (farther): ordinal -1 before balancing.
         chosen, ordinal = _swapped(ends[:, index], np.full(index.size, -1, dtype=np.int64),
