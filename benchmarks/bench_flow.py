@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from dynocc_data.flow import create_flow
+from dynocc_data.generation.flow import create_flow
 
 
 def make_pair(height: int, width: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

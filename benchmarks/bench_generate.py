@@ -4,7 +4,7 @@
     python benchmarks/bench_generate.py --flow raft --device cuda --raft-weights PATH
 
 Makes one synthetic 640x360 clip (H.264, ``--frames`` long, so that per-video costs are amortised as on
-real footage), runs ``dynocc_data.generate`` on it with default settings and prints:
+real footage), runs ``dynocc_data.generation`` on it with default settings and prints:
 
 * output frames/s (selected frames written or rejected per second of wall time) and input frames/s
   (decoded video frames per second);
@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dynocc_data.generate import GenerateConfig, generate  # noqa: E402
-from dynocc_data.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
+from dynocc_data.generation import GenerateConfig, generate  # noqa: E402
+from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python benchmarks/bench_load.py                      # about 40 s on 2 CPU cores
     python benchmarks/bench_load.py --samples 800 --json load.json
 
-Makes the data first (not timed): two synthetic 640x360 clips go through ``dynocc_data.generate`` (real JPEGs,
+Makes the data first (not timed): two synthetic 640x360 clips go through ``dynocc_data.generation`` (real JPEGs,
 stored pairs and dense boundary annotations), and their samples are written again under new keys into
 ``--shards`` shards of ``--samples`` samples in all (ShardWriter + index.json). Then, in this one process with
 ``--threads`` torch and OpenCV threads (default 1, what a DataLoader worker gets; extra OpenMP threads on a busy
@@ -61,12 +61,14 @@ from torchvision.transforms.v2 import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dynocc_data.collate import collate_pairs  # noqa: E402
-from dynocc_data.datasets.dynocc import DynOccDataset, _expand_tars  # noqa: E402
+from dynocc_data.datasets.dynocc import DynOccDataset  # noqa: E402
 from dynocc_data.datasets.youtube3d import to_youtube3d_target  # noqa: E402
-from dynocc_data.generate import GenerateConfig, generate  # noqa: E402
+from dynocc_data.format.sample import decode_sample  # noqa: E402
+from dynocc_data.format.tar import expand_tars  # noqa: E402
+from dynocc_data.generation import GenerateConfig, generate  # noqa: E402
+from dynocc_data.generation.writer import ShardWriter, write_index  # noqa: E402
 from dynocc_data.sampling import create_sampler, sample_generator  # noqa: E402
-from dynocc_data.shards import ShardWriter, decode_sample, write_index  # noqa: E402
-from dynocc_data.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
+from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 from dynocc_data.transforms import create_transform  # noqa: E402
 
 MEMBERS = ("jpg", "json", "pairs.npy", "ordinal.npy", "boundary.npy")
@@ -172,7 +174,7 @@ def best_rates(setups: dict[str, Callable[[], Iterable[Any] | int]], repeats: in
 def read_only(urls: list[str]) -> Iterable[dict[str, Any]]:
     """Raw samples as DynOccDataset reads them (its tar reader, webdataset's grouping), nothing decoded."""
     return wds.DataPipeline(wds.SimpleShardList(urls), wds.pipelinefilter(wds.tariterators.url_opener)(),
-                            wds.pipelinefilter(_expand_tars)(handler=wds.reraise_exception),
+                            wds.pipelinefilter(expand_tars)(handler=wds.reraise_exception),
                             wds.pipelinefilter(wds.tariterators.group_by_keys)())
 
 

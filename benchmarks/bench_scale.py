@@ -18,7 +18,7 @@
    1 GB more on long videos before it levels off (hence PyAV is the CPU default); PyAV's footprint stays
    flat.
 
-Every run is ``python -m dynocc_data.cli generate`` in a fresh process. No assertion: figures are printed
+Every run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are printed
 (and written with ``--json``).
 """
 
@@ -40,8 +40,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dynocc_data.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
-
+from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ rendering
 
@@ -117,7 +116,7 @@ def encode_long_video(path: Path, minutes: float, fps: int = 25, size: tuple[int
 
 def run_generate(inputs: list[Path], out: Path, *args: str) -> dict:
     """``dynocc-data generate`` in a child process: wall seconds, peak RSS (MiB) and its stats.json."""
-    cmd = [sys.executable, "-m", "dynocc_data.cli", "generate", *map(str, inputs), "--out", str(out),
+    cmd = [sys.executable, "-m", "dynocc_data.tools.cli", "generate", *map(str, inputs), "--out", str(out),
            "--no-progress", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,9 +7,9 @@
 
 Steps (everything seeded by ``--seed``):
 
-1. **Data** (``train_depth.quick_data``): ``--scenes`` synthetic clips (``dynocc_data.synthetic``: ground plane
+1. **Data** (``train_depth.quick_data``): ``--scenes`` synthetic clips (``dynocc_data.tools.synthetic``: ground plane
    with a depth gradient, haze, texture scale falling with depth, moving objects and static occluders) are written
-   as H.264 videos and turned into DynOcc shards by ``dynocc_data.generate`` with its default settings. Held-out
+   as H.264 videos and turned into DynOcc shards by ``dynocc_data.generation`` with its default settings. Held-out
    validation pairs come from ``--val-scenes`` *other* scenes and their **ground-truth depth**
    (``examples/synthetic_gt.py``): per frame, 100 random pairs and 100 pairs straddling a depth edge, ties (< 2 %
    depth difference) left out, A the farther point in exactly half. Nothing made by the pipeline is used here.
@@ -18,7 +18,7 @@ Steps (everything seeded by ``--seed``):
    ``train_depth.train`` with identical model, steps, batch size, learning-rate schedule, augmentation and seed;
    only the load-time strategy differs.
 3. **Scores**: WHDR on the held-out pairs (overall, random pairs, edge pairs), pairs per frame and the share of
-   the training pairs whose order agrees with ground truth (``dynocc_data.evaluate.score_items`` on the training
+   the training pairs whose order agrees with ground truth (``dynocc_data.tools.evaluate.score_items`` on the training
    scenes' ``.gt.npz``). Two reference rows that are not trained: a constant depth (50 %: every pair a tie,
    counted as half an error) and "higher in the frame = farther" (the ground-plane prior, which needs no data).
 4. **Outputs** in ``--docs``: ``ablation.csv``, ``ablation.md`` (table, setup, timings) and ``ablation.png`` (bars).
@@ -48,8 +48,8 @@ from models import ARCHS, ModelConfig  # noqa: E402
 from train_depth import TrainConfig, ValSet, evaluate, load_val_sets, quick_data, train  # noqa: E402
 
 from dynocc_data.datasets import DynOccDataset  # noqa: E402
-from dynocc_data.evaluate import score_items  # noqa: E402
-from dynocc_data.synthetic import SceneConfig, load_scene_gt  # noqa: E402
+from dynocc_data.tools.evaluate import score_items  # noqa: E402
+from dynocc_data.tools.synthetic import SceneConfig, load_scene_gt  # noqa: E402
 
 __all__ = ["AblationConfig", "Row", "main", "run_ablation"]
 
@@ -269,8 +269,8 @@ def write_markdown(rows: Sequence[Row], timings: dict[str, float], cfg: Ablation
         "## Setup",
         "",
         f"- data: {cfg.scenes} training clips, {cfg.scene_size[0]}x{cfg.scene_size[1]}, {cfg.scene_frames} frames "
-        f"(`dynocc_data.synthetic.make_scene`, seeds {cfg.seed}..{cfg.seed + cfg.scenes - 1}), shards by "
-        f"`dynocc_data.generate` with default settings; validation: {cfg.val_scenes} other scenes x 2 frames x 200 "
+        f"(`dynocc_data.tools.synthetic.make_scene`, seeds {cfg.seed}..{cfg.seed + cfg.scenes - 1}), shards by "
+        f"`dynocc_data.generation` with default settings; validation: {cfg.val_scenes} other scenes x 2 frames x 200 "
         "ground-truth pairs",
         f"- model: `{m.arch}` encoder (random init) + FPN decoder with full-resolution refinement, predicting log "
         f"depth (`examples/models.py`)",

@@ -1,6 +1,6 @@
-"""Data for the examples, made from synthetic scenes with ground-truth depth (``dynocc_data.synthetic``).
+"""Data for the examples, made from synthetic scenes with ground-truth depth (``dynocc_data.tools.synthetic``).
 
-* :func:`make_training_shards`: render scenes, write them as H.264 clips and run ``dynocc_data.generate`` on
+* :func:`make_training_shards`: render scenes, write them as H.264 clips and run ``dynocc_data.generation`` on
   them: DynOcc shards made by the pipeline, exactly as from real videos (no ground truth goes in).
 * :func:`gt_pairs`: point pairs whose order comes from the **ground-truth depth** of a frame, never from the
   pipeline: half "random" pairs (two points anywhere in the frame) and half "edge" pairs (two points 2..16 px
@@ -26,11 +26,15 @@ import numpy as np
 import torch
 
 from dynocc_data.datasets.youtube3d import to_youtube3d_target
-from dynocc_data.generate import GenerateConfig, GenerateSummary, generate
-from dynocc_data.synthetic import SceneConfig, make_scene, write_scene
+from dynocc_data.generation import GenerateConfig, GenerateSummary, generate
+from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures_external import YouTube3DSample, py2_ndarray_pickle, write_youtube3d_release  # noqa: E402
+from fixtures_external import (  # noqa: E402
+    YouTube3DSample,
+    py2_ndarray_pickle,
+    write_youtube3d_release,
+)
 
 __all__ = ["GTPairConfig", "SceneSet", "gt_pairs", "make_training_shards", "write_gt_pair_set"]
 

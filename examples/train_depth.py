@@ -61,7 +61,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import ARCHS, ModelConfig, build_model  # noqa: E402
 
 from dynocc_data.collate import to_device  # noqa: E402
-from dynocc_data.datasets import DIWDataset, DynOccDataset, YouTube3DDataset, create_loader, mix  # noqa: E402
+from dynocc_data.datasets import (  # noqa: E402
+    DIWDataset,
+    DynOccDataset,
+    YouTube3DDataset,
+    create_loader,
+    mix,
+)
 from dynocc_data.losses import ranking_loss, whdr  # noqa: E402
 from dynocc_data.transforms import create_transform  # noqa: E402
 
@@ -492,14 +498,21 @@ def quick_data(root: Path, seed: int = 0, scenes: int = 40, val_scenes: int = 8,
     """Make (or reuse) synthetic training shards, a YouTube3D-format training fixture and a validation set.
 
     Three disjoint blocks of scene seeds (``examples/synthetic_gt.py``): ``scenes`` clips -> DynOcc shards (by
-    ``dynocc_data.generate``, default settings), ``yt3d_scenes`` scenes -> YouTube3D-format ground-truth pairs (a
+    ``dynocc_data.generation``, default settings), ``yt3d_scenes`` scenes -> YouTube3D-format ground-truth pairs (a
     stand-in for the real release; none when 0), ``val_scenes`` scenes -> the held-out ground-truth pairs.
     ``scene_config``: a ``SceneConfig`` (default 240x320, 24 frames). Returns the paths made.
     """
-    from synthetic_gt import (VAL_SEED_OFFSET, YT3D_SEED_OFFSET, GTPairConfig, SceneSet, make_training_shards,
-                              write_gt_pair_set)
-    from dynocc_data.generate import GenerateConfig
-    from dynocc_data.synthetic import SceneConfig
+    from synthetic_gt import (
+        VAL_SEED_OFFSET,
+        YT3D_SEED_OFFSET,
+        GTPairConfig,
+        SceneSet,
+        make_training_shards,
+        write_gt_pair_set,
+    )
+
+    from dynocc_data.generation import GenerateConfig
+    from dynocc_data.tools.synthetic import SceneConfig
 
     scene_config = scene_config or SceneConfig(height=240, width=320, num_frames=24)
     shards = root / "train" / "shards"
@@ -593,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     if (args.quick or args.smoke) and not cfg.shards:
         root = Path(args.data) if args.data else Path(cfg.out) / "data"
         if args.smoke:
-            from dynocc_data.synthetic import SceneConfig
+            from dynocc_data.tools.synthetic import SceneConfig
 
             opts = dict(SMOKE_SCENES)
             data = quick_data(root, seed=cfg.seed, scene_config=SceneConfig(**opts.pop("scene")), **opts)

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from dynocc_data import boundaries
-from dynocc_data.boundaries import (
-    BoundaryConfig,
+from dynocc_data.generation import boundaries
+from dynocc_data.generation.boundaries import (
     Boundaries,
+    BoundaryConfig,
     EdgePoints,
     connected_components,
     detect_boundaries,

@@ -1,4 +1,4 @@
-"""The ``dynocc-data`` command line, run as a user runs it: ``python -m dynocc_data.cli ...`` in a subprocess.
+"""The ``dynocc-data`` command line, run as a user runs it: ``python -m dynocc_data.tools.cli ...`` in a subprocess.
 
 Each call pays the interpreter and torch start-up (a few seconds), so the calls are few and the inputs tiny.
 """
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from dynocc_data.synthetic import moving_square_scene, write_scene
+from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--stride", "2", "--gap", "2", "--no-progress"]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``python -m dynocc_data.cli ARGS`` from the repository, capturing its output."""
+    """Run ``python -m dynocc_data.tools.cli ARGS`` from the repository, capturing its output."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "dynocc_data.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=REPO)
 
 

@@ -13,13 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from dynocc_data.convert import convert, sample_key
-from dynocc_data.datasets.diw import DIWDataset
-from dynocc_data.datasets.dynocc import DynOccDataset
-from dynocc_data.datasets.youtube3d import YouTube3DDataset
-from dynocc_data.errors import InputError
-from dynocc_data.shards import BOUNDARY_DTYPE, decode_sample
 from fixtures_external import (
     DIWSample,
     YouTube3DSample,
@@ -30,6 +23,13 @@ from fixtures_external import (
     write_png,
     write_youtube3d_release,
 )
+
+from dynocc_data.datasets.diw import DIWDataset
+from dynocc_data.datasets.dynocc import DynOccDataset
+from dynocc_data.datasets.youtube3d import YouTube3DDataset
+from dynocc_data.errors import InputError
+from dynocc_data.format.sample import BOUNDARY_DTYPE, decode_sample
+from dynocc_data.tools.convert import convert, sample_key
 
 H, W = 24, 32
 TARGET = np.array([[0.5, 0.26, 1.0, -0.1], [0.999, 0.0, 0.5, 0.26], [0.1, 0.9, 0.0, 0.75],
@@ -158,7 +158,7 @@ def test_bad_rows_are_reported_skipped_and_counted(tmp_path: Path, caplog) -> No
         lines[0],  # the same row twice
         lines[2],
     ]) + "\n")
-    with caplog.at_level(logging.INFO, logger="dynocc_data.convert"):
+    with caplog.at_level(logging.INFO, logger="dynocc_data.tools.convert"):
         assert convert("youtube3d", csv_path, tmp_path / "out") == 3
     assert not marker.exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -184,7 +184,7 @@ def test_diw_bad_lines_resync(tmp_path: Path, caplog) -> None:
         "1,1,2,2,>,32,24",  # an annotation without its image line
         lines[4], lines[5], lines[6], lines[7],
     ]) + "\n")
-    with caplog.at_level(logging.WARNING, logger="dynocc_data.convert"):
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.tools.convert"):
         assert convert("diw", csv_path, tmp_path / "out") == 3
     text = caplog.text
     assert f"{csv_path}: line 3: image path without an annotation line after it" in text
@@ -240,7 +240,7 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     moved.write_text(csv_path.read_text())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "dynocc_data.cli", "convert", "diw", str(moved), "--out", str(tmp_path / "out"),
+    cmd = [sys.executable, "-m", "dynocc_data.tools.cli", "convert", "diw", str(moved), "--out", str(tmp_path / "out"),
            "--root", str(tmp_path / "data"), "--shard-size", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -287,7 +287,7 @@ def _members_by_tarfile(data: bytes) -> list[tuple[str, bytes]]:
 def test_tar_reader_matches_tarfile() -> None:
     import io
 
-    from dynocc_data.datasets.dynocc import _tar_members
+    from dynocc_data.format.tar import tar_members
 
     long_dir = "/".join(["d" * 40] * 4)
     entries = [("a.jpg", b"x" * 1000), ("a.json", b"{}"), ("empty.npy", b""), ("dir", None),
@@ -297,21 +297,21 @@ def test_tar_reader_matches_tarfile() -> None:
         usable = entries if fmt != tarfile.USTAR_FORMAT else [e for e in entries if not e[0].startswith("n" * 120)]
         for mode in ("w", "w:gz", "w:bz2", "w:xz"):
             data = _tar_bytes(usable, fmt, mode)
-            got = list(_tar_members(io.BytesIO(data)))
+            got = list(tar_members(io.BytesIO(data)))
             assert got == _members_by_tarfile(data), (fmt, mode)
             assert len(got) == len(usable) - 1
     data = _tar_bytes(entries, tarfile.PAX_FORMAT)
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         inside, second = tf.getmembers()[0].offset_data + 100, tf.getmembers()[1].offset  # (pax) header start
     with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
-        list(_tar_members(io.BytesIO(data[:inside])))
+        list(tar_members(io.BytesIO(data[:inside])))
     first = _members_by_tarfile(data)[:1]
-    assert list(_tar_members(io.BytesIO(data[:second]))) == first  # cut at a header: ends silently, as tarfile
+    assert list(tar_members(io.BytesIO(data[:second]))) == first  # cut at a header: ends silently, as tarfile
     corrupt = data[:second] + b"\x07" * 512 + data[second + 512:]
-    assert list(_tar_members(io.BytesIO(corrupt))) == first == _members_by_tarfile(corrupt)  # bad header: ends
+    assert list(tar_members(io.BytesIO(corrupt))) == first == _members_by_tarfile(corrupt)  # bad header: ends
     for bad, reason in ((b"", "empty file"), (b"\x07" * 512, "bad checksum"), (data[:300], "truncated header")):
         with pytest.raises(tarfile.ReadError, match=reason):
-            list(_tar_members(io.BytesIO(bad)))
+            list(tar_members(io.BytesIO(bad)))
 
 
 def test_compressed_shards_read_the_same(tmp_path: Path) -> None:
@@ -332,7 +332,7 @@ def test_compressed_shards_read_the_same(tmp_path: Path) -> None:
 def test_npy_fast_path_matches_numpy_and_never_unpickles(tmp_path: Path) -> None:
     import io
 
-    from dynocc_data.shards import _npy_array
+    from dynocc_data.format.sample import _npy_array
 
     def npy(array, **kw) -> bytes:
         buf = io.BytesIO()

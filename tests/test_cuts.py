@@ -1,11 +1,16 @@
-"""Flow reliability (dynocc_data.cuts): photometric error, blank frames and patch residuals with known answers."""
+"""Flow reliability (dynocc_data.generation.cuts): photometric error, blank frames and patch residuals with known answers."""
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from dynocc_data.cuts import blank_frames, patch_residuals, photometric_error, warp
+from dynocc_data.generation.cuts import (
+    blank_frames,
+    patch_residuals,
+    photometric_error,
+    warp,
+)
 
 
 def texture(h: int, w: int, seed: int, sigma: float = 2.5) -> np.ndarray:

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_external import (
+    DIWSample,
+    two_colour_image,
+    write_diw_release,
+    write_jpeg,
+    write_png,
+)
 
 from dynocc_data.datasets._common import read_image_rgb
 from dynocc_data.datasets.diw import DIWDataset, parse_diw_csv, scale_diw_coordinates
 from dynocc_data.errors import InputError
-from fixtures_external import DIWSample, two_colour_image, write_diw_release, write_jpeg, write_png
 
 H, W = 24, 32
 

@@ -10,11 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_shards import (
+    evil_npy,
+    evil_pickle,
+    member_offsets,
+    npy_bytes,
+    truncate,
+    write_shards,
+)
 from torch.utils.data import DataLoader
 
-from dynocc_data.datasets.dynocc import DynOccDataset, MissingFieldError, plan_epoch
+from dynocc_data.datasets.dynocc import DynOccDataset, plan_epoch
 from dynocc_data.errors import InputError, ShardFormatError
-from fixtures_shards import evil_npy, evil_pickle, member_offsets, npy_bytes, truncate, write_shards
+from dynocc_data.format.sample import MissingFieldError
 
 COUNTS = [3, 4, 2, 5]
 

@@ -1,4 +1,4 @@
-"""Scoring against ground truth (dynocc_data.evaluate.score_items) on hand-made items with exact answers.
+"""Scoring against ground truth (dynocc_data.tools.evaluate.score_items) on hand-made items with exact answers.
 
 Ground truth: 40x50 frames, background at depth 20 and a front square at depth 10 on rows 10..19 and
 columns 10..19; the moving boundary is the square's left and right columns (20 pixels). Items are stored at
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynocc_data.evaluate import EvalResult, score_items
+from dynocc_data.tools.evaluate import EvalResult, score_items
 
 GT_H, GT_W = 40, 50
 

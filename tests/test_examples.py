@@ -21,7 +21,7 @@ from models import ARCHS, ModelConfig, build_model  # noqa: E402
 from synthetic_gt import GTPairConfig, SceneSet, gt_pairs, write_gt_pair_set  # noqa: E402
 
 from dynocc_data.datasets import YouTube3DDataset  # noqa: E402
-from dynocc_data.synthetic import SceneConfig, moving_square_scene  # noqa: E402
+from dynocc_data.tools.synthetic import SceneConfig, moving_square_scene  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +62,7 @@ def test_gt_pair_set_round_trips_through_youtube3d_reader(tmp_path):
     assert len(ds) == 2
     flags = np.load(tmp_path / "gt_pairs_edge.npy", allow_pickle=False)
     assert len(flags) == sum(len(ds[i]["pairs"]) for i in range(2))
-    from dynocc_data.synthetic import make_scene
+    from dynocc_data.tools.synthetic import make_scene
 
     scene = make_scene(scenes.config, 5)
     item = ds[0]

@@ -1,4 +1,4 @@
-"""Tests of dynocc_data.flow: DIS accuracy and conventions, RAFT plumbing with random or saved weights."""
+"""Tests of dynocc_data.generation.flow: DIS accuracy and conventions, RAFT plumbing with random or saved weights."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from dynocc_data.errors import InputError
-from dynocc_data.flow import FLOW_BACKENDS, DISFlow, FlowEstimator, RAFTFlow, _pad_amounts, create_flow
+from dynocc_data.generation.flow import (
+    FLOW_BACKENDS,
+    DISFlow,
+    FlowEstimator,
+    RAFTFlow,
+    _pad_amounts,
+    create_flow,
+)
 
 DX, DY = 3, -2
 
@@ -179,7 +186,7 @@ def test_pad_amounts() -> None:
 @pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("hw", [(36, 50), (64, 64)])
 def test_raft_shape_and_finite(size: str, hw: tuple[int, int], caplog) -> None:
-    with caplog.at_level("WARNING", logger="dynocc_data.flow"):
+    with caplog.at_level("WARNING", logger="dynocc_data.generation.flow"):
         est = random_raft(size)
     assert "random weights" in caplog.text
     assert est.device == torch.device("cpu") and est.params["model"] == f"raft_{size}"

@@ -1,6 +1,6 @@
-"""End-to-end generation (dynocc_data.generate) on small real video files with known ground truth.
+"""End-to-end generation (dynocc_data.generation) on small real video files with known ground truth.
 
-Scenes are written with :mod:`dynocc_data.synthetic` as H.264 MP4 (180x320, 12 frames) and processed with
+Scenes are written with :mod:`dynocc_data.tools.synthetic` as H.264 MP4 (180x320, 12 frames) and processed with
 ``stride=2, gap=2`` (four selected frames per video: 2, 4, 6, 8). The pixel parameters of the pipeline are
 tuned for 640x360, and behave at this size. Everything is read back from the shards with webdataset, as a
 user would.
@@ -20,16 +20,17 @@ import torch
 import webdataset as wds
 
 from dynocc_data.errors import DynOccError
-from dynocc_data.generate import GenerateConfig, generate
-from dynocc_data.shards import decode_sample, read_index
-from dynocc_data.synthetic import (
+from dynocc_data.format.index import read_index
+from dynocc_data.format.sample import decode_sample
+from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation.video import make_video_id, select_frames
+from dynocc_data.tools.synthetic import (
     intensity_edges_scene,
     load_scene_gt,
     moving_square_scene,
     static_scene,
     write_scene,
 )
-from dynocc_data.video import make_video_id, select_frames
 
 SIZE = (180, 320)
 FRAMES = 12

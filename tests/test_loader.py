@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_shards import write_shards
 from torch.utils.data import Dataset, IterableDataset
 
+from dynocc_data.datasets._distributed import mix_seed, share_of
 from dynocc_data.datasets.dynocc import DynOccDataset
-from dynocc_data.datasets.loader import create_loader, mix_seed, share_of
+from dynocc_data.datasets.loader import create_loader
 from dynocc_data.errors import InputError
-from fixtures_shards import write_shards
 
 HERE = Path(__file__).resolve().parent
 

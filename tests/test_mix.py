@@ -6,11 +6,11 @@ from collections import Counter
 from itertools import islice
 
 import pytest
+from fixtures_shards import write_shards
 from torch.utils.data import DataLoader, Dataset
 
 from dynocc_data.datasets.dynocc import DynOccDataset
 from dynocc_data.datasets.mix import MapAsIterable, as_iterable, mix
-from fixtures_shards import write_shards
 
 
 class Numbers(Dataset):

@@ -1,9 +1,17 @@
 import torch
-
-from dynocc_data.boundaries import BoundaryConfig, detect_boundaries, truncated_distance
-from dynocc_data.ordering import OrderConfig, landing_votes, order_boundaries, pool_votes
-
 from test_boundaries import square_flow
+
+from dynocc_data.generation.boundaries import (
+    BoundaryConfig,
+    detect_boundaries,
+    truncated_distance,
+)
+from dynocc_data.generation.ordering import (
+    OrderConfig,
+    landing_votes,
+    order_boundaries,
+    pool_votes,
+)
 
 CFG = BoundaryConfig(min_length=8)
 

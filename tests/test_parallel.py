@@ -1,4 +1,4 @@
-"""Scale-out generation (dynocc_data.parallel): partition, worker processes, torchrun/srun ranks and their
+"""Scale-out generation (dynocc_data.generation.launch): partition, worker processes, torchrun/srun ranks and their
 merge, a dead worker, uploads through a shell command, URL inputs and the out-of-memory retry.
 
 Small synthetic videos (96x128, 16 frames, a textured square moving over a textured background: 6 samples
@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from dynocc_data.cli import main
 from dynocc_data.errors import DynOccError
-from dynocc_data.generate import FrameProcessor, GenerateConfig, generate
-from dynocc_data.parallel import (
+from dynocc_data.format.index import read_index
+from dynocc_data.format.sample import REQUIRED_FIELDS, encode_sample
+from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation.launch import (
     Plan,
     WorkerFailure,
     merge_run,
@@ -36,9 +37,11 @@ from dynocc_data.parallel import (
     threads_per_worker,
     video_weight,
 )
-from dynocc_data.shards import REQUIRED_FIELDS, ShardWriter, encode_sample, read_index, read_run_state
-from dynocc_data.synthetic import moving_square_scene, write_scene
-from dynocc_data.video import VideoSource, discover_videos
+from dynocc_data.generation.pipeline import FrameProcessor
+from dynocc_data.generation.video import VideoSource, discover_videos
+from dynocc_data.generation.writer import ShardWriter, read_run_state
+from dynocc_data.tools.cli import main
+from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
 CONFIG = GenerateConfig(stride=2, gap=2)
 VELOCITIES = [(0.0, 2.0), (1.0, 3.0), (0.0, 4.0), (1.0, 2.0)]

@@ -1,4 +1,4 @@
-"""Placement and verification of ordered boundary points (dynocc_data.refine) on hand-made frames.
+"""Placement and verification of ordered boundary points (dynocc_data.generation.refine) on hand-made frames.
 
 The frames: a textured square (rows TOP..TOP+SIDE-1, columns LEFT..LEFT+SIDE-1 in the processed frame)
 over an unrelated static textured background; in the next frame the square has moved by (DX, 0), in the
@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import torch
 
-from dynocc_data.ordering import OrderedBoundaries
-from dynocc_data.refine import RefineConfig, refine_boundaries, side_margins
+from dynocc_data.generation.ordering import OrderedBoundaries
+from dynocc_data.generation.refine import RefineConfig, refine_boundaries, side_margins
 
 H, W = 64, 96
 TOP, LEFT, SIDE = 12, 36, 40

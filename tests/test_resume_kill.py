@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from dynocc_data.generate import GenerateConfig, generate
-from dynocc_data.parallel import read_markers
-from dynocc_data.shards import REQUIRED_FIELDS, Ledger, read_index
-from dynocc_data.synthetic import moving_square_scene, write_scene
+from dynocc_data.format.index import read_index
+from dynocc_data.format.sample import REQUIRED_FIELDS
+from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation.launch import read_markers
+from dynocc_data.generation.writer import Ledger
+from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = GenerateConfig(stride=2, gap=2)
@@ -83,7 +85,7 @@ def reference(finished) -> dict[str, tuple[bytes, bytes]]:
 
 def start(videos: Path, out: Path, *extra: str, log: Path) -> subprocess.Popen:
     """``dynocc-data generate`` in its own process group (so that the whole run can be killed at once)."""
-    cmd = [sys.executable, "-m", "dynocc_data.cli", "generate", str(videos), "--out", str(out), *ARGS, *extra]
+    cmd = [sys.executable, "-m", "dynocc_data.tools.cli", "generate", str(videos), "--out", str(out), *ARGS, *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
                             start_new_session=True)
 
@@ -155,8 +157,8 @@ def test_kill9_of_a_two_worker_run_then_resume_with_one(videos, reference, tmp_p
 
 KILL_DURING_MERGE = textwrap.dedent("""
     import os, signal, sys
-    import dynocc_data.parallel as parallel, dynocc_data.shards as shards
-    from dynocc_data.cli import main
+    import dynocc_data.generation.launch as parallel, dynocc_data.generation.writer as shards
+    from dynocc_data.tools.cli import main
 
     target = sys.argv[1]
     real = shards.atomic_write_text

@@ -9,16 +9,14 @@ import torch
 from torchvision.io import encode_jpeg
 
 from dynocc_data.errors import DynOccError, ShardFormatError
-from dynocc_data.shards import (
+from dynocc_data.format.index import read_index
+from dynocc_data.format.sample import (
     BOUNDARY_DTYPE,
     MissingFieldError,
-    ShardWriter,
     decode_sample,
     encode_sample,
-    read_index,
-    read_run_state,
-    write_index,
 )
+from dynocc_data.generation.writer import ShardWriter, read_run_state, write_index
 
 
 def make_sample(key="vid-0000abcd_000004", n=3, m=5, size=(24, 32), seed=0):
@@ -163,10 +161,14 @@ def test_write_failure_leaves_no_partial_or_final(tmp_path):
 
 
 def test_read_index_errors(tmp_path):
-    with pytest.raises(DynOccError, match="no shard index here"):
+    with pytest.raises(DynOccError, match="no index.json here"):
         read_index(tmp_path)
     (tmp_path / "index.json").write_text("{not json")
-    with pytest.raises(DynOccError, match="not a valid shard index"):
+    with pytest.raises(DynOccError, match="cannot read the shard index"):
         read_index(tmp_path)
     (tmp_path / "index.json").write_text(json.dumps({"shards": [{"url": "a.tar", "count": 3}]}))
+    with pytest.raises(DynOccError, match="not a shard index"):  # one reader, one set of rules: format required
+        read_index(tmp_path)
+    (tmp_path / "index.json").write_text(json.dumps({"format": "dynocc-shards/1",
+                                                     "shards": [{"url": "a.tar", "count": 3}]}))
     assert read_index(tmp_path)["shards"][0]["count"] == 3

@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fixtures_shards import write_shards
 
 from dynocc_data.errors import DynOccError
-from dynocc_data.shards import ShardWriter, encode_sample, write_index
-from dynocc_data.stats import MAX_FINE_BINS, Accumulator, shard_stats, summarize
-from fixtures_shards import write_shards
+from dynocc_data.format.sample import encode_sample
+from dynocc_data.generation.writer import ShardWriter, write_index
+from dynocc_data.tools.stats import MAX_FINE_BINS, Accumulator, shard_stats, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +175,7 @@ def test_plots_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_cli_stats(tmp_path: Path) -> None:
     root = write_hand_shards(tmp_path / "h")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dynocc_data.cli", "stats", str(root), "--plots",
+    done = subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", "stats", str(root), "--plots",
                            str(tmp_path / "plots")], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)

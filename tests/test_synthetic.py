@@ -1,4 +1,4 @@
-"""Tests of dynocc_data.synthetic: determinism, exact ground truth, known-answer scenes and written files."""
+"""Tests of dynocc_data.tools.synthetic: determinism, exact ground truth, known-answer scenes and written files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from dynocc_data import synthetic
+from dynocc_data.tools import synthetic
 from dynocc_data.errors import InputError
-from dynocc_data.synthetic import (
+from dynocc_data.tools.synthetic import (
     LayerKind,
     SceneConfig,
     demo_scenes,

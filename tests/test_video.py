@@ -1,4 +1,4 @@
-"""Tests of dynocc_data.video: discovery, the decoding backends, streaming and bad input.
+"""Tests of dynocc_data.generation.video: discovery, the decoding backends, streaming and bad input.
 
 Every clip is written here for real (PyAV libx264, OpenCV mp4v / MJPG, JPEG frame folders). Each frame carries its
 index as 10 black/white 16x16 blocks, so a test can check that frame i really is frame i after any codec.
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from dynocc_data.errors import InputError
-from dynocc_data.video import (
+from dynocc_data.generation.video import (
     CHUNK_SIZE,
     VideoSource,
     discover_videos,
@@ -299,14 +299,14 @@ def test_torchcodec_backend(clips):
 
 
 def test_auto_picks_pyav_on_cpu(clips, caplog):
-    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), open_video(clips["x264.mp4"]) as reader:
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.generation.video"), open_video(clips["x264.mp4"]) as reader:
         assert reader.backend == "pyav" and read_index(next(reader.iter_frames([4]))[1]) == 4
     assert caplog.text == ""
 
 
 def test_auto_on_cuda_falls_back_to_pyav_without_decord(clips, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
-    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), \
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.generation.video"), \
             open_video(clips["x264.mp4"], device="cuda") as reader:
         assert reader.backend == "pyav" and read_index(next(reader.iter_frames([4]))[1]) == 4
     assert str(clips["x264.mp4"]) in caplog.text and "PyAV" in caplog.text
@@ -321,7 +321,7 @@ def test_cuda_device_falls_back_to_cpu_decoding(clips):
 
 def test_auto_handles_frame_widths_decord_misshapes(tmp_path, caplog):
     clip = write_pyav(tmp_path / "narrow.mp4", 10, h=64, w=96)
-    with caplog.at_level(logging.WARNING, logger="dynocc_data.video"), open_video(clip, device="cuda") as reader:
+    with caplog.at_level(logging.WARNING, logger="dynocc_data.generation.video"), open_video(clip, device="cuda") as reader:
         assert reader.size == (64, 96) and reader.num_frames == 10
         frames = decode_all(reader, [0, 9])
         if reader.backend == "pyav":  # decord2 3.4 returns HxWx4 arrays at this width: fell back, and said so

@@ -11,13 +11,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from dynocc_data.cli import main
-from dynocc_data.errors import InputError
-from dynocc_data.shards import ShardWriter, encode_sample, write_index
-from dynocc_data.viz import (BACKGROUND, CLOSER, EQUAL, FARTHER, SHEET_NAME, contact_sheet, draw_overlay,
-                             legend_strip, show)
 from fixtures_shards import write_shards, write_tar
+
+from dynocc_data.errors import InputError
+from dynocc_data.format.sample import encode_sample
+from dynocc_data.generation.writer import ShardWriter, write_index
+from dynocc_data.tools.cli import main
+from dynocc_data.tools.viz import (
+    BACKGROUND,
+    CLOSER,
+    EQUAL,
+    FARTHER,
+    SHEET_NAME,
+    contact_sheet,
+    draw_overlay,
+    legend_strip,
+    show,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +184,7 @@ def test_show_without_samples_is_an_error(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "dynocc_data.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", *args], capture_output=True, text=True, env=env,
                           timeout=120)
 
 

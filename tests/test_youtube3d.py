@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_external import (
+    YouTube3DSample,
+    py2_call_pickle,
+    py2_list_pickle,
+    py2_ndarray_pickle,
+    two_colour_image,
+    write_youtube3d_release,
+)
 
 from dynocc_data.datasets.youtube3d import (
     YouTube3DDataset,
@@ -18,14 +26,6 @@ from dynocc_data.datasets.youtube3d import (
     to_youtube3d_target,
 )
 from dynocc_data.errors import InputError
-from fixtures_external import (
-    YouTube3DSample,
-    py2_call_pickle,
-    py2_list_pickle,
-    py2_ndarray_pickle,
-    two_colour_image,
-    write_youtube3d_release,
-)
 
 H, W = 24, 32
 # Normalised targets and the pixels the release's reader makes of them (v * size, clip to [0, size-1], truncate).

@@ -7,7 +7,8 @@
 """
 
 from .diw import DIWDataset, parse_diw_csv
-from .dynocc import DynOccDataset, ReadStats, load_index
+from ..format.index import load_index
+from .dynocc import DynOccDataset, ReadStats
 from .loader import create_loader, seed_worker
 from .mix import MapAsIterable, MixedDataset, as_iterable, mix
 from .youtube3d import YouTube3DDataset, from_youtube3d_target, load_youtube3d_pkl, to_youtube3d_target

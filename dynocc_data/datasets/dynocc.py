@@ -36,11 +36,11 @@ of ranks x workers and equal shard sizes keep the drop small. With one rank noth
 ``ResampledShards``, seeded by ``(seed, epoch, rank, worker)``) and an epoch is ``epoch_length`` samples per rank
 (as webdataset's ``with_epoch``), shared out among the workers.
 
-**Decoding** (:func:`dynocc_data.shards.decode_sample`, the package's one decoder) never unpickles: ``.jpg`` with
+**Decoding** (:func:`dynocc_data.format.sample.decode_sample`, the package's one decoder) never unpickles: ``.jpg`` with
 ``torchvision.io.decode_jpeg`` (libjpeg-turbo) to ``uint8 [3,H,W]`` RGB, ``.npy`` with
 ``numpy.load(allow_pickle=False)`` (or a cached-dtype ``numpy.frombuffer`` fast path), ``.json`` with
 ``json.loads``; other members (``.pyd``, ``.pickle``, ...) are ignored; ``meta["source"]`` comes from the JSON
-(default ``"dynocc"``; shards made by ``dynocc_data.convert`` say ``"youtube3d"`` or ``"diw"``). A sample missing
+(default ``"dynocc"``; shards made by ``dynocc_data.tools.convert`` say ``"youtube3d"`` or ``"diw"``). A sample missing
 one of the five members is an error naming the shard, the key and the field, whatever ``handler`` says. A truncated
 or corrupt tar, or a member that does not decode, is counted in :attr:`DynOccDataset.stats` and then handled by
 ``handler``: ``"warn"`` (log a warning, skip), ``"ignore"`` (skip silently), ``"raise"`` or a callable
@@ -59,21 +59,13 @@ custom callables, which get them as ``stored=``); the built-in strategies that d
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import itertools
-import json
 import logging
-import lzma
 import os
 import random
-import re
-import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import torch
 import webdataset as wds
@@ -81,8 +73,10 @@ from torch.utils.data import IterableDataset
 
 from ..errors import InputError, ShardFormatError
 from ..sampling import create_sampler, sample_generator
-from ..shards import MissingFieldError, decode_image_member, decode_sample
-from .loader import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
+from ..format.sample import MissingFieldError, decode_image_member, decode_sample
+from ..format.tar import expand_tars
+from ._distributed import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +92,6 @@ __all__ = [
     "resolve_shards",
 ]
 
-INDEX_NAME = "index.json"
-INDEX_FORMAT = "dynocc-shards/1"
 _MAX_STAT_ROWS = 256  # one counter row per DataLoader worker id (wraps around beyond that)
 _TAR_END = 1024  # a tar archive ends with two 512-byte zero blocks
 
@@ -110,72 +102,11 @@ UrlSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 # ------------------------------------------------------------------------------------------ shard lists
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard URL with its sample count and file size from ``index.json`` (``None`` when unknown)."""
-
-    url: str
-    count: int | None = None
-    nbytes: int | None = None
-
-
-def _local_path(url: str) -> str | None:
-    """The file-system path of a local shard URL (plain path or ``file:``), ``None`` for remote/pipe URLs."""
-    parsed = urlparse(url)
-    if parsed.scheme == "":
-        return url
-    if parsed.scheme == "file":
-        return url2pathname(parsed.path)
-    return None
-
-
-def _read_text(url: str) -> str:
-    """Read a small text file from a local path or any URL webdataset's ``gopen`` understands."""
-    local = _local_path(url)
-    if local is not None:
-        with open(local, encoding="utf-8") as stream:
-            return stream.read()
-    with wds.gopen(url, "rb") as stream:
-        return stream.read().decode("utf-8")
-
-
-def load_index(source: str | os.PathLike | Mapping[str, Any]) -> list[ShardInfo]:
-    """Shards listed by an ``index.json`` (a path, a folder holding one, an URL, or the parsed dict), with their
-    URLs joined onto the index's folder; raises :class:`InputError` naming the file when it is unusable."""
-    if isinstance(source, Mapping):
-        where, base, index = "<index dict>", "", dict(source)
-    else:
-        where = os.fspath(source)
-        local = _local_path(where)
-        if local is not None and os.path.isdir(local):
-            where = os.path.join(where, INDEX_NAME)
-        base = where.rsplit("/", 1)[0] if "/" in where else ""
-        try:
-            index = json.loads(_read_text(where))
-        except FileNotFoundError:
-            raise InputError(where, "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise InputError(where, f"cannot read the shard index: {err}") from None
-    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("shards"), list):
-        raise InputError(where, f"not a shard index (expected a JSON object with format {INDEX_FORMAT!r} and shards)")
-    shards = []
-    for entry in index["shards"]:
-        ok = isinstance(entry, dict) and isinstance(entry.get("url"), str)
-        count, nbytes = (entry.get("count"), entry.get("bytes")) if ok else (None, None)
-        if not ok or not isinstance(count, int) or count < 0 or not (nbytes is None or isinstance(nbytes, int)):
-            raise InputError(where, f"bad shard entry {entry!r} (needs url and a count >= 0)")
-        url = entry["url"]
-        if base and "://" not in url and not os.path.isabs(url):
-            url = f"{base}/{url}"
-        shards.append(ShardInfo(url, count, nbytes))
-    return shards
-
-
 def _expand(spec: UrlSpec) -> list[ShardInfo]:
     """Expand folders, index files, brace patterns and lists into shards (counts only where an index was read)."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
-        local = _local_path(text)
+        local = local_path(text)
         if local is not None and (os.path.isdir(local) or (local.endswith(".json") and os.path.isfile(local))):
             return load_index(text)
         try:
@@ -191,7 +122,7 @@ def _index_lookup(shards: list[ShardInfo]) -> tuple[dict[str, ShardInfo], dict[s
     """Index entries keyed by absolute local path and by file name (for remote and ``pipe:`` URLs)."""
     by_path, by_name = {}, {}
     for shard in shards:
-        local = _local_path(shard.url)
+        local = local_path(shard.url)
         if local is not None:
             by_path[os.path.abspath(local)] = shard
         by_name[shard.url.rsplit("/", 1)[-1]] = shard
@@ -204,7 +135,7 @@ def _with_counts(shards: list[ShardInfo], index: str | os.PathLike | Mapping[str
         return shards
     auto = isinstance(index, str) and index == "auto"
     if auto:
-        folders = {os.path.dirname(os.path.abspath(p)) for s in shards if (p := _local_path(s.url)) is not None}
+        folders = {os.path.dirname(os.path.abspath(p)) for s in shards if (p := local_path(s.url)) is not None}
         entries = [e for d in sorted(folders) if os.path.isfile(os.path.join(d, INDEX_NAME))
                    for e in load_index(os.path.join(d, INDEX_NAME))]
     else:
@@ -212,7 +143,7 @@ def _with_counts(shards: list[ShardInfo], index: str | os.PathLike | Mapping[str
     by_path, by_name = _index_lookup(entries)
     out = []
     for shard in shards:
-        local = _local_path(shard.url)
+        local = local_path(shard.url)
         found = by_path.get(os.path.abspath(local)) if local is not None else None
         if found is None and (local is None or not auto):
             # remote or pipe (or an index given for shards elsewhere): the file name appears in the URL
@@ -238,7 +169,7 @@ def resolve_shards(
     shards = _with_counts(_expand(urls), index)
     if not shards:
         raise InputError(str(urls), "no shards")
-    missing = [s.url for s in shards if (p := _local_path(s.url)) is not None and not os.path.isfile(p)]
+    missing = [s.url for s in shards if (p := local_path(s.url)) is not None and not os.path.isfile(p)]
     if missing:
         more = f" ({len(missing)} of {len(shards)} shards missing)" if len(missing) > 1 else ""
         raise InputError(missing[0], f"shard not found{more}")
@@ -388,7 +319,7 @@ class _ReaderState:
 def _check_tar_end(url: str, nbytes: int | None) -> None:
     """Raise :class:`ShardFormatError` when a local plain tar is shorter than its index says or lacks the
     end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary)."""
-    path = _local_path(url)
+    path = local_path(url)
     if path is None or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
         return
     try:
@@ -495,153 +426,6 @@ def _in_chunks(
                 yield result
             elif not handler(result.error):
                 return
-
-
-# ------------------------------------------------------------------------------------------ tar reading
-
-_BLOCK = 512
-_REGULAR = (b"0", b"\0", b"7")  # regular file types, as tarfile's REGULAR_TYPES (sparse files aside)
-_WDS_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: such members are not sample files
-
-
-class _Prepended:
-    """A read-only stream: ``head`` bytes, then the rest of ``stream`` (to look at a stream's first block)."""
-
-    def __init__(self, head: bytes, stream: Any) -> None:
-        """Serve ``head`` first, then read from ``stream``."""
-        self.head, self.stream = head, stream
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left for ``size < 0``)."""
-        if not self.head:
-            return self.stream.read(size)
-        if size < 0:
-            out, self.head = self.head + self.stream.read(), b""
-            return out
-        out, self.head = self.head[:size], self.head[size:]
-        return out + self.stream.read(size - len(out)) if len(out) < size else out
-
-
-def _decompressed(stream: Any) -> Any:
-    """``stream``, or a decompressing reader over it when it starts with a gzip, bzip2 or xz signature (the
-    compressions tarfile's ``r|*`` mode detects)."""
-    head = stream.read(_BLOCK)
-    stream = _Prepended(head, stream)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=stream)
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(stream)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(stream)
-    return stream
-
-
-def _number(field: bytes) -> int:
-    """A numeric tar header field: NUL/space-terminated octal, or GNU base-256 (first byte 0x80 or 0xff)."""
-    if field[:1] in (b"\x80", b"\xff"):
-        value = int.from_bytes(field[1:], "big")
-        return value - (1 << (8 * len(field) - 8)) if field[:1] == b"\xff" else value
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
-
-
-def _checksum_ok(header: bytes) -> bool:
-    """True when the header's checksum field matches its bytes (unsigned or signed sum, as tarfile accepts)."""
-    try:
-        stored = _number(header[148:156])
-    except ValueError:
-        return False
-    if stored == sum(header) - sum(header[148:156]) + 256:  # the checksum field counts as eight spaces
-        return True
-    return stored == 256 + sum(b - 256 if b > 127 else b for b in header[:148] + header[156:])
-
-
-def _pax_records(data: bytes) -> dict[str, str]:
-    """The ``length key=value\\n`` records of a pax extended header."""
-    records, pos = {}, 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        end = pos + int(data[pos:space])
-        if end <= space or data[end - 1:end] != b"\n":
-            raise tarfile.ReadError("invalid pax header")
-        key, _, value = data[space + 1:end - 1].partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos = end
-    return records
-
-
-def _member_name(header: bytes, pax: Mapping[str, str], long_name: str | None) -> str:
-    """A member's name: the pax ``path``, else a GNU long name, else the header's (with its ustar prefix)."""
-    if "path" in pax:
-        return pax["path"]
-    if long_name is not None:
-        return long_name
-    name = header[:100].split(b"\0", 1)[0]
-    prefix = header[345:500].split(b"\0", 1)[0] if header[257:265] == b"ustar\x0000" else b""
-    return (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
-
-
-def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
-    """``(name, data)`` of each regular file of an (optionally compressed) tar stream, read block by block.
-
-    A lean equivalent of iterating ``tarfile.open(fileobj=stream, mode="r|*")``, with the same outcomes: the end
-    of the data, a zero block or a bad header where a header should start ends the archive silently
-    (``tarfile.ReadError`` when that happens at the very start, or right after a pax / long-name header); data
-    cut short raises ``tarfile.ReadError("unexpected end of data")``; pax (``path``, ``size``) and GNU long-name
-    headers apply to the member that follows.
-    """
-    stream = _decompressed(stream)
-    offset, pax, long_name = 0, {}, None
-    while True:
-        header = stream.read(_BLOCK)
-        if len(header) < _BLOCK or header.count(0) == _BLOCK or not _checksum_ok(header):
-            subsequent = bool(pax) or long_name is not None
-            if subsequent or (offset == 0 and header.count(0) != _BLOCK):
-                reason = "empty file" if not header else "truncated header" if len(header) < _BLOCK else "bad checksum"
-                raise tarfile.ReadError(f"missing or bad header after an extended header ({reason})" if subsequent
-                                        else reason)
-            return
-        kind = header[156:157]
-        size = int(pax["size"]) if "size" in pax else _number(header[124:136])
-        data = stream.read(size)
-        if len(data) < size:
-            raise tarfile.ReadError("unexpected end of data")
-        padding = -size % _BLOCK
-        padded = not padding or len(stream.read(padding)) == padding
-        offset += _BLOCK + size + padding
-        if kind in (b"x", b"X"):
-            pax = _pax_records(data)
-        elif kind == b"L":
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif kind not in (b"g", b"K"):  # global pax headers and GNU long link names matter to no sample
-            name = _member_name(header, pax, long_name)
-            pax, long_name = {}, None
-            if kind in _REGULAR:
-                yield name, data
-        if not padded:
-            raise tarfile.ReadError("unexpected end of data")
-
-
-def _expand_tars(src: Iterator[dict[str, Any]], *,
-                 handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
-    """Pipeline stage in place of webdataset's ``tar_file_expander``, reading with :func:`_tar_members` (several
-    times faster than ``tarfile`` on shards of small members) and yielding the same: ``{"fname", "data",
-    "__url__"}`` per file (webdataset metadata members skipped), ``{}`` after each complete shard, errors passed
-    to ``handler`` (True: go on with the next shard, False: stop)."""
-    for source in src:
-        url, stream = source["url"], source["stream"]
-        try:
-            for name, data in _tar_members(stream):
-                if not _WDS_META.match(name):
-                    yield {"fname": name, "data": data, "__url__": url}
-            yield {}
-        except Exception as exn:  # noqa: BLE001 - reported through the handler, as webdataset does
-            exn.args = exn.args + (url,)
-            if not handler(exn):
-                break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
 
 
 # ------------------------------------------------------------------------------------------ the dataset
@@ -887,7 +671,7 @@ class DynOccDataset(IterableDataset):
             source,
             wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
             wds.pipelinefilter(wds.tariterators.url_opener)(handler=state.shard_error),
-            wds.pipelinefilter(_expand_tars)(handler=state.shard_error),
+            wds.pipelinefilter(expand_tars)(handler=state.shard_error),
             wds.pipelinefilter(wds.tariterators.group_by_keys)(handler=state.shard_error),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
             wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker)) if self.shuffle

@@ -28,69 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ..collate import collate_pairs
+from ._distributed import distributed_info, mix_seed
+from .dynocc import DynOccDataset
+from .mix import as_iterable
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "SharedEpoch",
-    "create_loader",
-    "distributed_info",
-    "mix_seed",
-    "seed_worker",
-    "share_of",
-    "worker_info",
-]
-
-
-class SharedEpoch:
-    """An epoch number in shared memory, so ``set_epoch`` reaches persistent DataLoader workers too."""
-
-    def __init__(self, epoch: int = 0) -> None:
-        """Allocate the shared counter (a shared-memory tensor survives fork and spawn alike)."""
-        self._value = torch.full((), int(epoch), dtype=torch.int64).share_memory_()
-
-    def set(self, epoch: int) -> None:
-        """Set the epoch (visible to every worker of this dataset)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._value.fill_(int(epoch))
-
-    def get(self) -> int:
-        """The current epoch."""
-        return int(self._value.item())
-
-
-def distributed_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """``(rank, world_size)``: explicit values, else ``torch.distributed`` when initialised, else the
-    ``RANK``/``WORLD_SIZE`` environment variables, else ``(0, 1)``."""
-    if rank is None or world_size is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            found = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            found = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        else:
-            found = 0, 1
-        rank = found[0] if rank is None else rank
-        world_size = found[1] if world_size is None else world_size
-    if not (world_size >= 1 and 0 <= rank < world_size):
-        raise ValueError(f"invalid rank {rank} for world size {world_size}")
-    return int(rank), int(world_size)
-
-
-def worker_info() -> tuple[int, int]:
-    """``(worker id, number of workers)`` of the current DataLoader worker; ``(0, 1)`` in the main process."""
-    info = torch.utils.data.get_worker_info()
-    return (0, 1) if info is None else (int(info.id), int(info.num_workers))
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from integers, stable across processes and runs (unlike ``hash`` of a string)."""
-    state = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, np.uint64)
-    return int(state[0] >> np.uint64(1))
-
-
-def share_of(total: int, part: int, parts: int) -> int:
-    """Items of ``total`` given to ``part`` when split as evenly as possible into ``parts`` (first ones get more)."""
-    return total // parts + (1 if part < total % parts else 0)
+__all__ = ["create_loader", "seed_worker"]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -122,18 +67,6 @@ class _ChainedInit:
         """Run both."""
         self.first(worker_id)
         self.second(worker_id)
-
-
-def _default_collate() -> Callable[[list[Any]], Any]:
-    """``dynocc_data.collate.collate_pairs``, imported when first needed."""
-    try:
-        from ..collate import collate_pairs
-    except ImportError as err:
-        raise ImportError(
-            f"create_loader needs dynocc_data.collate.collate_pairs as default collate_fn ({err}); "
-            "pass collate_fn= explicitly"
-        ) from None
-    return collate_pairs
 
 
 def _is_url_spec(value: Any) -> bool:
@@ -172,8 +105,6 @@ def create_loader(
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
     if _is_url_spec(dataset_or_urls):
-        from .dynocc import DynOccDataset
-
         dataset: Dataset = DynOccDataset(
             dataset_or_urls,
             strategy="stored" if strategy is None else strategy,
@@ -190,8 +121,6 @@ def create_loader(
             )
         dataset = dataset_or_urls
         if not isinstance(dataset, IterableDataset):
-            from .mix import as_iterable
-
             dataset = as_iterable(dataset, shuffle=True, seed=seed)
     if hasattr(dataset, "set_num_workers"):
         dataset.set_num_workers(num_workers)  # exact len() and an early too-few-shards error
@@ -203,7 +132,7 @@ def create_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=collate_fn if collate_fn is not None else _default_collate(),
+        collate_fn=collate_fn if collate_fn is not None else collate_pairs,
         pin_memory=pin_memory,
         drop_last=drop_last,
         persistent_workers=persistent_workers and workers,

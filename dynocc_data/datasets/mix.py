@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from .loader import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+from ._distributed import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
 
 logger = logging.getLogger(__name__)
 

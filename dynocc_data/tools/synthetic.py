@@ -42,10 +42,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -899,7 +900,6 @@ def scene_gt_path(video: str | os.PathLike) -> Path:
 
 def _encode(frames: np.ndarray, fps: float, crf: int, preset: str, path: Path) -> None:
     """Encode RGB frames as H.264 (yuv420p) MP4 at ``path`` with PyAV."""
-    import av  # imported here so that rendering scenes does not need FFmpeg
 
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .boundaries import sample_bilinear
+
 __all__ = ["ReliabilityConfig", "warp", "check_grey", "photometric_error", "blank_frames", "patch_residuals"]
 
 
@@ -90,8 +92,6 @@ def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, 
     carries the patch onto matching pixels; on a flat region every motion scores low, so compare
     residuals rather than trusting one alone.
     """
-    from .boundaries import sample_bilinear
-
     r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
     oy, ox = torch.meshgrid(r, r, indexing="ij")
     oy, ox = oy.reshape(1, -1), ox.reshape(1, -1)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "FLOW_BACKENDS",

@@ -1,4 +1,4 @@
-"""Score generated pairs against ground-truth depth (synthetic scenes from :mod:`dynocc_data.synthetic`).
+"""Score generated pairs against ground-truth depth (synthetic scenes from :mod:`dynocc_data.tools.synthetic`).
 
 * **pair precision**: share of pairs whose order (``ordinal``) agrees with the ground-truth depth at the
   two points;
@@ -16,6 +16,7 @@ so the scores measure what training code gets.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -25,6 +26,11 @@ from typing import Any, Iterable, Mapping
 
 import cv2
 import numpy as np
+
+from ..datasets.dynocc import DynOccDataset
+from ..generation import generate
+from ..generation.video import select_frames
+from .synthetic import load_scene_gt, make_scenes
 
 __all__ = ["EvalResult", "score_items", "evaluate_shards", "evaluate_synthetic"]
 
@@ -92,7 +98,7 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
     """Score DynOcc items against scene ground truth.
 
     ``scenes`` maps the item's ``meta["video"]`` (the path relative to the input root) to a
-    :class:`~dynocc_data.synthetic.SceneGT`. ``selected`` maps the same names to every frame the generator
+    :class:`~dynocc_data.tools.synthetic.SceneGT`. ``selected`` maps the same names to every frame the generator
     selected (so frames without a sample count against coverage); by default only the items' frames.
     Pair points are scaled from the stored image to the ground-truth resolution with ``orig_size``.
     """
@@ -155,12 +161,8 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
 def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, coverage_radius: float = 6.0,
                     min_motion: float = 1.0) -> EvalResult:
     """Score the shards in ``shards`` (a generate output folder) against the ``*.gt.npz`` files of
-    ``scene_dir`` (written by :func:`dynocc_data.synthetic.write_scene`), reading items with DynOccDataset."""
-    import json
+    ``scene_dir`` (written by :func:`dynocc_data.tools.synthetic.write_scene`), reading items with DynOccDataset."""
 
-    from .datasets.dynocc import DynOccDataset
-    from .synthetic import load_scene_gt
-    from .video import select_frames
 
     shards, scene_dir = Path(shards), Path(scene_dir)
     scenes = {}
@@ -183,7 +185,6 @@ def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, 
 
 
 def _read_params(shards: Path) -> dict[str, Any]:
-    import json
 
     for ledger in sorted(shards.glob("ledger-r*.jsonl")):
         for line in ledger.read_text().splitlines():
@@ -198,8 +199,6 @@ def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int
                        **generate_kwargs) -> EvalResult:
     """Make ``num_scenes`` synthetic scenes (seeds ``seed``, ``seed+1``, ...), generate shards from them with
     ``generate_config`` and score them. Scenes go to ``<out>/scenes``, shards to ``<out>/shards``."""
-    from .generate import generate
-    from .synthetic import make_scenes
 
     out = Path(out)
     scene_dir = out / "scenes"

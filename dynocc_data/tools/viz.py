@@ -24,6 +24,9 @@ import cv2
 import numpy as np
 import torch
 
+from ..datasets.dynocc import DynOccDataset
+from ..errors import InputError
+
 __all__ = ["draw_overlay", "legend_strip", "contact_sheet", "save_png", "show",
            "FRONT", "BACK", "CLOSER", "FARTHER", "EQUAL"]
 
@@ -241,7 +244,6 @@ def _pick(counts: Sequence[int], limit: int) -> list[list[int]]:
 def _items(shards: Any, limit: int, spread: bool) -> Iterator[dict[str, Any]]:
     """Up to ``limit`` items of ``shards`` (stored pairs, with boundary): spread over the data when the sample
     counts are known (``index.json``) and ``spread``, else the first ones."""
-    from .datasets.dynocc import DynOccDataset
 
     ds = DynOccDataset(shards, strategy="stored", keep_boundary=True)
     counts = [s.count for s in ds.shards]
@@ -278,7 +280,6 @@ def show(shards: Any, out: str | os.PathLike, *, limit: int = 24, columns: int =
     :func:`draw_overlay` picture, ``scale`` times the stored size, with a legend strip under it) and
     ``contact_sheet.png`` (legend on top, one captioned tile per sample); returns their paths, the sheet last.
     """
-    from .errors import InputError
 
     if limit < 1 or columns < 1 or scale < 1:
         raise ValueError(f"limit, columns and scale must be >= 1, got {limit}, {columns}, {scale}")

@@ -37,10 +37,11 @@ from types import ModuleType, TracebackType
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import av
 import cv2
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -506,8 +507,6 @@ class PyAVReader(VideoReader):
     backend = "pyav"
 
     def __init__(self, path: str, *, max_side: int | None = None, device: Any = "cpu"):
-        import av  # noqa: PLC0415 - imported lazily like the other backends
-
         self._av = av
         try:
             self._container = av.open(path, timeout=30.0 if _is_url(path) else None)

@@ -1,6 +1,6 @@
 """Scale-out generation: worker processes on one machine, ranks across machines, fault reports, the merge.
 
-:func:`dynocc_data.generate.generate` runs through :func:`generate_parallel`, in one of three ways that all end
+:func:`dynocc_data.generate` runs through :func:`generate_parallel`, in one of three ways that all end
 with the same output folder (shards, ``index.json``, ``stats.json``):
 
 * **one process** (``workers=1``): the videos are processed in the calling process;
@@ -22,7 +22,7 @@ so ranks finish together; the same inputs always give the same partition. Sizes:
 frame folder's images, the mean of the known sizes for URLs.
 
 **Folder.** Each rank writes its own shards ``<prefix>-r<rank>-<seq>.tar`` and ledger ``ledger-r<rank>.jsonl``
-(:mod:`dynocc_data.shards`), and a marker ``rank-r<rank>.json``: the videos assigned to it, its pid and host,
+(:mod:`dynocc_data.generation.writer`), and a marker ``rank-r<rank>.json``: the videos assigned to it, its pid and host,
 ``status`` (``running``, ``done`` or ``failed``) and, when finished, its summary. The merge turns the ledgers into
 one ``index.json`` and the markers into one ``stats.json`` (counts summed; ``workers`` lists every rank,
 ``workers_failed`` those that died or failed, with the videos they left unfinished).
@@ -62,18 +62,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import DynOccError
-from .shards import PARTIAL, RunState, atomic_write_text, read_run_state, run_upload, write_index
+import cv2
+import torch
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from .generate import GenerateConfig, GenerateSummary
-    from .video import VideoSource
+from ..errors import DynOccError
+from ..format.files import PARTIAL, atomic_write_text
+from .config import GenerateConfig, GenerateSummary, RunOptions
+from .pipeline import resolve_device, run_videos
+from .video import IMAGE_EXTENSIONS, VideoSource, discover_videos
+from .writer import RunState, read_run_state, run_upload, upload_command, write_index
 
 __all__ = [
     "RankInfo",
-    "RunOptions",
+    "generate",
     "Plan",
     "MergeResult",
     "WorkerFailure",
@@ -177,11 +181,9 @@ def rank_from_env(env: Mapping[str, str] | None = None) -> RankInfo:
 # ------------------------------------------------------------------------------------------------ partition
 
 
-def video_weight(source: "VideoSource") -> int | None:
+def video_weight(source: VideoSource) -> int | None:
     """The work a video stands for, in bytes: the file's size, the sum of a frame folder's images; ``None``
     when unknown (URLs, unreadable paths)."""
-    from .video import IMAGE_EXTENSIONS
-
     try:
         if source.kind == "file":
             return os.path.getsize(source.path)
@@ -194,8 +196,8 @@ def video_weight(source: "VideoSource") -> int | None:
     return None
 
 
-def partition(sources: Sequence["VideoSource"], world_size: int,
-              weights: Sequence[int | None] | None = None) -> list[list["VideoSource"]]:
+def partition(sources: Sequence[VideoSource], world_size: int,
+              weights: Sequence[int | None] | None = None) -> list[list[VideoSource]]:
     """Split ``sources`` into ``world_size`` parts of about equal total weight (greedy: heaviest first, each to
     the least loaded part; ties by fewer videos, then lower rank). Deterministic: same sources and weights, same
     parts; each part keeps the order of ``sources``. ``weights`` default to :func:`video_weight`; unknown
@@ -226,11 +228,11 @@ class Plan:
     world_size: int
     digest: str
     """:meth:`GenerateConfig.digest` of the run."""
-    parts: list[list["VideoSource"]]
+    parts: list[list[VideoSource]]
     run_id: str | None = None
 
     @classmethod
-    def make(cls, sources: Sequence["VideoSource"], world_size: int, digest: str,
+    def make(cls, sources: Sequence[VideoSource], world_size: int, digest: str,
              run_id: str | None = None) -> "Plan":
         return cls(world_size, digest, partition(sources, world_size), run_id)
 
@@ -259,9 +261,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 def limit_threads(n: int) -> None:
     """Cap torch's and OpenCV's thread pools at ``n`` threads (call before heavy work starts)."""
-    import cv2
-    import torch
-
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
 
@@ -269,10 +268,6 @@ def limit_threads(n: int) -> None:
 def resolve_workers(workers: int | None, device: str = "auto") -> int:
     """``None`` (``--workers auto``): one per GPU when the device is CUDA, else 1; otherwise ``workers``."""
     if workers is None:
-        import torch
-
-        from .generate import resolve_device
-
         return max(1, torch.cuda.device_count()) if resolve_device(device).type == "cuda" else 1
     if int(workers) < 1:
         raise DynOccError(f"--workers must be at least 1 (got {workers})")
@@ -281,10 +276,6 @@ def resolve_workers(workers: int | None, device: str = "auto") -> int:
 
 def _rank_device(device: str, local_rank: int, world: int) -> str:
     """The device of one rank: on CUDA with several processes, GPU ``local_rank % num_gpus``."""
-    import torch
-
-    from .generate import resolve_device
-
     dev = resolve_device(device)
     if dev.type != "cuda" or world <= 1 or dev.index is not None:
         return str(dev)
@@ -425,28 +416,6 @@ class LedgerTail:
 # ------------------------------------------------------------------------------------------------ options
 
 
-@dataclass
-class RunOptions:
-    """How :func:`generate_parallel` runs (what it writes is :class:`~dynocc_data.generate.GenerateConfig`)."""
-
-    device: str = "auto"
-    batch_size: int = 4
-    resume: bool = False
-    strict: bool = False
-    prefix: str = "dynocc"
-    shard_size: int = 1000
-    shard_bytes: int = 1 << 30
-    progress: bool = True
-    workers: int | None = 1
-    """Worker processes on this machine; ``None``: one per GPU on CUDA, else 1."""
-    upload: str | None = None
-    """Shell command receiving each committed shard on stdin, ``{name}`` in it replaced by the shard's name."""
-    merge_timeout: float = 3600.0
-    """Seconds rank 0 waits for the other ranks' markers before merging what is there."""
-    poll: float = 1.0
-    """Seconds between two looks at the folder while waiting."""
-
-
 # ------------------------------------------------------------------------------------------------ one rank
 
 
@@ -455,11 +424,11 @@ class RankJob:
     """Everything one rank (in-process or a spawned worker) needs; picklable."""
 
     out: str
-    config: "GenerateConfig"
+    config: GenerateConfig
     options: RunOptions
     rank: int
     world_size: int
-    sources: list["VideoSource"]
+    sources: list[VideoSource]
     plan_digest: str
     device: str
     run_id: str | None = None
@@ -469,11 +438,9 @@ class RankJob:
     log_level: int = logging.INFO
 
 
-def _run_rank(job: RankJob, state: RunState, progress: bool) -> "GenerateSummary":
+def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
     """Process one rank's videos (``state``: what is already done), keeping its marker up to date (``running``,
     then ``done`` or ``failed``)."""
-    from .generate import run_videos
-
     out = Path(job.out)
     marker = {"format": MARKER_FORMAT, "rank": job.rank, "world_size": job.world_size, "run_id": job.run_id,
               "plan": job.plan_digest, "digest": job.config.digest(), "status": "running", "pid": os.getpid(),
@@ -523,8 +490,6 @@ def _worker_main(job: RankJob) -> None:
     if job.threads:
         limit_threads(job.threads)
     if job.device.startswith("cuda"):
-        import torch
-
         torch.cuda.set_device(job.device)
     try:
         state = read_run_state(job.out) if job.options.resume else RunState()  # the parent repaired and checked
@@ -576,7 +541,7 @@ def wait_for_ranks(out: str | os.PathLike, plan: Plan, ranks: Sequence[int], *, 
 class MergeResult:
     """What :func:`merge_run` wrote: the merged summary, the index and the ranks that did not finish."""
 
-    summary: "GenerateSummary"
+    summary: GenerateSummary
     index: dict[str, Any]
     world_size: int
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -601,9 +566,7 @@ def exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _summary_from_dict(d: Mapping[str, Any] | None, out: str) -> "GenerateSummary":
-    from .generate import GenerateSummary
-
+def _summary_from_dict(d: Mapping[str, Any] | None, out: str) -> GenerateSummary:
     names = {f.name for f in dataclasses.fields(GenerateSummary)}
     return GenerateSummary(**{**{k: v for k, v in dict(d or {}).items() if k in names}, "out": out})
 
@@ -724,18 +687,15 @@ def _raise_for(result: MergeResult, out: Path, strict: bool) -> None:
 # ------------------------------------------------------------------------------------------------ launches
 
 
-def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: "GenerateConfig",
-                      options: RunOptions | None = None) -> "GenerateSummary":
-    """Run :func:`~dynocc_data.generate.generate` in one process, in ``options.workers`` local processes, or as
+def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig,
+                      options: RunOptions | None = None) -> GenerateSummary:
+    """Run :func:`~dynocc_data.generate` in one process, in ``options.workers`` local processes, or as
     one rank of a ``torchrun``/``srun`` launch (see the module docstring); returns the (merged) summary.
 
     Raises :class:`WorkerFailure` when a worker or rank died or failed (after the others finished and the merge
     was written), :class:`DynOccError` when nothing could be processed or, with ``strict``, anything failed.
     A rank other than 0 returns its own summary without merging.
     """
-    from .shards import upload_command
-    from .video import discover_videos
-
     options = options or RunOptions()
     out = Path(out)
     t0 = time.perf_counter()
@@ -762,7 +722,7 @@ def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLik
 
 
 def _run_single(sources, input_errors, out: Path, config, options: RunOptions, info: RankInfo,
-                t0: float) -> "GenerateSummary":
+                t0: float) -> GenerateSummary:
     """All videos in this process (rank 0 of 1)."""
     plan = Plan.make(sources, 1, config.digest(), info.run_id)
     _clear_run_files(out)
@@ -776,15 +736,13 @@ def _run_single(sources, input_errors, out: Path, config, options: RunOptions, i
 
 
 def _run_distributed(sources, input_errors, out: Path, config, options: RunOptions, info: RankInfo,
-                     t0: float) -> "GenerateSummary":
+                     t0: float) -> GenerateSummary:
     """This process is one rank of a torchrun/srun launch: its part, then (rank 0) wait and merge."""
     plan = Plan.make(sources, info.world_size, config.digest(), info.run_id)
     _clear_run_files(out, info.owns)
     state = prepare_state(out, options.resume, config.digest(), info.owns)
     device = _rank_device(options.device, info.local_rank, info.local_world_size)
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.set_device(device)
     if info.local_world_size > 1:
         limit_threads(threads_per_worker(info.local_world_size))
@@ -802,12 +760,8 @@ def _run_distributed(sources, input_errors, out: Path, config, options: RunOptio
 
 
 def _run_workers(sources, input_errors, out: Path, config, options: RunOptions, workers: int,
-                 t0: float) -> "GenerateSummary":
+                 t0: float) -> GenerateSummary:
     """Spawn ``workers`` processes on this machine, wait for all of them, report the dead, merge."""
-    import torch
-
-    from .generate import resolve_device
-
     plan = Plan.make(sources, workers, config.digest(), f"local-{os.getpid()}-{time.time_ns()}")
     _clear_run_files(out)
     prepare_state(out, options.resume, config.digest())
@@ -841,8 +795,6 @@ def _run_workers(sources, input_errors, out: Path, config, options: RunOptions, 
 
 def _wait_for_processes(procs: Sequence[multiprocessing.Process], out: Path, sources, progress: bool) -> None:
     """Block until every process has exited, showing finished videos (read from the ledgers)."""
-    from tqdm.auto import tqdm
-
     ids = {s.video_id for s in sources}
     tail = LedgerTail(out)
     with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video", disable=not progress) as bar:
@@ -867,3 +819,23 @@ def _stop(procs: Sequence[multiprocessing.Process]) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def generate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig | None = None, *,
+             device: str = "auto", batch_size: int = 4, resume: bool = False, strict: bool = False,
+             prefix: str = "dynocc", shard_size: int = 1000, shard_bytes: int = 1 << 30,
+             progress: bool = True, workers: int | None = 1, upload: str | None = None,
+             merge_timeout: float = 3600.0) -> GenerateSummary:
+    """Generate DynOcc shards from videos, folders of videos, frame folders, list files or URLs.
+
+    Writes ``<out>/<prefix>-r<rank>-*.tar``, ``index.json`` and ``stats.json``; returns the summary. ``workers``
+    processes share the videos (``None``: one per GPU on CUDA, else 1); under ``torchrun`` or ``srun`` this
+    process is one rank of many; ``upload`` sends every committed shard to a shell command (all in
+    :mod:`dynocc_data.generation.launch`). Bad inputs are reported (one line each) and skipped; raises
+    :class:`DynOccError` when nothing could be processed, or with ``strict`` when anything failed, and
+    :class:`~dynocc_data.generation.launch.WorkerFailure` when a worker died (after the others finished).
+    """
+    options = RunOptions(device=device, batch_size=batch_size, resume=resume, strict=strict, prefix=prefix,
+                         shard_size=shard_size, shard_bytes=shard_bytes, progress=progress, workers=workers,
+                         upload=upload, merge_timeout=merge_timeout)
+    return generate_parallel(inputs, out, config or GenerateConfig(), options)

@@ -26,6 +26,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -203,9 +205,6 @@ def flow_derivatives(flow: torch.Tensor, sigma: float) -> torch.Tensor:
     g, dg = _gaussian_derivative_taps(sigma)
     B, C, H, W = flow.shape
     if _use_opencv(flow):
-        import cv2
-        import numpy as np
-
         kg, kd = np.asarray(g, np.float32), np.asarray(dg, np.float32)
         planes = flow.detach().to(torch.float32).contiguous().numpy()
         out = np.empty((B, C, 2, H, W), np.float32)
@@ -401,9 +400,6 @@ def truncated_distance(mask: torch.Tensor, radius: int) -> torch.Tensor:
     clipped there. On CPU, OpenCV's exact distance transform; elsewhere separable min-plus passes (as in
     Felzenszwalb-Huttenlocher, truncated). Both give the same numbers."""
     if _use_opencv(mask):
-        import cv2
-        import numpy as np
-
         free = (~mask).to(torch.uint8).numpy()
         out = np.empty(free.shape, np.float32)
         for i in range(free.shape[0]):

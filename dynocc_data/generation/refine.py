@@ -84,7 +84,7 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
                       config: RefineConfig = RefineConfig()):
     """Shift ordered points towards their front side, then keep those whose pair pixels verify.
 
-    ``ordered``: :class:`~dynocc_data.ordering.OrderedBoundaries` (normals point to the front) of the frames
+    ``ordered``: :class:`~dynocc_data.generation.ordering.OrderedBoundaries` (normals point to the front) of the frames
     ``image`` (float RGB [B,3,H,W] in 0..1); ``flows[k]`` [B,2,H,W] lead to the frames ``targets[k]``.
     """
     out = ordered.shifted(torch.full((len(ordered),), float(config.shift), device=ordered.normal.device))

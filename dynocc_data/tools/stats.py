@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DynOccError
+from ..datasets.dynocc import DynOccDataset
+from ..errors import DynOccError
 
 __all__ = ["shard_stats", "Accumulator", "summarize", "plot_stats", "RESERVOIR", "MAX_BINS"]
 
@@ -218,7 +219,6 @@ def shard_stats(shards: Any, *, plots: str | os.PathLike | None = None) -> dict[
     anything :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads); see the module docstring for the keys.
     With ``plots``, also write histograms there (needs matplotlib; checked before reading) and list them
     under ``"plots"``."""
-    from .datasets.dynocc import DynOccDataset
 
     if plots is not None:
         _require_matplotlib()

@@ -4,140 +4,51 @@ For every selected frame t of a video (every ``stride``-th frame with t-gap and 
 
 1. decode frames t-2g .. t+2g (streamed; a bounded window is kept);
 2. optical flow t->t+g and t->t-g (and the same for the neighbours t±g, shared when stride divides g);
-3. diverging flow edges, thinned and thresholded (:mod:`dynocc_data.boundaries`);
+3. diverging flow edges, thinned and thresholded (:mod:`dynocc_data.generation.boundaries`);
 4. depth order by landing the boundary with each side's flow on the neighbours' boundaries
-   (:mod:`dynocc_data.ordering`);
+   (:mod:`dynocc_data.generation.ordering`);
 5. point pairs across confident boundaries (:mod:`dynocc_data.sampling`);
 6. the frame (JPEG), the pairs, the dense boundary annotation and metadata go into a shard
-   (:mod:`dynocc_data.shards`).
+   (:mod:`dynocc_data.generation.writer`).
 
-Frames whose flow cannot be trusted (shot cuts, flow failures: :mod:`dynocc_data.cuts`) and blank
+Frames whose flow cannot be trusted (shot cuts, flow failures: :mod:`dynocc_data.generation.cuts`) and blank
 frames make no pairs. Everything after decoding runs as batched torch code on the chosen device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from . import _version
-from .boundaries import Boundaries, BoundaryConfig, detect_boundaries, truncated_distance
-from .cuts import ReliabilityConfig, blank_frames, check_grey, photometric_error
-from .errors import DynOccError, InputError
-from .ordering import OrderConfig, order_boundaries
-from .refine import RefineConfig, refine_boundaries
-from .shards import RunState, ShardWriter, encode_sample, read_run_state
+from torchvision.io import encode_jpeg
+from tqdm.auto import tqdm
 
-__all__ = ["GenerateConfig", "GenerateSummary", "FrameProcessor", "generate", "resolve_device"]
+from .. import _version
+from ..errors import DynOccError, InputError
+from ..format.sample import encode_sample
+from ..sampling import create_sampler, sample_generator
+from .boundaries import Boundaries, detect_boundaries, truncated_distance
+from .config import GenerateConfig, GenerateSummary
+from .cuts import blank_frames, check_grey, photometric_error
+from .flow import create_flow
+from .ordering import order_boundaries
+from .refine import refine_boundaries
+from .video import frames_needed, open_video, require_frames, select_frames
+from .writer import RunState, ShardWriter, read_run_state
+
+__all__ = ["FrameProcessor", "FrameResult", "resolve_device", "run_videos"]
 
 log = logging.getLogger(__name__)
-
-# DIS "medium" with denser patches and a stronger, longer variational refinement: smoother flow inside
-# surfaces and flow edges closer to the true outlines (measured on synthetic scenes with ground truth:
-# about +1 pt pair precision and +5 pts boundary coverage over plain "medium", for 1.5x its time).
-DIS_DEFAULTS = {"preset": "medium", "patch_stride": 2, "variational_refinement_alpha": 80.0,
-                "variational_refinement_iterations": 10}
-
-STAGES = ("decode", "flow", "boundaries", "order", "refine", "sampling", "encode/write")
-
-
-@dataclass
-class GenerateConfig:
-    """Every parameter of a generation run that changes what it writes (recorded in each sample)."""
-
-    stride: int = 4
-    """Process every ``stride``-th frame."""
-    gap: int = 4
-    """Flow is computed between frames ``gap`` apart (t -> t±gap)."""
-    max_side: int | None = 640
-    """Frames are resized so that their longer side is at most this (None: keep)."""
-    max_frames: int | None = None
-    """At most this many selected frames per video."""
-    flow: str = "dis"
-    flow_options: dict[str, Any] = field(default_factory=lambda: dict(DIS_DEFAULTS))
-    """Options of the flow backend (defaults: DIS tuned on synthetic scenes with ground truth, see
-    ``DIS_DEFAULTS``)."""
-    decoder: str = "auto"
-    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
-    order: OrderConfig = field(default_factory=OrderConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
-    sampler: str = "uniform"
-    sampler_options: dict[str, Any] = field(default_factory=lambda: {"spacing": 3.0, "offset": 6.0})
-    max_pairs: int = 1000
-    """At most this many stored pairs per frame."""
-    min_pairs: int = 1
-    """Frames with fewer pairs are not written."""
-    jpeg_quality: int = 92
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def digest(self) -> str:
-        """Short hash of the parameters: a resumed run must use the same ones."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class GenerateSummary:
-    """What a run did; written as ``stats.json``."""
-
-    out: str
-    videos_total: int = 0
-    videos_done: int = 0
-    videos_skipped: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    no_pairs: list[dict[str, str]] = field(default_factory=list)
-    frames_processed: int = 0
-    frames_written: int = 0
-    frames_rejected: dict[str, int] = field(default_factory=dict)
-    pairs: int = 0
-    boundary_points: int = 0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    shards: int = 0
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames_processed / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def pairs_per_frame(self) -> float:
-        return self.pairs / self.frames_written if self.frames_written else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["frames_per_second"] = round(self.frames_per_second, 3)
-        d["pairs_per_frame"] = round(self.pairs_per_frame, 2)
-        return d
-
-    def merge(self, other: "GenerateSummary") -> None:
-        """Add another rank's counts into this one (seconds: the longest rank)."""
-        for name in ("videos_total", "videos_done", "videos_skipped", "frames_processed", "frames_written",
-                     "pairs", "boundary_points", "shards"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.failed += other.failed
-        self.no_pairs += other.no_pairs
-        for k, v in other.frames_rejected.items():
-            self.frames_rejected[k] = self.frames_rejected.get(k, 0) + v
-        for k, v in other.stage_seconds.items():
-            self.stage_seconds[k] = self.stage_seconds.get(k, 0.0) + v
-        self.seconds = max(self.seconds, other.seconds)
-
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an error."""
@@ -189,8 +100,6 @@ class FrameResult:
 
     def encode(self, jpeg_quality: int) -> dict[str, Any]:
         """The shard sample (JPEG-encoded frame, npy arrays, JSON metadata)."""
-        from torchvision.io import encode_jpeg
-
         jpeg = encode_jpeg(self.image, quality=jpeg_quality).numpy().tobytes()
         return encode_sample(self.key, jpeg, self.info, self.pairs, self.ordinal, self.boundary)
 
@@ -204,8 +113,6 @@ class FrameProcessor:
 
     def __init__(self, config: GenerateConfig, *, device: str | torch.device = "auto", batch_size: int = 4,
                  timer: StageTimer | None = None):
-        from .flow import create_flow
-        from .sampling import create_sampler
 
         self.config = config
         self.device = resolve_device(device)
@@ -301,8 +208,6 @@ class FrameProcessor:
         (``video.frames_needed``), in increasing order; ``meta`` holds the video-level metadata
         (video, orig_size, size, scale, fps).
         """
-        from .sampling import sample_generator
-
         g = self.config.gap
         self._reset()
         frames = iter(frames)
@@ -473,9 +378,7 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
     """Process ``sources`` (``video.VideoSource``) into shards of one rank; returns its summary.
 
     With ``resume``, ``state`` is what the ledgers say is done (default: read and repair ``out`` here, which
-    only one process may do at a time); ``upload`` is passed to :class:`~dynocc_data.shards.ShardWriter`."""
-    from tqdm.auto import tqdm
-
+    only one process may do at a time); ``upload`` is passed to :class:`~dynocc_data.generation.writer.ShardWriter`."""
     out = Path(out)
     summary = summary or GenerateSummary(out=str(out))
     t_start = time.perf_counter()
@@ -516,8 +419,6 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
 def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, config: GenerateConfig, state,
                  summary: GenerateSummary, rejected: Counter, bar_v, bar_f, t_start: float) -> None:
     """The per-video loop of :func:`run_videos`."""
-    from .video import frames_needed, open_video, require_frames, select_frames
-
     timer = processor.timer
     for src in sources:
         summary.videos_total += 1
@@ -581,25 +482,3 @@ def _no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:
     if rejected.get("unreliable flow (shot cut?)"):
         return "flow unreliable on every frame"
     return "no moving occlusion boundary found (still video?)"
-
-
-def generate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig | None = None, *,
-             device: str = "auto", batch_size: int = 4, resume: bool = False, strict: bool = False,
-             prefix: str = "dynocc", shard_size: int = 1000, shard_bytes: int = 1 << 30,
-             progress: bool = True, workers: int | None = 1, upload: str | None = None,
-             merge_timeout: float = 3600.0) -> GenerateSummary:
-    """Generate DynOcc shards from videos, folders of videos, frame folders, list files or URLs.
-
-    Writes ``<out>/<prefix>-r<rank>-*.tar``, ``index.json`` and ``stats.json``; returns the summary. ``workers``
-    processes share the videos (``None``: one per GPU on CUDA, else 1); under ``torchrun`` or ``srun`` this
-    process is one rank of many; ``upload`` sends every committed shard to a shell command (all in
-    :mod:`dynocc_data.parallel`). Bad inputs are reported (one line each) and skipped; raises
-    :class:`DynOccError` when nothing could be processed, or with ``strict`` when anything failed, and
-    :class:`~dynocc_data.parallel.WorkerFailure` when a worker died (after the others finished).
-    """
-    from .parallel import RunOptions, generate_parallel
-
-    options = RunOptions(device=device, batch_size=batch_size, resume=resume, strict=strict, prefix=prefix,
-                         shard_size=shard_size, shard_bytes=shard_bytes, progress=progress, workers=workers,
-                         upload=upload, merge_timeout=merge_timeout)
-    return generate_parallel(inputs, out, config or GenerateConfig(), options)

@@ -14,7 +14,7 @@ pixel rule, same ordinal convention), ``boundary.npy`` is empty (still images ha
 ``frame`` 0, ``orig_size`` = ``size`` (the decoded image) and where the row came from (``csv``, ``line``, plus the
 target path or the annotated size). Keys are ``<sanitised image path>-<8 hex of SHA-1 of the row>_000000``.
 
-Shards go through :class:`~dynocc_data.shards.ShardWriter` (``.partial`` files, ledger commit, ``index.json``).
+Shards go through :class:`~dynocc_data.generation.writer.ShardWriter` (``.partial`` files, ledger commit, ``index.json``).
 A bad row (malformed CSV line, missing or undecodable image, refused pickle, duplicate) is logged as one line
 naming the file and the reason, skipped and counted; a summary is logged at the end. Pickled YouTube3D targets
 are read with the restricted unpickler of :func:`~dynocc_data.datasets.youtube3d.load_youtube3d_pkl`.
@@ -35,13 +35,19 @@ from typing import Any, Literal, Union
 
 import numpy as np
 import torch
+from torchvision.io import encode_jpeg
 
-from . import _version
-from .datasets._common import read_image_rgb, relative_key, resolve_path
-from .datasets.diw import _looks_like_annotation, _parse_coordinate_line, scale_diw_coordinates
-from .datasets.youtube3d import from_youtube3d_target, load_youtube3d_pkl
-from .errors import InputError
-from .shards import BOUNDARY_DTYPE, ShardWriter, encode_sample, write_index
+from .. import _version
+from ..datasets._common import read_image_rgb, relative_key, resolve_path
+from ..datasets.diw import (
+    _looks_like_annotation,
+    _parse_coordinate_line,
+    scale_diw_coordinates,
+)
+from ..datasets.youtube3d import from_youtube3d_target, load_youtube3d_pkl
+from ..errors import InputError
+from ..format.sample import BOUNDARY_DTYPE, encode_sample
+from ..generation.writer import ShardWriter, write_index
 
 __all__ = ["FORMATS", "SourceRow", "convert", "read_rows", "sample_key"]
 
@@ -198,7 +204,6 @@ def _jpeg_of(path: Path, image: torch.Tensor, quality: int) -> bytes:
         raise InputError(path, f"cannot read image: {err.strerror or err}") from None
     if raw.startswith(_JPEG_MAGIC):
         return raw
-    from torchvision.io import encode_jpeg
 
     return encode_jpeg(image, quality=quality).numpy().tobytes()
 

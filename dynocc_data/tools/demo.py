@@ -1,7 +1,7 @@
 """The built-in default of the main job: no download, a minute on a laptop CPU.
 
 ``dynocc-data demo --out runs/demo`` writes two small synthetic scenes with ground-truth depth
-(:func:`dynocc_data.synthetic.demo_scenes`), generates shards from them with the default settings, reads
+(:func:`dynocc_data.tools.synthetic.demo_scenes`), generates shards from them with the default settings, reads
 them back through :class:`~dynocc_data.datasets.DynOccDataset` exactly as a training job would, scores the
 pairs against the ground truth, and draws the samples with their pairs into ``overlay.png``.
 """
@@ -15,6 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..datasets.dynocc import DynOccDataset
+from ..generation import generate
+from .evaluate import evaluate_shards
+from .synthetic import demo_scenes
+from .viz import contact_sheet, draw_overlay, save_png
+
 __all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
@@ -23,11 +29,6 @@ log = logging.getLogger(__name__)
 def run_demo(out: str | os.PathLike = "runs/demo", *, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out``; returns the generation summary, the number of items read back, the
     scores and the path of the overlay picture."""
-    from .datasets.dynocc import DynOccDataset
-    from .evaluate import evaluate_shards
-    from .generate import generate
-    from .synthetic import demo_scenes
-    from .viz import contact_sheet, draw_overlay, save_png
 
     out = Path(out)
     for old in ("scenes", "shards"):  # the demo owns its folder: start afresh

@@ -19,9 +19,18 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from .errors import DynOccError
+from .. import _version
+from ..errors import DynOccError
+from ..generation import GenerateConfig, generate
+from ..generation.launch import WorkerFailure, merge_run, rank_from_env
+from .convert import convert
+from .demo import run_demo
+from .evaluate import evaluate_synthetic
+from .stats import shard_stats
+from .synthetic import SceneConfig
+from .viz import show
 
 __all__ = ["main", "build_parser"]
 
@@ -32,7 +41,6 @@ log = logging.getLogger("dynocc_data")
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
-    from .generate import GenerateConfig
 
     d = GenerateConfig()
     g = p.add_argument_group("frames")
@@ -66,7 +74,6 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _generate_config(args: argparse.Namespace):
-    from .generate import GenerateConfig
 
     config = GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
                             max_frames=args.max_frames, flow=args.flow, decoder=args.decoder,
@@ -96,9 +103,7 @@ def _print_summary(summary) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
 
-    from .parallel import WorkerFailure, rank_from_env
 
     try:
         summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
@@ -116,7 +121,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .parallel import merge_run
 
     result = merge_run(args.out, world_size=args.world_size, upload=args.upload)
     _print_summary(result.summary)
@@ -139,8 +143,6 @@ def _workers_arg(text: str) -> int | None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_synthetic
-    from .synthetic import SceneConfig
 
     scene_config = SceneConfig()
     if args.size:
@@ -170,7 +172,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
 
     result = run_demo(args.out, progress=not args.no_progress)
     _print_summary(result["summary"])
@@ -182,7 +183,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .viz import show
 
     paths = show(args.shards, args.out, limit=args.limit, columns=args.columns)
     print(f"wrote {len(paths) - 1} overlays and the contact sheet {paths[-1]}")
@@ -190,7 +190,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import shard_stats
 
     stats = shard_stats(args.shards, plots=args.plots)
     print(json.dumps(stats, indent=1, sort_keys=True))
@@ -198,7 +197,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
 
     n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size)
     print(f"wrote {n} samples to {args.out}")
@@ -206,7 +204,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _version
 
     p = argparse.ArgumentParser(prog="dynocc-data", description="Ordinal depth pairs from dynamic occlusions "
                                                                  "in videos (DynOcc), as WebDataset shards.")

@@ -1,0 +1,110 @@
+"""Where a reader runs: rank, world size, DataLoader worker, and the epoch shared with persistent workers.
+
+One home for the plumbing every streaming dataset of this package needs (:class:`~.dynocc.DynOccDataset`,
+:class:`~.mix.MapAsIterable`, :class:`~.mix.MixedDataset`): :class:`World` says which reader this is,
+:class:`SharedEpoch` carries ``set_epoch`` into worker processes, :func:`mix_seed` and :func:`share_of` make the
+per-reader seeds and splits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["SharedEpoch", "World", "distributed_info", "mix_seed", "share_of", "worker_info"]
+
+
+@dataclass(frozen=True)
+class World:
+    """The reader this code runs as: ``rank`` of ``world_size`` processes, DataLoader ``worker`` of ``num_workers``.
+
+    Args:
+        rank: this process's rank (0 without DDP).
+        world_size: number of ranks (1 without DDP).
+        worker: this DataLoader worker's id (0 in the main process).
+        num_workers: DataLoader workers per rank (1 in the main process).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        """Check the four numbers are consistent."""
+        if not (self.world_size >= 1 and 0 <= self.rank < self.world_size):
+            raise ValueError(f"invalid rank {self.rank} for world size {self.world_size}")
+        if not (self.num_workers >= 1 and 0 <= self.worker < self.num_workers):
+            raise ValueError(f"invalid worker {self.worker} of {self.num_workers}")
+
+    @classmethod
+    def detect(cls, rank: int | None = None, world_size: int | None = None) -> "World":
+        """The current world: explicit rank/world size, else :func:`distributed_info`; workers from torch."""
+        rank, world_size = distributed_info(rank, world_size)
+        worker, num_workers = worker_info()
+        return cls(rank, world_size, worker, num_workers)
+
+    @property
+    def reader(self) -> int:
+        """This reader's global index among ``world_size * num_workers`` readers (rank-major)."""
+        return self.rank * self.num_workers + self.worker
+
+    @property
+    def num_readers(self) -> int:
+        """Readers in all: ``world_size * num_workers``."""
+        return self.world_size * self.num_workers
+
+
+class SharedEpoch:
+    """An epoch number in shared memory, so ``set_epoch`` reaches persistent DataLoader workers too."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        """Allocate the shared counter (a shared-memory tensor survives fork and spawn alike)."""
+        self._value = torch.full((), int(epoch), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        """Set the epoch (visible to every worker of this dataset)."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._value.fill_(int(epoch))
+
+    def get(self) -> int:
+        """The current epoch."""
+        return int(self._value.item())
+
+
+def distributed_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: explicit values, else ``torch.distributed`` when initialised, else the
+    ``RANK``/``WORLD_SIZE`` environment variables, else ``(0, 1)``."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            found = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        else:
+            found = 0, 1
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not (world_size >= 1 and 0 <= rank < world_size):
+        raise ValueError(f"invalid rank {rank} for world size {world_size}")
+    return int(rank), int(world_size)
+
+
+def worker_info() -> tuple[int, int]:
+    """``(worker id, number of workers)`` of the current DataLoader worker; ``(0, 1)`` in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (int(info.id), int(info.num_workers))
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers, stable across processes and runs (unlike ``hash`` of a string)."""
+    state = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def share_of(total: int, part: int, parts: int) -> int:
+    """Items of ``total`` given to ``part`` when split as evenly as possible into ``parts`` (first ones get more)."""
+    return total // parts + (1 if part < total % parts else 0)

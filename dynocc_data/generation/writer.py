@@ -1,0 +1,312 @@
+"""Writing shards crash-safely: the shard writer, the per-rank ledger, the run state and the index.
+
+Writing protocol (so that a run killed at any moment leaves no half-written shard under a final name,
+and ``--resume`` ends with exactly the samples of an uninterrupted run):
+
+1. a shard is written to ``<name>.tar.partial`` with webdataset's ``TarWriter``, flushed and fsynced;
+2. a ``shard`` record (its name, sample count and the frames of each video it holds) is appended to the
+   rank's ledger ``ledger-r<rank>.jsonl`` and fsynced: this is the commit point;
+3. the file is renamed to ``<name>.tar``.
+
+On resume, committed ``.partial`` files are renamed (roll forward), uncommitted ones are deleted, and
+the ledgers tell which videos are finished and up to which frame each unfinished one got. The samples
+themselves are encoded by :mod:`dynocc_data.format.sample`; formats: ``docs/FORMAT.md``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import webdataset as wds
+
+from ..errors import DynOccError
+from ..format.files import PARTIAL, atomic_write_text, fsync_dir
+from ..format.index import INDEX_NAME, index_document
+
+__all__ = [
+    "Ledger",
+    "RunState",
+    "ShardWriter",
+    "read_run_state",
+    "run_upload",
+    "upload_command",
+    "write_index",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Ledger:
+    """Append-only JSON-lines journal of one rank: run header, committed shards, finished videos."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(dict(record), sort_keys=True) + "\n"
+        with open(self.path, "a+b") as f:
+            if f.tell() > 0:  # a torn last line (crash mid-write) gets its own line, not glued to this record
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        """All complete records (a torn last line from a crash is ignored)."""
+        if not self.path.exists():
+            return []
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.endswith("\n"):
+                    log.warning("%s: ignoring a torn last line (interrupted write)", self.path)
+                    break
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    log.warning("%s:%d: ignoring a torn line (interrupted write)", self.path, lineno)
+        return out
+
+
+@dataclass
+class RunState:
+    """What the ledgers of an output folder say has been done."""
+
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    videos: dict[str, dict[str, Any]] = field(default_factory=dict)  # video_id -> final record
+    last_frame: dict[str, int] = field(default_factory=dict)  # video_id -> last committed frame
+    headers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s["count"] for s in self.shards)
+
+
+def _ledger_paths(out: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(out / "ledger-r*.jsonl")))
+
+
+def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
+    """Read every ledger in ``out``; with ``repair``, roll committed ``.partial`` shards forward and
+    delete uncommitted ones."""
+    out = Path(out)
+    state = RunState()
+    for path in _ledger_paths(out):
+        for rec in Ledger(path).records():
+            kind = rec.get("type")
+            if kind == "header":
+                state.headers.append(rec)
+            elif kind == "shard":
+                state.shards.append(rec)
+                for vid, frames in rec["frames"].items():
+                    if frames:
+                        state.last_frame[vid] = max(state.last_frame.get(vid, -1), max(frames))
+            elif kind == "video":
+                state.videos[rec["video_id"]] = rec
+    if repair:
+        committed = {s["url"] for s in state.shards}
+        for partial in sorted(out.glob(f"*.tar{PARTIAL}")):
+            final = partial.with_name(partial.name[: -len(PARTIAL)])
+            if final.name in committed:
+                log.info("%s: committed before the interruption, completing the rename", final)
+                os.replace(partial, final)
+            else:
+                log.info("%s: removing a shard left unfinished by an interrupted run", partial)
+                partial.unlink()
+        for s in state.shards:
+            if not s.get("remote") and not (out / s["url"]).exists():  # uploaded shards live elsewhere
+                raise DynOccError(f"{out / s['url']}: committed in the ledger but missing on disk")
+    return state
+
+
+def upload_command(upload: str) -> str:
+    """Validate an upload template (``CMD {name}`` or ``pipe:CMD {name}``) and return the shell command."""
+    cmd = upload[len("pipe:"):] if upload.startswith("pipe:") else upload
+    if "{name}" not in cmd or not cmd.strip():
+        raise DynOccError(f"upload command {upload!r}: must contain {{name}} (replaced by each file's name), "
+                          f"e.g. 'aws s3 cp - s3://bucket/dir/{{name}}'")
+    return cmd.strip()
+
+
+def run_upload(upload: str, path: str | os.PathLike, name: str) -> None:
+    """Run the upload command ``upload`` (``{name}`` replaced by ``name``) with the file ``path`` on its stdin;
+    a non-zero exit raises :class:`DynOccError` with the exit status and the end of the command's output."""
+    cmd = upload_command(upload).replace("{name}", shlex.quote(name))
+    with open(path, "rb") as src, tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.run(cmd, shell=True, stdin=src, stdout=output, stderr=subprocess.STDOUT, check=False)
+        except OSError as e:
+            raise DynOccError(f"{name}: cannot run the upload command ({e.strerror or e})") from None
+        if proc.returncode != 0:
+            output.seek(0)
+            tail = " ".join(output.read()[-600:].decode("utf-8", "replace").split()) or "no output"
+            status = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise DynOccError(f"{name}: upload command failed ({status}: {tail}); not committed")
+
+
+class ShardWriter:
+    """Writes samples into shards ``<prefix>-r<rank:03d>-<seq:06d>.tar`` of at most ``max_count`` samples
+    and about ``max_bytes`` bytes, with the commit protocol of this module.
+
+    Video-level records given to :meth:`video_done` are held back until every sample of that video is in
+    a committed shard, so a "done" video in the ledger is really done.
+
+    With ``upload`` (a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}``, optionally
+    prefixed ``pipe:``), a finished shard is fed to the command on stdin and committed (ledger record with
+    ``remote: true``) only once the command exits 0; the local ``.partial`` copy is then deleted. A failing
+    command raises :class:`DynOccError` and the shard is not committed. Shard numbers continue after those
+    committed in this rank's ledger, so a resumed run overwrites an uncommitted upload of the same name.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, prefix: str = "dynocc", rank: int = 0,
+                 max_count: int = 1000, max_bytes: int = 1 << 30, header: Mapping[str, Any] | None = None,
+                 upload: str | None = None):
+        self._wds = wds
+        self.out = Path(out)
+        self.prefix, self.rank = prefix, rank
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.upload = upload_command(upload) if upload is not None else None
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test-r{rank:03d}{PARTIAL}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise DynOccError(f"{self.out}: cannot write output ({e.strerror or e})") from None
+        self.ledger = Ledger(self.out / f"ledger-r{rank:03d}.jsonl")
+        if header is not None:
+            self.ledger.append({"type": "header", **header})
+        pattern = re.compile(rf"^{re.escape(prefix)}-r{rank:03d}-(\d+)\.tar$")
+        taken = [int(m.group(1)) for p in self.out.iterdir() if (m := pattern.match(p.name))]
+        taken += [int(m.group(1)) for rec in self.ledger.records()
+                  if rec.get("type") == "shard" and (m := pattern.match(str(rec.get("url", ""))))]
+        self._seq = max(taken, default=-1) + 1
+        self._stream = None
+        self._tar = None
+        self._name = ""
+        self._count = 0
+        self._frames: dict[str, list[int]] = {}
+        self._pending_videos: list[dict[str, Any]] = []
+        self.shards_written: list[dict[str, Any]] = []
+
+    # -- writing
+    def _open(self) -> None:
+        self._name = f"{self.prefix}-r{self.rank:03d}-{self._seq:06d}.tar"
+        self._seq += 1
+        self._stream = open(self.out / (self._name + PARTIAL), "wb")
+        self._tar = self._wds.TarWriter(self._stream, encoder=False, mtime=0)
+        self._count = 0
+        self._frames = {}
+
+    def write(self, sample: Mapping[str, Any], *, video_id: str, frame: int) -> None:
+        """Add one encoded sample (see :func:`encode_sample`)."""
+        if self._tar is None:
+            self._open()
+        try:
+            self._tar.write(dict(sample))
+        except OSError as e:
+            self.abort()
+            raise DynOccError(f"{self.out / self._name}: write failed ({e.strerror or e})") from None
+        self._count += 1
+        self._frames.setdefault(video_id, []).append(int(frame))
+        if self._count >= self.max_count or self._stream.tell() >= self.max_bytes:
+            self.commit()
+
+    def video_done(self, record: Mapping[str, Any]) -> None:
+        """Record a finished (or failed) video once all of its samples are committed."""
+        rec = {"type": "video", **record}
+        if self._tar is not None and record["video_id"] in self._frames:
+            self._pending_videos.append(rec)
+        else:
+            self.ledger.append(rec)
+
+    def commit(self) -> None:
+        """Close the current shard and commit it (no-op when none is open)."""
+        if self._tar is None:
+            return
+        path = self.out / self._name
+        try:
+            self._tar.close()  # closes the tar stream, not our file
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+            size = self._stream.tell()
+            self._stream.close()
+            rec = {"type": "shard", "url": self._name, "count": self._count, "bytes": size,
+                   "frames": self._frames}
+            if self.upload is not None:
+                try:
+                    run_upload(self.upload, str(path) + PARTIAL, self._name)
+                except DynOccError:
+                    self.abort()
+                    raise
+                rec["remote"] = True
+            self.ledger.append(rec)
+            if self.upload is None:
+                os.replace(str(path) + PARTIAL, path)
+            else:
+                Path(str(path) + PARTIAL).unlink()
+            fsync_dir(self.out)
+        except OSError as e:
+            self.abort()
+            raise DynOccError(f"{path}: cannot finish shard ({e.strerror or e})") from None
+        self.shards_written.append(rec)
+        log.debug("committed %s (%d samples)", self._name, self._count)
+        self._tar = self._stream = None
+        for rec in self._pending_videos:
+            self.ledger.append(rec)
+        self._pending_videos = []
+
+    def abort(self) -> None:
+        """Drop the shard being written (its ``.partial`` file is removed)."""
+        if self._stream is not None:
+            try:
+                self._tar.tarstream.close()  # so that garbage collection does not flush into a closed file
+            except Exception:  # noqa: BLE001 - the shard is being thrown away
+                pass
+            try:
+                self._stream.close()
+            except OSError:
+                pass
+            Path(str(self.out / self._name) + PARTIAL).unlink(missing_ok=True)
+        self._tar = self._stream = None
+        self._pending_videos = []
+
+    def close(self) -> None:
+        self.commit()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_index(out: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``index.json`` (shards and their sample counts) from the ledgers of ``out``.
+
+    Args:
+        out: the output folder of a run.
+        extra: more top-level keys for the index (``stats`` summaries, run parameters).
+
+    Returns:
+        The index object as written.
+    """
+    out = Path(out)
+    index = index_document(read_run_state(out).shards, extra)
+    atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return index
