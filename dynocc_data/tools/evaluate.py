@@ -39,9 +39,10 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -54,8 +55,8 @@ from .synthetic import LayerKind, SceneConfig, load_scene_gt, make_scenes
 __all__ = [
     "CATEGORIES",
     "CATEGORY_TEXT",
-    "EvalResult",
     "EVAL_SCENE_CONFIG",
+    "EvalResult",
     "classify_pairs",
     "evaluate_shards",
     "evaluate_synthetic",
@@ -315,9 +316,9 @@ def _fmt(share: float) -> str:
 
 def format_result(res: EvalResult, *, per_video: bool = True) -> list[str]:
     """The human summary of a result, one line each (what the command line prints)."""
-    lines = [f"pairs: {res.pairs} ({res.pairs_per_frame:.1f} per written frame, "
-             f"{res.pairs_per_selected_frame:.1f} per selected frame; {res.frames_written} of "
-             f"{res.frames_selected} selected frames written)"]
+    lines = [(f"pairs: {res.pairs} ({res.pairs_per_frame:.1f} per written frame, "
+              f"{res.pairs_per_selected_frame:.1f} per selected frame; {res.frames_written} of "
+              f"{res.frames_selected} selected frames written)")]
     for k in CATEGORIES:
         if k == "unscored" and not res.counts[k]:
             continue
@@ -401,7 +402,7 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
         res.old_sign_agree += int((sign_agreement(pts, ordinal, gt.depth[t]) & (codes != UNSCORED)).sum())
         res.frames_written += 1
         mids[(name, t)].append(np.stack([(pts[:, 0] + pts[:, 2]) / 2, (pts[:, 1] + pts[:, 3]) / 2], 1))
-    frames = {k: sorted(set(int(t) for t in v)) for k, v in (selected or {}).items()}
+    frames = {k: sorted({int(t) for t in v}) for k, v in (selected or {}).items()}
     for name, t in mids:
         if t not in frames.setdefault(name, []):
             frames[name].append(t)
