@@ -1,4 +1,4 @@
-"""Scoring against ground truth (dynocc_data.tools.evaluate) on hand-made items with exact answers.
+"""Scoring against ground truth (dynocc_data.tools.scoring) on hand-made items with exact answers.
 
 Ground truth: 40x50 frames, background (layer 0) at depth 20 and a front square (layer 1) at depth 10 on rows
 10..19 and columns 10..19; the moving boundary is the square's left and right columns (20 pixels), and with
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynocc_data.tools.evaluate import (
+from dynocc_data.tools.scoring import (
     CATEGORIES,
     EvalResult,
     classify_pairs,
