@@ -46,6 +46,7 @@ CHECKED = [PACKAGE / name for name in (
     "generation/__init__.py", "tools/__init__.py",
     "format/files.py", "format/index.py", "format/sample.py", "format/tar.py",
     "generation/video.py", "generation/flow.py", "generation/writer.py", "generation/launch.py",
+    "tools/viz.py", "tools/stats.py", "tools/demo.py", "tools/cli.py",
 )]
 
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$")
