@@ -241,7 +241,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dynocc-data`` argument parser, one sub-command per tool.
 
+    Returns:
+        The parser; each sub-command sets ``func``, the function that runs it.
+    """
     p = argparse.ArgumentParser(prog="dynocc-data", description="Ordinal depth pairs from dynamic occlusions "
                                                                  "in videos (DynOcc), as WebDataset shards.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version.__version__}")
@@ -319,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dynocc-data`` command line.
+
+    Errors the package raises on purpose (:class:`~dynocc_data.errors.DynOccError`) are printed as one line.
+
+    Args:
+        argv: the arguments, without the program name; ``None`` for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 on an error, 130 when interrupted (argparse exits 2 on bad usage).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
