@@ -46,7 +46,9 @@ class GenerateConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
     sampler: str = "uniform"
-    sampler_options: dict[str, Any] = field(default_factory=lambda: {"spacing": 3.0, "offset": 6.0})
+    sampler_options: dict[str, Any] = field(default_factory=lambda: {"spacing": 1.5, "offset": 6.0})
+    """Boundary points 1.5 px apart along each outline, one pair each (after the shadow test of
+    :class:`RefineConfig` removed most same-surface pairs, denser sampling adds pairs at the same precision)."""
     max_pairs: int = 1000
     """At most this many stored pairs per frame."""
     min_pairs: int = 1

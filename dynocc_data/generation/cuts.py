@@ -84,18 +84,13 @@ def blank_frames(frames: torch.Tensor, *, min_contrast: float = ReliabilityConfi
 
 
 def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
-                    motions: list[torch.Tensor], *, patch: int = 1, step: float = 1.0,
-                    zero_mean: bool = False) -> list[torch.Tensor]:
+                    motions: list[torch.Tensor], *, patch: int = 1, step: float = 1.0) -> list[torch.Tensor]:
     """Mean absolute RGB difference [N] between a patch of ``image`` centred on (b, y, x) [N] and the same
     patch of ``target`` moved by each of ``motions`` ([N,2] as dx, dy); images float [B,3,H,W] in 0..1.
 
     The patch is a (2·patch+1)² grid of samples ``step`` pixels apart. A residual is low when the motion
     carries the patch onto matching pixels; on a flat region every motion scores low, so compare
     residuals rather than trusting one alone.
-
-    With ``zero_mean`` each patch's mean colour is removed before the comparison, so a patch that only got
-    darker or brighter (a moving shadow or a flicker over static texture) still matches where its texture is:
-    the residual then measures where the *texture* went, not where the brightness went.
     """
     r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
     oy, ox = torch.meshgrid(r, r, indexing="ij")
@@ -104,14 +99,9 @@ def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, 
     bb = b[:, None].expand(n, P).reshape(-1)
     qy = y.to(image.dtype)[:, None] + oy
     qx = x.to(image.dtype)[:, None] + ox
-    src = sample_bilinear(image, bb, qy.reshape(-1), qx.reshape(-1)).view(n, P, -1)
-    if zero_mean:
-        src = src - src.mean(1, keepdim=True)
+    src = sample_bilinear(image, bb, qy.reshape(-1), qx.reshape(-1))
     out = []
     for motion in motions:
-        dst = sample_bilinear(target, bb, (qy + motion[:, 1:2]).reshape(-1),
-                              (qx + motion[:, 0:1]).reshape(-1)).view(n, P, -1)
-        if zero_mean:
-            dst = dst - dst.mean(1, keepdim=True)
-        out.append((dst - src).abs().mean((1, 2)))
+        dst = sample_bilinear(target, bb, (qy + motion[:, 1:2]).reshape(-1), (qx + motion[:, 0:1]).reshape(-1))
+        out.append((dst - src).abs().mean(1).view(n, P).mean(1))
     return out

@@ -14,6 +14,13 @@ Two corrections applied to ordered boundary points before pairs are sampled:
   points that landed on the wrong surface, and points where the image has too little texture for the two
   motions to be told apart (flow there is filled in from the surroundings, so neither placement nor order
   can be trusted). Intensity serves only as evidence of motion, never to find edges.
+* **Shadow test.** A cast shadow moves with its object, so patch-based flow tracks its outline like an
+  occlusion edge and the two tests above pass; yet both of its sides are the same ground. A shadow (and a
+  shading change) scales the light but keeps the colour's direction in RGB, while two different surfaces
+  rarely share it exactly. So the two pair points' mean colours must differ in direction by at least
+  ``min_colour_angle`` degrees. This is the test that removes most same-surface pairs on synthetic scenes
+  with shadows; its cost is the edges between two surfaces of the same hue (grey on grey), which are dropped
+  too.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 from .boundaries import sample_bilinear
 from .cuts import patch_residuals
 
-__all__ = ["RefineConfig", "side_margins", "match_ratios", "refine_boundaries"]
+__all__ = ["RefineConfig", "side_margins", "colour_angles", "refine_boundaries"]
 
 
 @dataclass(frozen=True)
@@ -45,21 +52,16 @@ class RefineConfig:
     """The patch compared is a (2·patch+1)² grid of samples..."""
     patch_step: float = 2.0
     """...``patch_step`` pixels apart (1, 2: nine samples spread over 5x5 pixels)."""
-    zero_mean: bool = False
-    """Compare patches with their mean colour removed (see ``patch_residuals``): a shadow moving over static
-    ground darkens it but leaves its texture in place, so the ground's own motion explains it."""
-    max_ratio: float | None = None
-    """Keep points whose two pair pixels each match their own side's motion at least this much better (ratio of
-    patch residuals) than that motion moved ``ratio_shift`` px (see :func:`match_ratios`); None: no test."""
-    ratio_shift: float = 3.0
+    min_colour_angle: float | None = 8.0
+    """Keep points whose two pair pixels' mean colours (same patch) differ in direction by at least this many
+    degrees (the shadow test, see module doc); None keeps every point."""
     min_segment: int = 20
     """Finally drop segments with fewer surviving points: real occlusion boundaries are long and
     coherent, flow artefacts are short fragments."""
 
 
 def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
-                 offset: float, motion_offset: float, patch: int = 1, step: float = 1.0,
-                 zero_mean: bool = False) -> torch.Tensor:
+                 offset: float, motion_offset: float, patch: int = 1, step: float = 1.0) -> torch.Tensor:
     """How much better each side's own motion explains the pixels where its pair point will go.
 
     For the front point p + offset·n and the back point p - offset·n, warp a small patch to every
@@ -82,42 +84,32 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         best = torch.full((n,), -float("inf"), device=image.device)
         for (front, back), target in zip(motions, targets):
             res_front, res_back = patch_residuals(image, target, ordered.b, qy, qx, [front, back], patch=patch,
-                                                  step=step, zero_mean=zero_mean)
+                                                  step=step)
             best = torch.maximum(best, res_back - res_front if side == 0 else res_front - res_back)
         margins.append(best)
     return torch.minimum(*margins)
 
 
-def match_ratios(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
-                 offset: float, motion_offset: float, patch: int = 1, step: float = 1.0, shift: float = 3.0,
-                 zero_mean: bool = True) -> torch.Tensor:
-    """How distinctly each side's own motion matches the pixels where its pair point will go.
+def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1, step: float = 1.0) -> torch.Tensor:
+    """Angle in degrees [N] between the mean RGB colours of the patches at the two pair points p ± offset·n.
 
-    For the front point p + offset·n with the front motion (flow at p + motion_offset·n), and the back point with
-    the back motion: the patch residual with that motion divided by the smallest residual with the motion moved
-    ``shift`` px up, down, left or right; the best (lowest) over the neighbours. A right motion on textured
-    pixels matches far better than its shifted copies (ratio well below 1); a wrong one (a shadow or smeared flow
-    carried onto static ground, flow filled into a plain surface) matches no better than they do (ratio near 1),
-    and so does any motion on pixels without texture. Returns the larger of the two sides' ratios [N].
+    Near 0 where both sides have the same colour up to brightness (a shadow, shading, one surface); the patch
+    is the (2·patch+1)² grid of samples ``step`` px apart that :func:`~dynocc_data.generation.cuts.patch_residuals`
+    compares.
     """
     n = len(ordered)
     if n == 0:
         return image.new_zeros(0)
-    y, x = ordered.y.to(image.dtype), ordered.x.to(image.dtype)
-    ny, nx = ordered.normal[:, 0], ordered.normal[:, 1]
-    offsets = torch.tensor([[0.0, 0.0], [shift, 0.0], [-shift, 0.0], [0.0, shift], [0.0, -shift]],
-                           device=image.device, dtype=image.dtype)
-    worst = torch.zeros(n, device=image.device, dtype=image.dtype)
-    for s in (1.0, -1.0):  # front point with the front motion, back point with the back motion
-        qy, qx = y + s * offset * ny, x + s * offset * nx
-        best = torch.full((n,), float("inf"), device=image.device, dtype=image.dtype)
-        for flow, target in zip(flows, targets):
-            motion = sample_bilinear(flow, ordered.b, y + s * motion_offset * ny, x + s * motion_offset * nx)
-            res = patch_residuals(image, target, ordered.b, qy, qx, [motion + o for o in offsets], patch=patch,
-                                  step=step, zero_mean=zero_mean)
-            best = torch.minimum(best, res[0] / torch.stack(res[1:]).amin(0).clamp_min(1e-6))
-        worst = torch.maximum(worst, best)
-    return worst
+    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
+    oy, ox = (o.reshape(1, -1) for o in torch.meshgrid(r, r, indexing="ij"))
+    P = oy.shape[1]
+    b = ordered.b[:, None].expand(n, P).reshape(-1)
+    y, x = ordered.y.to(image.dtype)[:, None], ordered.x.to(image.dtype)[:, None]
+    ny, nx = ordered.normal[:, :1], ordered.normal[:, 1:]
+    means = [sample_bilinear(image, b, (y + s * offset * ny + oy).reshape(-1),
+                             (x + s * offset * nx + ox).reshape(-1)).view(n, P, -1).mean(1) for s in (1.0, -1.0)]
+    cos = (means[0] * means[1]).sum(1) / (means[0].norm(dim=1) * means[1].norm(dim=1)).clamp_min(1e-6)
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
 def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor],
@@ -130,14 +122,11 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
     out = ordered.shifted(torch.full((len(ordered),), float(config.shift), device=ordered.normal.device))
     if config.min_margin is not None and len(out):
         margin = side_margins(out, image, flows, targets, offset=config.pair_offset,
-                              motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step,
-                              zero_mean=config.zero_mean)
+                              motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step)
         out = out.shifted(torch.zeros_like(margin), margin >= config.min_margin)
-    if config.max_ratio is not None and len(out):
-        ratio = match_ratios(out, image, flows, targets, offset=config.pair_offset,
-                             motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step,
-                             shift=config.ratio_shift)
-        out = out.shifted(torch.zeros_like(ratio), ratio <= config.max_ratio)
+    if config.min_colour_angle is not None and len(out):
+        angle = colour_angles(out, image, offset=config.pair_offset, patch=config.patch, step=config.patch_step)
+        out = out.shifted(torch.zeros_like(angle), angle >= config.min_colour_angle)
     if config.min_segment > 1 and len(out):
         _, seg, count = torch.unique(out.segment, return_inverse=True, return_counts=True)
         out = out.shifted(torch.zeros(len(out), device=out.normal.device), count[seg] >= config.min_segment)
