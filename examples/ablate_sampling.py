@@ -302,7 +302,7 @@ QUICK = {"scenes": 40, "val_scenes": 8,
                    "batch_size": 16, "steps": 150, "lr": 2e-3, "workers": 1, "threads": 1, "log_every": 50,
                    "ckpt_every": 1000}}
 # --smoke: tiny frames need fast objects for the flow to see occlusions at all (speeds are px/frame at 640 px).
-SMOKE = {"scenes": 4, "val_scenes": 1, "scene_size": (96, 128), "scene_frames": 16, "shard_size": 2,
+SMOKE = {"scenes": 8, "val_scenes": 1, "scene_size": (96, 128), "scene_frames": 16, "shard_size": 2,
          "scene_options": {"speed": (10.0, 20.0), "num_objects": (3, 4), "static_camera_prob": 0.0},
          "train": {"model": ModelConfig(arch="mobilenet_v3_small", width=16), "size": (48, 64),
                    "crop_scale": (0.2, 0.3), "batch_size": 4, "steps": 2, "workers": 0, "threads": 1, "log_every": 1,

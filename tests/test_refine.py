@@ -7,11 +7,12 @@ whose true outline is the line x = LEFT - 0.5.
 """
 
 import cv2
+import pytest
 import numpy as np
 import torch
 
 from dynocc_data.generation.ordering import OrderedBoundaries
-from dynocc_data.generation.refine import RefineConfig, refine_boundaries, side_margins
+from dynocc_data.generation.refine import RefineConfig, colour_angles, refine_boundaries, side_margins
 
 H, W = 64, 96
 TOP, LEFT, SIDE = 12, 36, 40
@@ -110,7 +111,7 @@ def test_margins_of_no_points():
 def test_refine_shifts_along_the_normal_and_drops_short_segments():
     long = left_edge(LEFT - 2, rows=range(TOP, TOP + 30), segment=3)
     short = left_edge(LEFT - 2, rows=range(TOP + 32, TOP + 37), segment=7)  # 5 points
-    cfg = RefineConfig(shift=2.0, min_margin=None, min_segment=20)
+    cfg = RefineConfig(shift=2.0, min_margin=None, min_segment=20, min_colour_angle=None)
     out = refine_boundaries(cat(long, short), IMAGE, FLOWS, TARGETS, cfg)
     assert len(out) == 30
     assert out.segment.unique().tolist() == [3]
@@ -120,7 +121,8 @@ def test_refine_shifts_along_the_normal_and_drops_short_segments():
     diag = OrderedBoundaries(torch.zeros(1, dtype=torch.long), torch.tensor([30]), torch.tensor([40]),
                              torch.tensor([[0.6, -0.8]]), torch.ones(1), torch.zeros(1, dtype=torch.long),
                              torch.ones(1))
-    moved = refine_boundaries(diag, IMAGE, FLOWS, TARGETS, RefineConfig(shift=5.0, min_margin=None, min_segment=1))
+    moved = refine_boundaries(diag, IMAGE, FLOWS, TARGETS, RefineConfig(shift=5.0, min_margin=None, min_segment=1,
+                                                                           min_colour_angle=None))
     assert torch.allclose(torch.stack([moved.y, moved.x], 1), torch.tensor([[33.0, 36.0]]))
 
 
@@ -130,7 +132,8 @@ def test_refine_keeps_verified_points_and_drops_misplaced_ones():
     # 10 px inside the square with the normal pointing out: after the shift (to LEFT + 8) the "front" pair
     # pixel is on the square while the front motion is the background's -> dropped
     bad = left_edge(LEFT + 10, normal_x=-1.0, rows=range(TOP + 4, TOP + 34), segment=1)
-    cfg = RefineConfig(shift=2.0, pair_offset=6.0, motion_offset=10.0, min_segment=20)
+    cfg = RefineConfig(shift=2.0, pair_offset=6.0, motion_offset=10.0, min_segment=20,
+                       min_colour_angle=None)  # grey test images: the shadow test is tested below
     out = refine_boundaries(cat(good, bad), IMAGE, FLOWS, TARGETS, cfg)
     assert out.segment.unique().tolist() == [0]
     assert len(out) == 30
@@ -147,5 +150,43 @@ def test_refine_works_per_batch_item():
     targets = [torch.cat([t, torch.full_like(t, 0.5)]) for t in TARGETS]
     pts = cat(left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), b=0),
               left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), segment=1, b=1))
-    out = refine_boundaries(pts, image, flows, targets, RefineConfig(min_segment=20))
+    out = refine_boundaries(pts, image, flows, targets, RefineConfig(min_segment=20, min_colour_angle=None))
     assert out.b.unique().tolist() == [0] and len(out) == 30
+
+
+# ------------------------------------------------------------------ shadow test (colour direction of the two sides)
+
+
+def _two_colour_image(left_rgb, right_rgb, size=(32, 32)):
+    img = torch.empty(1, 3, *size)
+    img[..., : size[1] // 2] = torch.tensor(left_rgb).view(1, 3, 1, 1)
+    img[..., size[1] // 2:] = torch.tensor(right_rgb).view(1, 3, 1, 1)
+    return img
+
+
+def _vertical_point(y=16.0, x=15.5):
+    one = torch.ones(1)
+    return OrderedBoundaries(torch.zeros(1, dtype=torch.long), one * y, one * x, torch.tensor([[0.0, 1.0]]), one,
+                             torch.zeros(1, dtype=torch.long), one)
+
+
+def test_colour_angles_known_values():
+    """A shadow (same colour, darker) is 0 degrees; orthogonal primaries are 90; (1,1,0) vs (1,0,0) is 45."""
+    pt = _vertical_point()
+    shadow = _two_colour_image((0.6, 0.4, 0.2), (0.3, 0.2, 0.1))
+    assert colour_angles(pt, shadow, offset=6.0, patch=1, step=2.0).item() == pytest.approx(0.0, abs=0.1)
+    assert colour_angles(pt, _two_colour_image((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)), offset=6.0).item() == \
+        pytest.approx(90.0, abs=1e-3)
+    assert colour_angles(pt, _two_colour_image((1.0, 1.0, 0.0), (1.0, 0.0, 0.0)), offset=6.0).item() == \
+        pytest.approx(45.0, abs=1e-3)
+
+
+def test_refine_drops_points_between_a_shadow_and_its_ground():
+    """The shadow test keeps an edge between two hues and drops one between a colour and its darker self."""
+    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, min_segment=1)
+    pt = _vertical_point()
+    flows, targets = [torch.zeros(1, 2, 32, 32)], [torch.zeros(1, 3, 32, 32)]
+    shadow = _two_colour_image((0.6, 0.4, 0.2), (0.3, 0.2, 0.1))
+    surfaces = _two_colour_image((0.6, 0.4, 0.2), (0.2, 0.3, 0.6))
+    assert len(refine_boundaries(pt, shadow, flows, [shadow], cfg)) == 0
+    assert len(refine_boundaries(pt, surfaces, flows, [surfaces], cfg)) == 1
