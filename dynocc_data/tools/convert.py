@@ -145,7 +145,8 @@ def _diw_labels(coords: list[float], ordinal: int, annotated: tuple[int, int]) -
 
 def _diw_rows(csv_path: Path, root: Path) -> Iterator[Row]:
     """Rows of a DIW CSV: an image path line then ``y_A,x_A,y_B,x_B,rel,width,height`` (1-based), resyncing
-    after a line that breaks the two-line pattern."""
+    after a line that breaks the two-line pattern.
+    """
     del root  # DIW rows hold no other file than the image
     lines = _read_lines(csv_path)
     i = 0

@@ -97,7 +97,7 @@ def pairs_to_gt(pairs: np.ndarray, image_size: tuple[int, int], gt_size: tuple[i
 
 
 def outside_image(pairs: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """bool [N]: a point of the pair lies outside ``[0, H-1] x [0, W-1]`` (pixel centres of the image)."""
+    """Bool [N]: a point of the pair lies outside ``[0, H-1] x [0, W-1]`` (pixel centres of the image)."""
     p = np.asarray(pairs, np.float64).reshape(-1, 4)
     h, w = image_size
     ys, xs = p[:, [0, 2]], p[:, [1, 3]]
@@ -105,8 +105,11 @@ def outside_image(pairs: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def layer_edge_distance(labels: np.ndarray) -> np.ndarray:
-    """Distance float32 [H,W] of every pixel to the nearest layer edge (both pixels of a 4-neighbour label
-    change are on the edge, distance 0); infinite everywhere when there is a single layer."""
+    """Distance float32 [H,W] of every pixel to the nearest layer edge.
+
+    Both pixels of a 4-neighbour label change are on the edge (distance 0); with a single layer the distance
+    is infinite everywhere.
+    """
     edge = np.zeros(labels.shape, bool)
     dy = labels[1:] != labels[:-1]
     dx = labels[:, 1:] != labels[:, :-1]
@@ -173,7 +176,7 @@ def classify_pairs(points: np.ndarray, ordinal: np.ndarray, depth: np.ndarray, *
 
 
 def sign_agreement(points: np.ndarray, ordinal: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """bool [N]: the old scoring's test, the sign of the depth difference equals ``ordinal`` (any surfaces)."""
+    """Bool [N]: the old scoring's test, the sign of the depth difference equals ``ordinal`` (any surfaces)."""
     p = np.asarray(points, np.float64).reshape(-1, 4)
     da, db = _lookup(depth, p[:, 0], p[:, 1]), _lookup(depth, p[:, 2], p[:, 3])
     return np.sign(da.astype(np.float64) - db) == np.asarray(ordinal).reshape(-1)
@@ -347,8 +350,7 @@ def _unknown_mask(gt: Any, t: int) -> np.ndarray | None:
 def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *, coverage_radius: float = 4.0,
                 selected: Mapping[str, Iterable[int]] | None = None, gap: int = 2, min_motion: float = 1.0,
                 rel_tol: float = 0.01, near_edge: float = 16.0) -> EvalResult:
-    """Score items of the item contract (e.g. from :class:`~dynocc_data.datasets.DynOccDataset`) against
-    scene ground truth.
+    """Score items of the item contract (e.g. from :class:`~dynocc_data.datasets.DynOccDataset`) against scenes.
 
     Args:
         items: dicts with ``image`` [3,H,W], ``pairs`` [N,4], ``ordinal`` [N] and ``meta`` (``video``,

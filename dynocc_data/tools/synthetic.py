@@ -343,7 +343,8 @@ class SceneGT:
 def _outline_normals(labels: np.ndarray, front: np.ndarray, ya: np.ndarray, xa: np.ndarray, yb: np.ndarray,
                      xb: np.ndarray, cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """Unit normals ``(ny, nx)`` of the outline of layer ``front`` between 4-neighbours a and b: the gradient of
-    the layer's mask smoothed over a few pixels (so that a staircase outline gets its true direction)."""
+    the layer's mask smoothed over a few pixels (so that a staircase outline gets its true direction).
+    """
     gy = np.zeros(ya.shape, np.float64)
     gx = np.zeros(ya.shape, np.float64)
     for layer in np.unique(front):
@@ -910,7 +911,8 @@ def moving_square_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
     """A textured square (depth 10, layer 1) moving by ``velocity`` (dy, dx) px/frame over a static textured
     background (depth 20, layer 0). The square is centred in the middle frame; with integer velocities its
     labels form an exact ``side`` x ``side`` block. ``shadow = (dy, dx, strength, sigma)`` makes the square cast
-    a shadow: its silhouette shifted by (dy, dx), blurred by ``sigma`` px, taking ``strength`` of the light."""
+    a shadow: its silhouette shifted by (dy, dx), blurred by ``sigma`` px, taking ``strength`` of the light.
+    """
     h, w = size
     rng = np.random.default_rng(seed)
     side = side if side is not None else max(8, int(round(0.35 * min(h, w))))
@@ -943,7 +945,8 @@ def intensity_edges_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6
                           velocity: tuple[float, float] = (0.0, 2.0), seed: int = 0,
                           noise_sigma: float = 0.0) -> Scene:
     """One flat textured plane with strong painted stripes, boxes and text, translating rigidly by ``velocity``
-    (dy, dx) px/frame: plenty of intensity edges, no depth edge at all."""
+    (dy, dx) px/frame: plenty of intensity edges, no depth edge at all.
+    """
     h, w = size
     rng = np.random.default_rng(seed)
     my = int(np.ceil(abs(velocity[0]) * (num_frames - 1))) + 2
@@ -966,7 +969,6 @@ def scene_gt_path(video: str | os.PathLike) -> Path:
 
 def _encode(frames: np.ndarray, fps: float, crf: int, preset: str, path: Path) -> None:
     """Encode RGB frames as H.264 (yuv420p) MP4 at ``path`` with PyAV."""
-
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames.shape[1:3]
