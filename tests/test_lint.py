@@ -48,7 +48,7 @@ CHECKED = [PACKAGE / name for name in (
     "generation/video.py", "generation/flow.py", "generation/writer.py", "generation/launch.py",
     "tools/viz.py", "tools/stats.py", "tools/demo.py", "tools/cli.py",
     "collate.py", "losses.py", "datasets/youtube3d.py", "datasets/diw.py", "datasets/_common.py",
-    "datasets/loader.py",
+    "datasets/loader.py", "sampling.py", "transforms.py",
 )]
 
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$")
