@@ -18,6 +18,9 @@ Pipeline, every stage a pure function on batched tensors (same code on CPU and C
    (connected components by :func:`connected_components`).
 
 :func:`detect_boundaries` runs all of them on the two flows of a frame.
+
+Longer than 500 lines because the four stages and the point-set classes they hand to each other belong together
+(one stage's output is the next one's input), each documented with its Args and Returns.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ For every selected frame t of a video (every ``stride``-th frame with t-gap and 
 
 Frames whose flow cannot be trusted (shot cuts, flow failures: :mod:`dynocc_data.generation.cuts`) and blank
 frames make no pairs. Everything after decoding runs as batched torch code on the chosen device.
+
+Longer than 500 lines because the frame processor's window of decoded frames, flows and maps and the run loop
+that feeds it share one chunking and eviction contract; a good part of the length is their Args documentation.
 """
 
 from __future__ import annotations

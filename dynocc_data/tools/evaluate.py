@@ -44,7 +44,19 @@ def _ratio(part: int, whole: int) -> float:
 
 @dataclass
 class EvalResult:
-    """Scores of a set of items against ground truth (pooled over all frames)."""
+    """Scores of a set of items against ground truth (pooled over all frames).
+
+    Attributes:
+        pairs: the pairs scored.
+        correct: those whose order agrees with the ground-truth depth.
+        boundary_pixels: ground-truth moving boundary pixels (motion across the outline) of the selected frames.
+        covered_pixels: those with a pair midpoint within the coverage radius.
+        boundary_pixels_any: boundary pixels whose sides move apart in any direction.
+        covered_pixels_any: those covered.
+        frames_selected: the frames scored for coverage.
+        frames_written: the frames with a sample.
+        per_video: video -> ``pairs``, ``precision``, ``coverage``, ``coverage_any``.
+    """
 
     pairs: int = 0
     correct: int = 0
@@ -58,25 +70,36 @@ class EvalResult:
 
     @property
     def precision(self) -> float:
+        """Share of pairs whose order agrees with the ground truth (NaN without pairs)."""
         return _ratio(self.correct, self.pairs)
 
     @property
     def coverage(self) -> float:
+        """Share of moving boundary pixels covered (NaN without any)."""
         return _ratio(self.covered_pixels, self.boundary_pixels)
 
     @property
     def coverage_any(self) -> float:
+        """Share of boundary pixels moving in any direction covered (NaN without any)."""
         return _ratio(self.covered_pixels_any, self.boundary_pixels_any)
 
     @property
     def pairs_per_frame(self) -> float:
+        """Pairs per written frame (0 without any)."""
         return self.pairs / self.frames_written if self.frames_written else 0.0
 
     @property
     def pairs_per_selected_frame(self) -> float:
+        """Pairs per selected frame (0 without any)."""
         return self.pairs / self.frames_selected if self.frames_selected else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict.
+
+        Returns:
+            The fields plus ``precision``, ``coverage``, ``coverage_any``, ``pairs_per_frame`` and
+            ``pairs_per_selected_frame``.
+        """
         d = asdict(self)
         d.update(precision=self.precision, coverage=self.coverage, coverage_any=self.coverage_any,
                  pairs_per_frame=self.pairs_per_frame,
@@ -97,10 +120,23 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
                 min_motion: float = 1.0) -> EvalResult:
     """Score DynOcc items against scene ground truth.
 
-    ``scenes`` maps the item's ``meta["video"]`` (the path relative to the input root) to a
-    :class:`~dynocc_data.tools.synthetic.SceneGT`. ``selected`` maps the same names to every frame the generator
-    selected (so frames without a sample count against coverage); by default only the items' frames.
     Pair points are scaled from the stored image to the ground-truth resolution with ``orig_size``.
+
+    Args:
+        items: DynOcc items (stored pairs).
+        scenes: maps the item's ``meta["video"]`` (the path relative to the input root) to a
+            :class:`~dynocc_data.tools.synthetic.SceneGT`.
+        coverage_radius: a boundary pixel is covered when a pair midpoint is this close, in ground-truth pixels.
+        selected: maps the same names to every frame the generator selected (so frames without a sample count
+            against coverage); by default only the items' frames.
+        gap: the flow gap of the run, over which boundary motion is measured.
+        min_motion: the least motion, in pixels over the gap, of a moving boundary.
+
+    Returns:
+        The scores.
+
+    Raises:
+        KeyError: when an item's video has no ground truth in ``scenes``.
     """
     res = EvalResult()
     mids: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
@@ -160,10 +196,23 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
 
 def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, coverage_radius: float = 6.0,
                     min_motion: float = 1.0) -> EvalResult:
-    """Score the shards in ``shards`` (a generate output folder) against the ``*.gt.npz`` files of
-    ``scene_dir`` (written by :func:`dynocc_data.tools.synthetic.write_scene`), reading items with DynOccDataset."""
+    """Score the shards of a generate output folder against the ground truth of their scenes.
 
+    Items are read with DynOccDataset; the run's parameters (gap, stride, max_frames) come from its ledgers.
 
+    Args:
+        shards: a generate output folder.
+        scene_dir: the folder of the scenes' ``*.gt.npz`` files (written by
+            :func:`dynocc_data.tools.synthetic.write_scene`), the input folder of the run.
+        coverage_radius: as for :func:`score_items`.
+        min_motion: as for :func:`score_items`.
+
+    Returns:
+        The scores.
+
+    Raises:
+        FileNotFoundError: when ``scene_dir`` holds no ``*.gt.npz`` file.
+    """
     shards, scene_dir = Path(shards), Path(scene_dir)
     scenes = {}
     for p in sorted(scene_dir.rglob("*.gt.npz")):
@@ -185,7 +234,7 @@ def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, 
 
 
 def _read_params(shards: Path) -> dict[str, Any]:
-
+    """The generation parameters in the first run header of the ledgers (empty when none)."""
     for ledger in sorted(shards.glob("ledger-r*.jsonl")):
         for line in ledger.read_text().splitlines():
             rec = json.loads(line)
@@ -197,9 +246,21 @@ def _read_params(shards: Path) -> dict[str, Any]:
 def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int = 1000, scene_config=None,
                        generate_config=None, coverage_radius: float = 6.0, progress: bool = False,
                        **generate_kwargs) -> EvalResult:
-    """Make ``num_scenes`` synthetic scenes (seeds ``seed``, ``seed+1``, ...), generate shards from them with
-    ``generate_config`` and score them. Scenes go to ``<out>/scenes``, shards to ``<out>/shards``."""
+    """Make synthetic scenes, generate shards from them and score them.
 
+    Args:
+        out: the work folder: scenes go to ``<out>/scenes``, shards to ``<out>/shards``.
+        num_scenes: the number of scenes.
+        seed: the seed of the first scene (then ``seed+1``, ...).
+        scene_config: a :class:`~dynocc_data.tools.synthetic.SceneConfig`; default the built-in one.
+        generate_config: a :class:`~dynocc_data.generation.GenerateConfig`; default the built-in one.
+        coverage_radius: as for :func:`score_items`.
+        progress: show progress bars while generating.
+        **generate_kwargs: more options of :func:`~dynocc_data.generate` (fields of ``RunOptions``).
+
+    Returns:
+        The scores.
+    """
     out = Path(out)
     scene_dir = out / "scenes"
     make_scenes(scene_dir, num_scenes, seed=seed, config=scene_config)
