@@ -50,7 +50,7 @@ CHECKED = [PACKAGE / name for name in (
     "collate.py", "losses.py", "datasets/youtube3d.py", "datasets/diw.py", "datasets/_common.py",
     "datasets/loader.py", "sampling.py", "transforms.py",
     "generation/boundaries.py", "generation/ordering.py", "generation/refine.py", "generation/cuts.py",
-    "generation/pipeline.py", "tools/synthetic.py",
+    "generation/pipeline.py", "tools/synthetic.py", "tools/evaluate.py", "tools/scoring.py",
 )]
 
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$")
