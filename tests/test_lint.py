@@ -51,7 +51,7 @@ CHECKED = [PACKAGE / name for name in (
     "datasets/loader.py", "sampling.py", "transforms.py",
     "generation/boundaries.py", "generation/ordering.py", "generation/refine.py", "generation/cuts.py",
     "generation/pipeline.py", "tools/synthetic.py", "tools/evaluate.py", "tools/scoring.py",
-    "tools/convert.py", "tools/fake_releases.py",
+    "tools/convert.py", "tools/fake_releases.py", "datasets/_distributed.py", "datasets/mix.py",
 )]
 
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$")
