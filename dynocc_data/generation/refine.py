@@ -111,6 +111,16 @@ def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1
     Near 0 where both sides have the same colour up to brightness (a shadow, shading, one surface); the patch
     is the (2·patch+1)² grid of samples ``step`` px apart that :func:`~dynocc_data.generation.cuts.patch_residuals`
     compares.
+
+    Args:
+        ordered: ordered boundary points (normals point to the front side).
+        image: float RGB [B,3,H,W] in 0..1, the frames of the points.
+        offset: distance of the two pair points from the boundary, px.
+        patch: half-size of the patch grid.
+        step: spacing of the patch samples, px.
+
+    Returns:
+        float [N] angles in degrees, 0..90 for non-negative colours.
     """
     n = len(ordered)
     if n == 0:
