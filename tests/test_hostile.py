@@ -124,3 +124,71 @@ def test_index_bad_counts_are_refused(tmp_path):
     edit_index(shards.root, lambda ix: ix["shards"][0].update(count=2, bytes=-5))
     with pytest.raises(InputError, match="bad shard entry"):
         load_index(shards.root)
+
+
+# ---------------------------------------------------------------------------------------------- 5. YouTube3D pickles
+
+
+class _Reduce:
+    """Pickles into ``fn(*args)``."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_youtube3d_zero_stride_ndarray_bomb_is_refused(tmp_path):
+    from dynocc_data.datasets.youtube3d import load_youtube3d_pkl
+
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps(_Reduce(np.ndarray, (5, 10**12), "f8", b"\0" * 8, 0, (0, 0)), protocol=4))
+    assert path.stat().st_size < 120
+    with pytest.raises(InputError, match="refusing") as err:
+        load_youtube3d_pkl(path)
+    assert str(path) in str(err.value)
+
+
+def test_youtube3d_direct_ndarray_allocation_is_refused(tmp_path):
+    from dynocc_data.datasets.youtube3d import load_youtube3d_pkl
+
+    path = tmp_path / "big.pkl"
+    path.write_bytes(pickle.dumps(_Reduce(np.ndarray, (5, 2_000_000), "f8"), protocol=4))
+    assert path.stat().st_size < 100  # 100 bytes asking for 80 MB of zeros
+    with pytest.raises(InputError, match="refusing"):
+        load_youtube3d_pkl(path)
+
+
+def test_youtube3d_reconstruct_with_a_huge_shape_is_refused(tmp_path):
+    from numpy._core import multiarray
+
+    from dynocc_data.datasets.youtube3d import load_youtube3d_pkl
+
+    path = tmp_path / "recon.pkl"
+    path.write_bytes(pickle.dumps(_Reduce(multiarray._reconstruct, np.ndarray, (5, 10**7), b"b"), protocol=4))
+    with pytest.raises(InputError, match="refusing _reconstruct"):
+        load_youtube3d_pkl(path)
+
+
+def test_youtube3d_reduce_payload_is_refused_without_running(tmp_path):
+    from dynocc_data.datasets.youtube3d import load_youtube3d_pkl
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(evil_pickle(marker))
+    with pytest.raises(InputError, match="refusing to unpickle global"):
+        load_youtube3d_pkl(path)
+    assert not marker.exists()
+
+
+def test_youtube3d_numpy_pickle_still_loads_and_oversized_file_is_refused(tmp_path, monkeypatch):
+    from dynocc_data.datasets import youtube3d
+
+    target = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8], [1, -1]], dtype=np.float64)
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(pickle.dumps(target, protocol=4))
+    np.testing.assert_array_equal(youtube3d.load_youtube3d_pkl(path), target)
+    monkeypatch.setattr(youtube3d, "MAX_TARGET_BYTES", 100)
+    with pytest.raises(InputError, match="larger than 100 bytes"):
+        youtube3d.load_youtube3d_pkl(path)
