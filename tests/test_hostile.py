@@ -192,3 +192,214 @@ def test_youtube3d_numpy_pickle_still_loads_and_oversized_file_is_refused(tmp_pa
     monkeypatch.setattr(youtube3d, "MAX_TARGET_BYTES", 100)
     with pytest.raises(InputError, match="larger than 100 bytes"):
         youtube3d.load_youtube3d_pkl(path)
+
+
+# ---------------------------------------------------------------------------------------------- shard contents
+
+
+def raw_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    """A tar written member by member with ``tarfile`` (any name, any type)."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def sample_members(key: str, sample=None) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """The five members of a fixture sample under ``key``."""
+    members = (sample or make_sample(0, 0)).members()
+    return [(tarfile.TarInfo(f"{key}.{name}"), data) for name, data in members.items() if name != "__key__"]
+
+
+def read_with_warnings(ds, caplog) -> tuple[list[str], list[str]]:
+    """Keys read from ``ds`` and the warnings logged meanwhile."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dynocc_data"):
+        got = keys(ds)
+    return got, [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def one_sample_shard(tmp_path: Path, **members: bytes | None) -> Path:
+    """A one-sample shard in ``tmp_path/data`` (with index) whose members are replaced by ``members``."""
+    sample = make_sample(0, 0)
+    shards = write_shards(tmp_path / "data", [1], edit={sample.key: {k.replace("_", "."): v
+                                                                     for k, v in members.items()}})
+    return shards.root
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "sub/../../../x"])
+def test_member_names_leaving_the_shard_are_only_keys(tmp_path, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = raw_tar(tmp_path / "names.tar", sample_members(name))
+    items = list(DynOccDataset(str(path), index=None))
+    assert [i["meta"]["key"] for i in items] == [name]  # read, never extracted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["names.tar"]
+    assert not Path("/abs/x.jpg").exists()
+
+
+def test_symlink_members_are_not_followed(tmp_path):
+    target = tmp_path / "secret.jpg"
+    target.write_bytes(make_sample(1, 1).jpeg)
+    members = [m for m in sample_members("k") if not m[0].name.endswith(".jpg")]
+    link = tarfile.TarInfo("k.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, str(target)
+    path = raw_tar(tmp_path / "links.tar", [(link, None), *members])
+    with pytest.raises(ShardFormatError, match="no jpg member"):  # the link is no member: a clear error
+        list(DynOccDataset(str(path), index=None))
+
+
+def test_npy_object_dtype_is_never_unpickled(tmp_path):
+    marker = tmp_path / "PWNED"
+    root = one_sample_shard(tmp_path, pairs_npy=evil_npy(marker))
+    ds = DynOccDataset(root, handler="ignore")
+    assert keys(ds) == [] and ds.stats.skipped_samples == 1
+    assert not marker.exists()
+
+
+def test_npy_header_claiming_a_huge_shape_allocates_nothing(tmp_path):
+    header = "{'descr': '<i4', 'fortran_order': False, 'shape': (100000000000, 4), }"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header) + 1) + header.encode() + b"\n" + b"\0" * 32
+    root = one_sample_shard(tmp_path, pairs_npy=data)
+    with pytest.raises(ShardFormatError, match="header claims shape"):
+        list(DynOccDataset(root, handler="raise"))
+
+
+def _patched_jpeg(height: int, width: int) -> bytes:
+    """A fixture JPEG whose frame header claims ``height x width``."""
+    jpeg = bytearray(make_sample(0, 0).jpeg)
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+@pytest.fixture
+def decode_spy(monkeypatch):
+    """Replace the JPEG decoder of the shard reader with one that records its calls and fails."""
+    from dynocc_data.format import sample
+
+    calls = []
+
+    def spy(data):
+        calls.append(len(data))
+        raise RuntimeError("decoded")
+
+    monkeypatch.setattr(sample, "_decode_jpeg_rgb", spy)
+    return calls
+
+
+@pytest.mark.parametrize("height, width", [(4000, 3000), (60000, 60000)])
+def test_jpeg_size_is_checked_against_the_json_before_decoding(tmp_path, decode_spy, height, width):
+    root = one_sample_shard(tmp_path, jpg=_patched_jpeg(height, width))
+    with pytest.raises(ShardFormatError, match=f"image is {height}x{width} but json size says"):
+        list(DynOccDataset(root, handler="raise"))
+    assert decode_spy == []
+
+
+def test_jpeg_and_json_both_claiming_a_huge_image_are_refused_by_the_limit(tmp_path, decode_spy):
+    sample = make_sample(0, 0)
+    meta = {**sample.meta, "size": [20000, 20000], "orig_size": [20000, 20000]}
+    root = one_sample_shard(tmp_path, jpg=_patched_jpeg(20000, 20000), json=json.dumps(meta).encode())
+    with pytest.raises(ShardFormatError, match="above the limit"):
+        list(DynOccDataset(root, handler="raise"))
+    assert decode_spy == []
+
+
+def test_still_image_readers_check_the_header_before_decoding(tmp_path, monkeypatch):
+    from dynocc_data.datasets import _common
+
+    monkeypatch.setattr(_common, "decode_jpeg", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr(_common, "decode_image", lambda *a, **k: pytest.fail("decoded"))
+    jpeg = tmp_path / "bomb.thumb"
+    jpeg.write_bytes(_patched_jpeg(60000, 60000))
+    with pytest.raises(InputError, match="above the limit"):
+        _common.read_image_rgb(jpeg)
+    png = tmp_path / "bomb.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", 100000, 100000) + b"\x08\x02\0\0\0")
+    with pytest.raises(InputError, match="100000x100000 image is above the limit"):
+        _common.read_image_rgb(png)
+
+
+@pytest.mark.parametrize("member, value, reason", [
+    ("pairs.npy", np.array([[0, 0, SIZE[0], 0]], np.int32), "outside the"),
+    ("pairs.npy", np.array([[-1, 0, 0, 0]], np.int32), "outside the"),
+    ("ordinal.npy", np.array([2, 0, 0, 0, 0], np.int8), "other than -1, 0, \\+1"),
+])
+def test_pairs_outside_the_image_and_bad_ordinals_are_refused(tmp_path, member, value, reason):
+    sample = make_sample(0, 3)  # 5 pairs
+    if member == "ordinal.npy":
+        value = value[:len(sample.pairs)]
+    else:
+        value = np.concatenate([sample.pairs[:-1], value])
+    shards = write_shards(tmp_path / "data", [4], edit={sample.key: {member: npy_bytes(value)}})
+    ds = DynOccDataset(shards.root, handler="ignore")
+    assert keys(ds) == [k for k in shards.keys if k != sample.key] and ds.stats.skipped_samples == 1
+    with pytest.raises(ShardFormatError, match=reason):
+        list(DynOccDataset(shards.root, handler="raise"))
+
+
+@pytest.mark.parametrize("field, value", [("y", np.nan), ("jump", np.inf), ("confidence", -np.inf)])
+def test_non_finite_boundary_values_are_counted(tmp_path, caplog, field, value):
+    sample = make_sample(0, 1)
+    boundary = sample.boundary.copy()
+    boundary[field][1] = value
+    shards = write_shards(tmp_path / "data", [3], edit={sample.key: {"boundary.npy": npy_bytes(boundary)}})
+    for strategy in ("stored", "band"):
+        ds = DynOccDataset(shards.root, strategy=strategy)
+        got, warnings = read_with_warnings(ds, caplog)
+        assert got == [k for k in shards.keys if k != sample.key] and ds.stats.skipped_samples == 1
+        assert any(f"non-finite values (1 in {field})" in w and sample.key in w for w in warnings)
+
+
+def test_huge_and_deeply_nested_json_are_refused(tmp_path):
+    big = b'{"a": "' + b"x" * (101 << 20) + b'"}'
+    root = one_sample_shard(tmp_path, json=big)
+    with pytest.raises(ShardFormatError, match="more than the"):
+        list(DynOccDataset(root, handler="raise"))
+    nested = b"[" * 100000 + b"]" * 100000
+    root2 = one_sample_shard(tmp_path / "n", json=nested)
+    with pytest.raises(ShardFormatError, match="json: "):
+        list(DynOccDataset(root2, handler="raise"))
+
+
+def test_gzip_shard_named_tar_is_read_not_flagged(tmp_path):
+    import gzip
+
+    shards = write_shards(tmp_path / "data", [3, 2])
+    shards.paths[1].write_bytes(gzip.compress(shards.paths[1].read_bytes()))
+    write_index(shards.root, shards.paths, shards.counts)
+    ds = DynOccDataset(shards.root, handler="raise")
+    assert keys(ds) == shards.keys and ds.stats.shard_errors == 0
+
+
+def test_empty_tar_and_empty_file_are_counted_shard_errors(tmp_path):
+    shards = write_shards(tmp_path / "data", [2, 0, 2])  # a tar with no member
+    extra = shards.root / "dynocc-r000-000003.tar"
+    extra.write_bytes(b"")
+    write_index(shards.root, [*shards.paths, extra], [*shards.counts, 0])
+    ds = DynOccDataset(shards.root)
+    assert keys(ds) == shards.keys and ds.stats.shard_errors == 1
+
+
+def test_shard_truncated_mid_member_keeps_its_complete_samples(tmp_path):
+    from fixtures_shards import member_offsets
+
+    shards = write_shards(tmp_path / "data", [4])
+    name, header, data = member_offsets(shards.paths[0])[12]  # the third member of the third sample
+    truncate(shards.paths[0], data + 7)
+    ds = DynOccDataset(shards.root)
+    assert keys(ds) == shards.keys[:2] and ds.stats.shard_errors == 1
+
+
+def test_member_claiming_a_huge_size_is_refused_before_reading(tmp_path):
+    from dynocc_data.format.tar import tar_members
+
+    info = tarfile.TarInfo("k.jpg")
+    info.size = 5
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[124:136] = b"\x80" + (1 << 60).to_bytes(11, "big")  # base-256 size: an exabyte
+    header[148:156] = b" " * 8
+    header[148:155] = f"{sum(header):06o}\0".encode()
+    with pytest.raises(tarfile.ReadError, match="claims 1152921504606846976 bytes"):
+        list(tar_members(io.BytesIO(bytes(header) + b"\0" * 1024)))

@@ -10,10 +10,12 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..errors import InputError
+from ..format.sample import check_image_size, jpeg_size
 
 logger = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 __all__ = ["read_image_rgb", "resolve_path", "relative_key"]
 
@@ -22,7 +24,9 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file into an RGB ``uint8`` tensor ``[3,H,W]``, choosing the decoder by content.
 
     The format is detected from the bytes, not the extension, because DIW ships JPEGs named ``*.thumb``.
-    Grey or palette images are converted to RGB; any failure raises :class:`InputError` naming the file.
+    Grey or palette images are converted to RGB; a JPEG or PNG whose header claims more than
+    :data:`~dynocc_data.format.sample.MAX_IMAGE_PIXELS` is refused before decoding; any failure raises
+    :class:`InputError` naming the file.
     """
     try:
         raw = Path(path).read_bytes()
@@ -30,6 +34,13 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
         raise InputError(path, f"cannot read image: {err.strerror or err}") from None
     if not raw:
         raise InputError(path, "image file is empty")
+    try:  # the size from the header, before anything is decoded (a small file can claim gigabytes of pixels)
+        if raw.startswith(_JPEG_MAGIC):
+            check_image_size(*jpeg_size(raw))
+        elif raw.startswith(_PNG_MAGIC) and len(raw) >= 24:
+            check_image_size(int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big"))
+    except ValueError as err:
+        raise InputError(path, f"cannot decode image: {err}") from None
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     try:
         if raw.startswith(_JPEG_MAGIC):

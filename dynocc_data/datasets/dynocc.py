@@ -75,7 +75,7 @@ from ..errors import InputError, ShardFormatError
 from ..sampling import create_sampler, sample_generator
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
-from ..format.tar import expand_tars
+from ..format.tar import expand_tars, is_compressed
 from ._distributed import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
 
 logger = logging.getLogger(__name__)
@@ -320,11 +320,13 @@ def _check_tar_end(url: str, nbytes: int | None) -> None:
     """Raise :class:`ShardFormatError` when a local plain tar is shorter than its index says or lacks the
     end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary)."""
     path = local_path(url)
-    if path is None or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+    if path is None:
         return
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as stream:
+            if is_compressed(stream.read(8)):  # by content, not by name: a gzip shard may be named .tar
+                return
             stream.seek(max(0, size - _TAR_END))
             tail = stream.read()
     except OSError as err:  # e.g. deleted or unmounted since the dataset was created

@@ -18,11 +18,19 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["expand_tars", "iter_tar_members", "tar_members"]
+__all__ = ["MAX_MEMBER_BYTES", "expand_tars", "is_compressed", "iter_tar_members", "tar_members"]
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file types, as tarfile's REGULAR_TYPES (sparse files aside)
 _WDS_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: such members are not sample files
+MAX_MEMBER_BYTES = 1 << 30  # a member claiming more is refused before anything is read into memory
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def is_compressed(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts with a gzip, bzip2, xz or zstd signature, whatever the
+    file is named."""
+    return head.startswith(_COMPRESSED_MAGIC)
 
 
 class _Prepended:
@@ -108,7 +116,9 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
     of the data, a zero block or a bad header where a header should start ends the archive silently
     (``tarfile.ReadError`` when that happens at the very start, or right after a pax / long-name header); data
     cut short raises ``tarfile.ReadError("unexpected end of data")``; pax (``path``, ``size``) and GNU long-name
-    headers apply to the member that follows.
+    headers apply to the member that follows. Names are returned as they are (``../x``, ``/etc/x``): nothing is
+    ever extracted, they only group members into samples; links, devices and folders are skipped; a member
+    claiming more than :data:`MAX_MEMBER_BYTES` raises ``tarfile.ReadError`` before it is read.
     """
     stream = _decompressed(stream)
     offset, pax, long_name = 0, {}, None
@@ -123,6 +133,9 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
             return
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+        if not 0 <= size <= MAX_MEMBER_BYTES:
+            raise tarfile.ReadError(f"member {_member_name(header, pax, long_name)!r} claims {size} bytes "
+                                    f"(the limit is {MAX_MEMBER_BYTES})")
         data = stream.read(size)
         if len(data) < size:
             raise tarfile.ReadError("unexpected end of data")
@@ -150,19 +163,38 @@ def expand_tars(src: Iterator[dict[str, Any]], *,
     to ``handler`` (True: go on with the next shard, False: stop)."""
     for source in src:
         url, stream = source["url"], source["stream"]
+        error, closed = None, False
         try:
-            for name, data in tar_members(stream):
-                if not _WDS_META.match(name):
-                    yield {"fname": name, "data": data, "__url__": url}
-            yield {}
-        except Exception as exn:  # noqa: BLE001 - reported through the handler, as webdataset does
-            exn.args = exn.args + (url,)
-            if not handler(exn):
-                break
+            try:
+                for name, data in tar_members(stream):
+                    if not _WDS_META.match(name):
+                        yield {"fname": name, "data": data, "__url__": url}
+            except Exception as exn:  # noqa: BLE001 - reported through the handler, as webdataset does
+                error = exn
+            closed = True
+            try:
+                _close(stream)  # a pipe: or curl stream reports its command's exit status here
+            except Exception as exn:  # noqa: BLE001 - e.g. OSError("exit status 22"): the shard failed, the epoch goes on
+                error = error or exn
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            if not closed:  # the consumer stopped early (GeneratorExit): close quietly
+                try:
+                    _close(stream)
+                except Exception:  # noqa: BLE001 - a command killed because nobody reads it any more
+                    pass
+        if error is None:
+            yield {}
+            continue
+        error.args = error.args + (url,)
+        if not handler(error):
+            break
+
+
+def _close(stream: Any) -> None:
+    """Close ``stream`` if it can be closed."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 def iter_tar_members(path: str | os.PathLike) -> Iterable[tarfile.TarInfo]:
