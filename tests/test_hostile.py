@@ -403,3 +403,19 @@ def test_member_claiming_a_huge_size_is_refused_before_reading(tmp_path):
     header[148:155] = f"{sum(header):06o}\0".encode()
     with pytest.raises(tarfile.ReadError, match="claims 1152921504606846976 bytes"):
         list(tar_members(io.BytesIO(bytes(header) + b"\0" * 1024)))
+
+
+# ---------------------------------------------------------------------------------------------- 6. failing streams
+
+
+@pytest.mark.parametrize("bad", ["pipe:exit 3", "pipe:cat {root}/missing.tar", "pipe:head -c 700 {shard}",
+                                 "http://127.0.0.1:9/dynocc-r000-000009.tar"])
+def test_failing_pipe_or_http_shard_is_warned_and_counted(tmp_path, caplog, bad):
+    if bad.startswith("http") and not __import__("shutil").which("curl"):
+        pytest.skip("curl is not installed (webdataset reads http shards through it)")
+    shards = write_shards(tmp_path / "data", [3, 2])
+    urls = [str(shards.paths[0]), bad.format(root=shards.root, shard=shards.paths[1]), str(shards.paths[1])]
+    ds = DynOccDataset(urls, index=None)
+    got, warnings = read_with_warnings(ds, caplog)
+    assert got == shards.keys and ds.stats.shard_errors == 1
+    assert any("bad shard" in w for w in warnings)
