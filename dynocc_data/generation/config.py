@@ -109,10 +109,30 @@ class GenerateSummary:
         self.seconds = max(self.seconds, other.seconds)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    """How a run is carried out, as opposed to what it writes (:class:`GenerateConfig`): passed whole from
-    :func:`~dynocc_data.generate` through the launcher to each rank's :func:`~dynocc_data.generation.pipeline.run_videos`."""
+    """How a run is carried out, as opposed to what it writes (:class:`GenerateConfig`).
+
+    Passed whole from :func:`~dynocc_data.generate` through the launcher to each rank's
+    :func:`~dynocc_data.generation.pipeline.run_videos`, so a new option is one new field here (and its CLI flag).
+
+    Args:
+        device: where flow and post-processing run: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: selected frames processed together.
+        resume: continue the run already in the output folder.
+        strict: fail when any input fails (default: report and go on).
+        prefix: shard name prefix (``<prefix>-r<rank>-<n>.tar``).
+        shard_size: samples per shard at most.
+        shard_bytes: bytes per shard at most.
+        progress: progress bars (shown only on a terminal).
+        workers: worker processes on this machine; ``None``: one per GPU on CUDA, else 1.
+        upload: shell command receiving each committed shard on stdin, ``{name}`` replaced by its file name.
+        merge_timeout: seconds rank 0 waits for the other ranks' markers before merging what is there.
+        poll: seconds between two looks at the folder while waiting.
+
+    Raises:
+        ValueError: naming the option, when a value is out of range.
+    """
 
     device: str = "auto"
     batch_size: int = 4
@@ -123,10 +143,20 @@ class RunOptions:
     shard_bytes: int = 1 << 30
     progress: bool = True
     workers: int | None = 1
-    """Worker processes on this machine; ``None``: one per GPU on CUDA, else 1."""
     upload: str | None = None
-    """Shell command receiving each committed shard on stdin, ``{name}`` in it replaced by the shard's name."""
     merge_timeout: float = 3600.0
-    """Seconds rank 0 waits for the other ranks' markers before merging what is there."""
     poll: float = 1.0
-    """Seconds between two looks at the folder while waiting."""
+
+    def __post_init__(self) -> None:
+        """Check every value where it enters."""
+        for name in ("batch_size", "shard_size", "shard_bytes"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.workers is not None and (type(self.workers) is not int or self.workers < 1):
+            raise ValueError(f"workers must be an integer >= 1 or None (auto), got {self.workers!r}")
+        if not (isinstance(self.prefix, str) and self.prefix and "/" not in self.prefix):
+            raise ValueError(f"prefix must be a non-empty file name part, got {self.prefix!r}")
+        if not self.merge_timeout >= 0:
+            raise ValueError(f"merge_timeout must be >= 0 seconds, got {self.merge_timeout!r}")
+        if not self.poll > 0:
+            raise ValueError(f"poll must be > 0 seconds, got {self.poll!r}")
