@@ -76,6 +76,9 @@ def read_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
 
     Returns:
         The file's contents, decoded as UTF-8.
+
+    Raises:
+        ValueError: when the file holds more than ``max_bytes``.
     """
     local = local_path(url)
     if local is not None:
@@ -96,8 +99,9 @@ def _under(path: str, root: str) -> bool:
 
 
 def confined_url(where: str, base: str, url: str, *, allow_outside: bool = False) -> str:
-    """The URL of an index entry ``url`` joined onto ``base`` (the index's folder), refused unless it names a file
-    under that folder (or the same remote prefix).
+    """The URL of an index entry ``url`` joined onto ``base`` (the index's folder).
+
+    Refused unless it names a file under that folder (or the same remote prefix).
 
     Args:
         where: the index, for messages.

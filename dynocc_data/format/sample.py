@@ -135,8 +135,10 @@ def _npy_header(view: memoryview) -> tuple[re.Match[str] | None, int]:
 
 
 def _npy_parse_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` buffer, from numpy's own header parser
-    (bounded in size; no pickles)."""
+    """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` buffer, from numpy's own header parser.
+
+    The header is bounded in size; nothing is unpickled.
+    """
     stream = io.BytesIO(data)
     version = np.lib.format.read_magic(stream)
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -168,8 +170,8 @@ def _npy_array(data: bytes) -> np.ndarray:
             _NPY_DTYPES[match["descr"]] = dtype
     count = math.prod(shape)
     if len(view) - offset < count * dtype.itemsize:
-        raise ValueError(f"unexpected EOF: header claims shape {shape} ({count * dtype.itemsize} bytes) but the member holds "
-                         f"{len(view) - offset}")
+        raise ValueError(f"unexpected EOF: header claims shape {shape} ({count * dtype.itemsize} bytes) but the "
+                         f"member holds {len(view) - offset}")
     array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran else "C")
 
@@ -179,6 +181,12 @@ _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 
 def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
     """``(height, width)`` from a JPEG's frame header (SOF), read without decoding anything.
+
+    Args:
+        data: the JPEG file's bytes.
+
+    Returns:
+        The image's height and width as the frame header states them.
 
     Raises:
         ValueError: when ``data`` is not a JPEG or has no frame header.
@@ -207,8 +215,16 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
 
 
 def check_image_size(height: int, width: int, *, max_pixels: int | None = None) -> None:
-    """Raise ``ValueError`` when an image of ``height x width`` is above ``max_pixels`` (default
-    :data:`MAX_IMAGE_PIXELS`)."""
+    """Refuse an image too large to decode.
+
+    Args:
+        height: the image's height in pixels.
+        width: the image's width in pixels.
+        max_pixels: the limit (default :data:`MAX_IMAGE_PIXELS`).
+
+    Raises:
+        ValueError: when ``height * width`` is above the limit.
+    """
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if height * width > limit:
         raise ValueError(f"{height}x{width} image is above the limit of {limit} pixels")

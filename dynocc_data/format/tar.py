@@ -28,8 +28,14 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd") 
 
 
 def is_compressed(head: bytes) -> bool:
-    """True when ``head`` (a file's first bytes) starts with a gzip, bzip2, xz or zstd signature, whatever the
-    file is named."""
+    """Tell a compressed file by its content, whatever it is named.
+
+    Args:
+        head: the file's first bytes (8 are enough).
+
+    Returns:
+        True when ``head`` starts with a gzip, bzip2, xz or zstd signature.
+    """
     return head.startswith(_COMPRESSED_MAGIC)
 
 
@@ -128,7 +134,8 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
 
     Raises:
         tarfile.ReadError: when the archive is empty or bad at its very start or right after a pax / long-name
-            header, when an extended header is malformed, and (``"unexpected end of data"``) when data is cut short, and before reading a member that claims more than :data:`MAX_MEMBER_BYTES`.
+            header, when an extended header is malformed, (``"unexpected end of data"``) when data is cut short,
+            and before reading a member that claims more than :data:`MAX_MEMBER_BYTES`.
     """
     stream = _decompressed(stream)
     offset, pax, long_name = 0, {}, None
@@ -194,7 +201,7 @@ def expand_tars(src: Iterator[dict[str, Any]], *,
             closed = True
             try:
                 _close(stream)  # a pipe: or curl stream reports its command's exit status here
-            except Exception as exn:  # noqa: BLE001 - e.g. OSError("exit status 22"): the shard failed, the epoch goes on
+            except Exception as exn:  # noqa: BLE001 - OSError("exit status 22"): the shard failed, not the epoch
                 error = error or exn
         finally:
             if not closed:  # the consumer stopped early (GeneratorExit): close quietly
