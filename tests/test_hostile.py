@@ -419,3 +419,94 @@ def test_failing_pipe_or_http_shard_is_warned_and_counted(tmp_path, caplog, bad)
     got, warnings = read_with_warnings(ds, caplog)
     assert got == shards.keys and ds.stats.shard_errors == 1
     assert any("bad shard" in w for w in warnings)
+
+
+# ---------------------------------------------------------------------------------------------- 3. duplicate keys
+
+
+def test_duplicate_keys_across_shards_keep_the_first(tmp_path, caplog):
+    shards = write_shards(tmp_path / "data", [4])
+    copy = shards.root / "dynocc-r000-000001.tar"
+    samples = [make_sample(0, f).members() for f in (1, 3)]  # two of shard 0's samples again, in another shard
+    write_tar(copy, samples)
+    write_index(shards.root, [shards.paths[0], copy], [4, 2])
+    ds = DynOccDataset(shards.root)
+    got, warnings = read_with_warnings(ds, caplog)
+    assert got == shards.keys and ds.stats.duplicates == 2 and ds.stats.samples == 4
+    assert sum("duplicate sample key" in w for w in warnings) == 2
+
+
+@pytest.mark.parametrize("order", [[0, 1, 1, 2], [0, 1, 2, 1], [1, 0, 2, 1, 1]])
+def test_duplicate_keys_within_a_shard_adjacent_or_not(tmp_path, order):
+    path = tmp_path / "dups.tar"
+    write_tar(path, [make_sample(0, f).members() for f in order])
+    ds = DynOccDataset(str(path), index=None, handler="raise")
+    got = keys(ds)
+    assert got == [make_sample(0, f).key for f in dict.fromkeys(order)]
+    assert ds.stats.duplicates == len(order) - len(set(order)) and ds.stats.shard_errors == 0
+
+
+# ---------------------------------------------------------------------------------------------- 2. index counts
+
+
+def test_index_counting_zero_samples_is_loud(tmp_path, caplog):
+    shards = write_shards(tmp_path / "data", [3, 3])
+    edit_index(shards.root, lambda ix: [e.update(count=0) for e in ix["shards"]])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dynocc_data"):
+        ds = DynOccDataset(shards.root, rank=0, world_size=2)
+    assert any("do not match index.json" in r.getMessage() and "0 samples" in r.getMessage() for r in caplog.records)
+    assert len(ds) == 0
+    got, warnings = read_with_warnings(ds, caplog)
+    assert got == []
+    assert any("index.json says 0 samples but the shard holds 3" in w for w in warnings)
+
+
+def test_index_counting_fewer_samples_warns_with_the_figures(tmp_path, caplog):
+    shards = write_shards(tmp_path / "data", [5, 5, 5, 5])
+    edit_index(shards.root, lambda ix: ix["shards"][0].update(count=2))
+    ds = DynOccDataset(shards.root, rank=0, world_size=2)
+    got, warnings = read_with_warnings(ds, caplog)
+    assert len(got) == len(ds)
+    assert any("index.json says 2 samples but the shard holds 5" in w for w in warnings)
+
+
+def test_index_counting_more_samples_keeps_ranks_equal(tmp_path, caplog):
+    shards = write_shards(tmp_path / "data", [4, 4, 4, 4])
+    edit_index(shards.root, lambda ix: [e.update(count=6) for e in ix["shards"]])
+    for rank in (0, 1):
+        ds = DynOccDataset(shards.root, rank=rank, world_size=2)
+        got, warnings = read_with_warnings(ds, caplog)
+        assert len(got) == len(ds) == 12 and len(set(got)) == 8 and ds.stats.repeated == 4
+        assert any("ended after 4 of 6 samples" in w for w in warnings)
+        assert any("yielded 8 of its 12 samples" in w and "repeating 4" in w for w in warnings)
+    with pytest.raises(ShardFormatError, match="yielded 8 of its 12 samples"):
+        list(DynOccDataset(shards.root, rank=0, world_size=2, short_reader="raise"))
+
+
+def test_short_reader_repeats_its_samples_to_keep_the_quota(tmp_path, caplog):
+    shards = write_shards(tmp_path / "data", [4, 4, 4, 4])
+    truncate(shards.paths[0], shards.paths[0].stat().st_size // 2)  # rank 0's first shard loses its end
+    ds = DynOccDataset(shards.root, rank=0, world_size=2)
+    got, warnings = read_with_warnings(ds, caplog)
+    assert len(got) == len(ds) == 8 and ds.stats.repeated == 8 - len(set(got)) > 0
+    assert any("repeating" in w and "same number of batches" in w for w in warnings)
+    with pytest.raises(ShardFormatError, match="other ranks would wait"):
+        list(DynOccDataset(shards.root, rank=0, world_size=2, short_reader="raise"))
+
+
+def test_torchrun_two_ranks_two_workers_with_a_truncated_shard_keep_equal_batches(tmp_path):
+    shards = write_shards(tmp_path / "data", [4] * 8)  # 8 samples per reader
+    truncate(shards.paths[0], shards.paths[0].stat().st_size // 2)  # rank 0 worker 0 loses about 2 of them
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", str(HERE / "ddp_loader_check.py"),
+           "--urls", str(shards.root), "--out", str(out), "--num-workers", "2", "--batch-size", "3", "--epochs", "1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    epoch = [records[0]["sets"][0][0], records[1]["sets"][0][0]]
+    assert epoch[0]["all_batches"] == epoch[1]["all_batches"]
+    assert epoch[0]["all_batches"][0] == epoch[0]["all_batches"][1]
+    assert len(epoch[0]["keys"]) == len(epoch[1]["keys"]) == epoch[0]["len"] == 16
+    assert epoch[0]["all_batches"] == [6, 6]

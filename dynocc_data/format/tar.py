@@ -18,7 +18,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["MAX_MEMBER_BYTES", "expand_tars", "is_compressed", "iter_tar_members", "tar_members"]
+__all__ = ["MAX_MEMBER_BYTES", "expand_tars", "group_members", "is_compressed", "iter_tar_members", "tar_members"]
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file types, as tarfile's REGULAR_TYPES (sparse files aside)
@@ -215,6 +215,44 @@ def expand_tars(src: Iterator[dict[str, Any]], *,
         error.args = error.args + (url,)
         if not handler(error):
             break
+
+
+_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: key, then every extension
+
+
+def group_members(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pipeline stage in place of webdataset's ``group_by_keys``: consecutive members with one key make a sample.
+
+    The same grouping (key = the name up to the first dot of its last part, suffix = the rest, lower-cased; a
+    shard's end, ``{}``, ends its last sample), except that a member whose suffix the current sample already has
+    starts a new sample with the same key instead of failing the rest of the shard, so a duplicate sample is one
+    sample whether its copies are adjacent or not (the reader then keeps the first, see
+    :func:`dynocc_data.datasets.dynocc`).
+
+    Args:
+        src: the output of :func:`expand_tars`.
+
+    Yields:
+        Samples: ``__key__``, ``__url__`` and one entry per member suffix.
+    """
+    current: dict[str, Any] | None = None
+    for member in src:
+        if not member:
+            if current is not None:
+                yield current
+            current = None
+            continue
+        match = _KEY_SUFFIX.match(member["fname"])
+        if not match:
+            continue
+        key, suffix = match.group(1), match.group(2).lower()
+        if current is None or key != current["__key__"] or suffix in current:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": member["__url__"]}
+        current[suffix] = member["data"]
+    if current is not None:
+        yield current
 
 
 def _close(stream: Any) -> None:
