@@ -24,11 +24,6 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file into an RGB ``uint8`` tensor ``[3,H,W]``, choosing the decoder by content.
 
     The format is detected from the bytes, not the extension, because DIW ships JPEGs named ``*.thumb``.
-<<<<<<< HEAD
-    Grey or palette images are converted to RGB; a JPEG or PNG whose header claims more than
-    :data:`~dynocc_data.format.sample.MAX_IMAGE_PIXELS` is refused before decoding; any failure raises
-    :class:`InputError` naming the file.
-=======
 
     Args:
         path: the image file (any format torchvision decodes).
@@ -37,8 +32,8 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
         The image, grey or palette images converted to RGB.
 
     Raises:
-        InputError: naming the file, when it cannot be read, is empty, or does not decode.
->>>>>>> main
+        InputError: naming the file, when it cannot be read, is empty, does not decode, or its JPEG/PNG header
+            claims more than :data:`~dynocc_data.format.sample.MAX_IMAGE_PIXELS` (checked before decoding).
     """
     try:
         raw = Path(path).read_bytes()

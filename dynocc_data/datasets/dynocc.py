@@ -78,12 +78,8 @@ from torch.utils.data import IterableDataset
 from ..errors import InputError, InputNotFoundError, ShardFormatError
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
-<<<<<<< HEAD
 from ..format.tar import expand_tars, group_members, is_compressed
-=======
-from ..format.tar import expand_tars
 from ..sampling import create_sampler, sample_generator
->>>>>>> main
 from ._distributed import DistributedStream, mix_seed, share_of
 
 logger = logging.getLogger(__name__)
@@ -290,26 +286,21 @@ def plan_epoch(
 class ReadStats:
     """Counters over every reader of a dataset since creation (or :meth:`DynOccDataset.reset_stats`).
 
-<<<<<<< HEAD
-    samples: int = 0  # items yielded
-    skipped_samples: int = 0  # samples that did not decode (or were cut off by a truncated shard)
-    shard_errors: int = 0  # shards found truncated, corrupt or unreadable (once per shard and epoch)
-    dropped: int = 0  # samples left out by equalize
-    duplicates: int = 0  # samples skipped because a sample with the same key came first (in the same reader)
-    repeated: int = 0  # samples yielded a second time to make up a reader's quota (broken shards, index miscounts)
-=======
     Attributes:
         samples: items yielded.
         skipped_samples: samples that did not decode (or were cut off by a truncated shard).
         shard_errors: shards found truncated, corrupt or unreadable (once per shard and epoch).
         dropped: samples left out by equalize.
+        duplicates: samples skipped because a sample with the same key came first (in the same reader).
+        repeated: samples yielded a second time to make up a reader's quota (broken shards, index miscounts).
     """
 
     samples: int = 0
     skipped_samples: int = 0
     shard_errors: int = 0
     dropped: int = 0
->>>>>>> main
+    duplicates: int = 0
+    repeated: int = 0
 
 
 _STAT_NAMES = tuple(ReadStats.__dataclass_fields__)
