@@ -442,8 +442,10 @@ _MISCOUNTED: set[str] = set()  # shards whose index count was found too small (w
 
 
 def _shard_complete(url: str, seen: int, counts: Mapping[str, int | None], state: _ReaderState) -> bool:
-    """Report a shard that yielded fewer samples than its index says (a shard error) or more (a warning, once);
-    False when the handler says stop."""
+    """Report a shard that yielded fewer samples than its index says (a shard error) or more (a warning, once).
+
+    Returns False when the handler says stop.
+    """
     expected = counts.get(url)
     if expected is not None and seen > expected and url not in _MISCOUNTED:
         _MISCOUNTED.add(url)
@@ -457,8 +459,10 @@ def _shard_complete(url: str, seen: int, counts: Mapping[str, int | None], state
 
 
 def _unique_keys(src: Iterator[dict[str, Any]], *, state: _ReaderState) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: pass on the first sample of each key, count (and report the first few of) the others, in
-    one shard or across this reader's shards, adjacent or not."""
+    """Pipeline stage: pass on the first sample of each key, count (and report the first few of) the others.
+
+    Duplicates are found in one shard or across this reader's shards, adjacent or not.
+    """
     first: dict[str, str] = {}
     for sample in src:
         key, url = sample["__key__"], sample["__url__"]
@@ -539,8 +543,10 @@ def _resolve_strategy(
 
 
 def _warn_index_sizes(description: str, shards: Sequence[ShardInfo]) -> None:
-    """Warn when local shards are not the size ``index.json`` says, or hold data the index counts as 0 samples:
-    the index's counts (``len()``, ``equalize``) are then not to be trusted."""
+    """Warn when local shards are not the size ``index.json`` says, or hold data the index counts as 0 samples.
+
+    The index's counts (``len()``, ``equalize``) are then not to be trusted.
+    """
     odd = []
     for shard in shards:
         path = local_path(shard.url)
@@ -589,6 +595,10 @@ class DynOccDataset(DistributedStream):
             warning).
         decode_chunk: samples decoded together (>= 1): faster per item, at the cost of holding that many decoded
             images; 1 decodes one by one.
+        short_reader: what a reader does when it ends with fewer samples than its equalized quota (broken shards,
+            skipped or duplicate samples, an index counting more than the shards hold): ``"repeat"`` yields some
+            of its samples again (``meta["repeated"]``, counted in ``stats.repeated``, warned) so that every rank
+            sees the same number of batches; ``"raise"`` raises :class:`ShardFormatError`.
 
     Raises:
         ValueError: for an option out of its range or options that do not go together.
@@ -813,8 +823,10 @@ class DynOccDataset(DistributedStream):
 
     def _stages(self, source: Any, state: _ReaderState, epoch: int, rank: int, worker: int, *,
                 first_pass: bool = True) -> tuple[list[Any], list[Any]]:
-        """A reader's pipeline in two parts: shards to raw samples (checked against the index, duplicates dropped
-        on the first pass), then the shuffle buffer and the decoding."""
+        """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
+
+        The raw part checks shards against the index and, on the first pass, drops duplicate keys.
+        """
         raw = [
             source,
             wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
@@ -854,7 +866,7 @@ class DynOccDataset(DistributedStream):
                     if limit is not None and state.local["samples"] >= limit:
                         break
             if limit is not None and not self._mode(world, workers)[0]:
-                for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks them against the index
+                for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks their counts
                     pass
                 if state.local["samples"] < limit:
                     yield from self._repeat(state, limit, source.urls, epoch, rank, worker)
@@ -864,8 +876,10 @@ class DynOccDataset(DistributedStream):
 
     def _repeat(self, state: _ReaderState, limit: int, own: Sequence[str], epoch: int, rank: int,
                 worker: int) -> Iterator[Any]:
-        """Make up a reader's quota with its own samples read again (then any shard's), so that every rank yields
-        the same number of batches (``short_reader="raise"``: fail instead)."""
+        """Make up a reader's quota with its own samples read again (then any shard's).
+
+        So every rank yields the same number of batches (``short_reader="raise"``: fail instead).
+        """
         short = (f"rank {rank} worker {worker} yielded {state.local['samples']} of its {limit} samples (broken "
                  f"shards, skipped or duplicate samples, or an index.json counting more than the shards hold)")
         if self.short_reader == "raise":

@@ -46,9 +46,11 @@ MAX_TARGET_BYTES = 64 << 20  # a release target is a few KB (5 x N float64, N ~ 
 
 
 class _ArrayClass:
-    """What the unpickler hands out for the global ``numpy.ndarray``: a token that only :func:`_reconstruct`
-    accepts. The real class is never given to a pickle, so a pickle cannot call ``numpy.ndarray(shape, dtype,
-    buffer, offset, strides)`` itself (zero strides make a tiny pickle into gigabytes of array)."""
+    """What the unpickler hands out for the global ``numpy.ndarray``: a token only :func:`_reconstruct` accepts.
+
+    The real class is never given to a pickle, so a pickle cannot call ``numpy.ndarray(shape, dtype,
+    buffer, offset, strides)`` itself (zero strides make a tiny pickle into gigabytes of array).
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Refuse: a pickle calling ``numpy.ndarray`` directly is not a pickled array but a crafted one."""
@@ -62,15 +64,18 @@ _NDARRAY = _ArrayClass()
 
 
 def _reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
-    """``numpy.core.multiarray._reconstruct`` as numpy's own pickles call it (an empty array whose ``BUILD``
-    state then supplies the shape, the dtype and exactly the bytes they need); any other call is refused."""
+    """``numpy.core.multiarray._reconstruct`` as numpy's own pickles call it; any other call is refused.
+
+    numpy makes an empty array whose ``BUILD`` state then supplies the shape, the dtype and exactly the bytes
+    they need.
+    """
     if cls is not _NDARRAY or shape != (0,) or not isinstance(dtype_code, (bytes, str)):
         raise _RefusedGlobal(f"refusing _reconstruct({cls!r}, {shape!r}, ...): not how numpy pickles an array")
     return _multiarray()._reconstruct(np.ndarray, (0,), dtype_code)
 
 
 def _multiarray() -> Any:
-    """numpy's ``multiarray`` module under numpy 1.x or 2.x."""
+    """The ``multiarray`` module of numpy 1.x or 2.x."""
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
@@ -138,9 +143,9 @@ def load_youtube3d_pkl(path: str | os.PathLike) -> np.ndarray:
         A writable native-endian copy of the ``(5, N)`` array (integer arrays as float64).
 
     Raises:
-        InputError: naming the file, when it cannot be read or is too large, names any other global, is not a readable pickle,
-            or holds a non-numeric array, a shape other than ``(5, N)``, non-finite values or ordinals outside
-            {-1, 0, 1}.
+        InputError: naming the file, when it cannot be read or is too large, names any other global, is not a
+            readable pickle, or holds a non-numeric array, a shape other than ``(5, N)``, non-finite values or
+            ordinals outside {-1, 0, 1}.
     """
     try:
         with open(path, "rb") as stream:
