@@ -225,3 +225,31 @@ def test_truncated_jpeg_in_a_frame_folder_is_named(tmp_path):
     with video.open_video(folder) as reader:
         with pytest.raises(video.InputError, match=r"3\.jpg: truncated JPEG"):
             list(reader.iter_frames(range(5)))
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_phone_video_is_read_upright(tmp_path, rotation):
+    import av
+    import numpy as np
+
+    from dynocc_data.generation.video import open_video
+
+    height, width = 48, 64
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:16, :16] = 255  # a white top-left corner
+    path = tmp_path / f"phone{rotation}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(rotation)  # the display matrix a phone writes
+        for _ in range(6):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    upright = np.rot90(image, rotation // 90)  # the display matrix turns counterclockwise
+    with open_video(path, backend="pyav") as reader:
+        assert reader.orig_size == upright.shape[:2]
+        _, frame = next(iter(reader.iter_frames([2])))
+    assert frame.shape == upright.shape
+    assert np.abs(frame.astype(int) - upright).mean() < 8

@@ -660,7 +660,13 @@ class PyAVReader(VideoReader):
             first = next(self._frames_from(0), None)
         if first is None:
             raise InputError(path, "cannot decode (no frame decodes)")
-        orig = (first[1].height, first[1].width)
+        # a phone video's display matrix says how to turn the coded frames upright; PyAV reports it, we apply it
+        self._quarter_turns = round(float(getattr(first[1], "rotation", 0) or 0) / 90) % 4
+        if self._quarter_turns * 90 != round(float(getattr(first[1], "rotation", 0) or 0)) % 360:
+            logger.warning("%s: display rotation of %s degrees is not a multiple of 90; rotating by %d",
+                           path, first[1].rotation, self._quarter_turns * 90)
+        orig = (first[1].height, first[1].width)[::-1] if self._quarter_turns % 2 else \
+            (first[1].height, first[1].width)
         num = self._count_decodable(len(packets))
         reported = max(int(stream.frames or 0), len(packets))  # stream.frames is 0 when the container omits it
         if num < reported:
@@ -735,7 +741,10 @@ class PyAVReader(VideoReader):
                     continue
                 if index > wanted[pos]:
                     break  # the wanted frame was skipped as undecodable
-                yield index, _resize(frame.to_ndarray(format="rgb24"), self.size)
+                rgb = frame.to_ndarray(format="rgb24")
+                if self._quarter_turns:  # counterclockwise, as the display matrix means it
+                    rgb = np.ascontiguousarray(np.rot90(rgb, self._quarter_turns))
+                yield index, _resize(rgb, self.size)
                 pos += 1
                 if pos == len(wanted):
                     return
