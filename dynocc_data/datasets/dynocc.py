@@ -822,10 +822,10 @@ class DynOccDataset(DistributedStream):
                 self.description, self.num_workers, workers)
 
     def _stages(self, source: Any, state: _ReaderState, epoch: int, rank: int, worker: int, *,
-                first_pass: bool = True) -> tuple[list[Any], list[Any]]:
+                first_pass: bool = True, unique: bool = True) -> tuple[list[Any], list[Any]]:
         """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
 
-        The raw part checks shards against the index and, on the first pass, drops duplicate keys.
+        The raw part checks shards against the index and, on the first pass, drops duplicate keys (not when resampling, where shards repeat by design).
         """
         raw = [
             source,
@@ -834,7 +834,7 @@ class DynOccDataset(DistributedStream):
             wds.pipelinefilter(expand_tars)(handler=state.shard_error),
             wds.pipelinefilter(group_members)(),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
-            wds.pipelinefilter(_unique_keys)(state=state) if first_pass else None,
+            wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
         ]
         decode = [
             wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker))
@@ -854,7 +854,8 @@ class DynOccDataset(DistributedStream):
         epoch = self.epoch
         state = _ReaderState(self.handler, self._stats[worker % _MAX_STAT_ROWS], give_up_after=None)
         source, limit = self._source(rank, world, worker, workers, epoch, state)
-        raw_stages, decode_stages = self._stages(source, state, epoch, rank, worker)
+        resampled = self._mode(world, workers)[0]  # shards drawn with replacement: the same keys come again
+        raw_stages, decode_stages = self._stages(source, state, epoch, rank, worker, unique=not resampled)
         raw = iter(wds.DataPipeline(*raw_stages))
         try:
             if limit != 0:
@@ -865,7 +866,7 @@ class DynOccDataset(DistributedStream):
                     yield item
                     if limit is not None and state.local["samples"] >= limit:
                         break
-            if limit is not None and not self._mode(world, workers)[0]:
+            if limit is not None and not resampled:
                 for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks their counts
                     pass
                 if state.local["samples"] < limit:
