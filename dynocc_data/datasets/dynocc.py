@@ -825,7 +825,8 @@ class DynOccDataset(DistributedStream):
                 first_pass: bool = True, unique: bool = True) -> tuple[list[Any], list[Any]]:
         """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
 
-        The raw part checks shards against the index and, on the first pass, drops duplicate keys (not when resampling, where shards repeat by design).
+        The raw part checks shards against the index and, on the first pass, drops duplicate keys (not when
+        resampling, where shards repeat by design).
         """
         raw = [
             source,
