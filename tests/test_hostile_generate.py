@@ -96,11 +96,15 @@ def test_second_generate_into_a_busy_folder_is_refused_and_the_first_run_finishe
     first = start(videos, out, "--workers", "1", log=log)
     try:
         wait_for_first_commit(out, first, log)
-        for extra in ((), ("--resume",)):
-            second = generate_cli(videos, out, *extra)
-            assert second.returncode == 1
-            line = one_line_error(second.stderr)
-            assert f"pid {first.pid} on" in line and "is being written by" in line
+        os.killpg(first.pid, signal.SIGSTOP)  # paused mid-run, so it cannot finish before the second one starts
+        try:
+            for extra in ((), ("--resume",)):
+                second = generate_cli(videos, out, *extra)
+                assert second.returncode == 1
+                line = one_line_error(second.stderr)
+                assert f"pid {first.pid} on" in line and "is being written by" in line
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 0, log.read_text()[-2000:]
     finally:
         if first.poll() is None:
