@@ -159,7 +159,7 @@ def test_colour_and_float_steps_leave_depth_alone():
 def test_create_transform_carries_depth_for_training():
     torch.manual_seed(3)
     transform = create_transform(train=True, size=(24, 32), scale=(0.2, 0.5), interpolation="nearest-exact",
-                                 color_jitter=0.0)
+                                 color_jitter=0.0, to_float=False)
     for _ in range(5):
         check_aligned(transform(pattern_item()))
 
