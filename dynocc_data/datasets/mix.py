@@ -61,6 +61,12 @@ class MapAsIterable(DistributedStream):
         self.split_by_node, self.equalize = bool(split_by_node), bool(equalize)
         self._init_stream(rank, world_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and in the wrapped dataset when it has ``set_epoch`` (e.g. new pair draws)."""
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
     def indices(self, *, rank: int, world_size: int, worker: int = 0, num_workers: int = 1,
                 epoch: int | None = None) -> list[int]:
         """The indices one (rank, worker) reads in an epoch."""

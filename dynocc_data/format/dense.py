@@ -117,10 +117,10 @@ def read_depth_file(path: str | os.PathLike, *, scale: float = 1.0, invalid: flo
 
 def encode_depth_member(depth: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray | None = None) -> bytes:
     """The ``depth.npy`` member: ``float32 [H,W]`` (from ``[H,W]`` or ``[1,H,W]``), NaN where not ``valid``."""
-    array = np.array(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, dtype=np.float32)
+    array = np.array(depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth, dtype=np.float32)
     array = array.reshape(array.shape[-2:])
     if valid is not None:
-        mask = np.asarray(valid.cpu() if isinstance(valid, torch.Tensor) else valid, dtype=bool)
+        mask = np.asarray(valid.cpu().numpy() if isinstance(valid, torch.Tensor) else valid, dtype=bool)
         array[~mask.reshape(array.shape)] = np.nan
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
