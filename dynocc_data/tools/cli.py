@@ -23,9 +23,9 @@ from typing import Sequence
 
 from .. import _version
 from ..errors import DynOccError
+from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
-from ..format.dense import DEPTH_KINDS
 from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
 from .demo import run_demo
@@ -142,7 +142,7 @@ def _positive_int(text: str, *, alternatives: str = "") -> int:
 
 
 def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+    """A finite number > 0 (an argparse type)."""
     try:
         value = float(text)
     except ValueError:
@@ -153,7 +153,7 @@ def _positive_float(text: str) -> float:
 
 
 def _non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
+    """An integer >= 0 (an argparse type)."""
     try:
         value = int(text)
     except ValueError:
