@@ -39,7 +39,7 @@ _EXPORTS = {
     "generation.refine": ("RefineConfig",),
     "generation.video": ("VideoSource", "discover_videos", "open_video"),
     "generation.writer": ("ShardWriter", "write_index"),
-    "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "whdr"),
+    "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "ssi_loss", "whdr"),
     "sampling": ("PairSampler", "SamplerConfig", "available_strategies", "create_sampler", "sample_generator"),
     "tools.evaluate": ("EvalResult", "evaluate_shards", "evaluate_synthetic", "score_items"),
     "tools.synthetic": ("SceneConfig", "demo_scenes", "load_scene_gt", "make_scene", "make_scenes", "write_scene"),
