@@ -11,9 +11,10 @@ Two layouts (``layout``):
 
 Each item is an item of the contract (docs/FORMAT.md) with the dense fields ``depth`` ``float32 [1,H,W]`` (0 where
 invalid), ``valid_mask`` ``bool [1,H,W]`` and ``meta["depth_kind"]``, and ordinal ``pairs`` drawn on the fly from
-the depth after ``transform`` (so crops keep them all) (:class:`dynocc_data.sampling.DensePairSampler`: 3000 random pairs, tie ratio 1.02, as YouTube3D's ReDWeb
-loader): reproducible per ``(seed, epoch, key)``, new each epoch (:meth:`DenseDepthDataset.set_epoch`); ``seed=None``
-draws from torch's global generator instead (seeded per DataLoader worker by ``create_loader``).
+the depth after ``transform``, so crops keep them all (:class:`dynocc_data.sampling.DensePairSampler`: 3000 random
+pairs, tie ratio 1.02, as YouTube3D's ReDWeb loader): reproducible per ``(seed, epoch, key)``, new each epoch
+(:meth:`DenseDepthDataset.set_epoch`); ``seed=None`` draws from torch's global generator instead (seeded per
+DataLoader worker by ``create_loader``).
 """
 
 from __future__ import annotations
@@ -92,8 +93,13 @@ def list_dense_samples(source: str | os.PathLike, layout: str = "auto") -> tuple
         source: a CSV file (``layout="csv"``) or a ReDWeb folder (``layout="redweb"``).
         layout: ``"csv"``, ``"redweb"`` or ``"auto"`` (a folder is ReDWeb, a file a CSV).
 
+    Returns:
+        ``(root, samples, layout)``: the folder the paths are relative to, ``(image, depth)`` as written, the layout.
+
     Raises:
-        InputError: the source does not exist, cannot be read or lists nothing.
+        InputNotFoundError: the source does not exist.
+        InputError: it cannot be read or lists nothing.
+        ValueError: an unknown ``layout``.
     """
     path = Path(source)
     if not path.exists():
@@ -130,6 +136,7 @@ class DenseDepthDataset(Dataset[Item]):
     Raises:
         InputError: the source cannot be read or lists nothing (files are opened only in ``__getitem__``, where a
             missing or bad image or depth file, or one of another size than its image, raises naming the file).
+        ValueError: a bad ``layout``, ``depth_kind``, ``depth_scale``, ``num_pairs`` or ``ratio``.
     """
 
     def __init__(self, source: str | os.PathLike, *, layout: str = "auto", root: str | os.PathLike | None = None,
@@ -156,7 +163,11 @@ class DenseDepthDataset(Dataset[Item]):
                     self.depth_kind)
 
     def set_epoch(self, epoch: int) -> None:
-        """New pair draws for ``epoch`` (visible to persistent DataLoader workers)."""
+        """Draw new pairs for an epoch (visible to persistent DataLoader workers).
+
+        Args:
+            epoch: the epoch number (>= 0), seeding the draws with ``seed`` and each key.
+        """
         self._epoch.set(epoch)
 
     def __len__(self) -> int:

@@ -42,14 +42,34 @@ DEPTH_FILE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".exr")
 
 
 def check_depth_kind(kind: str) -> str:
-    """``kind`` if it is one of :data:`DEPTH_KINDS`, else ``ValueError`` naming the allowed values."""
+    """Check a depth kind.
+
+    Args:
+        kind: the value to check.
+
+    Returns:
+        ``kind``, when it is one of :data:`DEPTH_KINDS`.
+
+    Raises:
+        ValueError: naming the allowed values, when it is not.
+    """
     if kind not in DEPTH_KINDS:
         raise ValueError(f"depth_kind must be one of {', '.join(DEPTH_KINDS)}, got {kind!r}")
     return kind
 
 
 def farther_sign(kind: str) -> int:
-    """``+1`` when larger values of ``kind`` are farther (depth kinds), ``-1`` when closer (disparity kinds)."""
+    """Which way a kind's values grow.
+
+    Args:
+        kind: one of :data:`DEPTH_KINDS`.
+
+    Returns:
+        ``+1`` when larger values are farther (depth kinds), ``-1`` when closer (disparity kinds).
+
+    Raises:
+        ValueError: an unknown kind.
+    """
     return -1 if check_depth_kind(kind).startswith("disparity") else 1
 
 
@@ -116,7 +136,15 @@ def read_depth_file(path: str | os.PathLike, *, scale: float = 1.0, invalid: flo
 
 
 def encode_depth_member(depth: torch.Tensor | np.ndarray, valid: torch.Tensor | np.ndarray | None = None) -> bytes:
-    """The ``depth.npy`` member: ``float32 [H,W]`` (from ``[H,W]`` or ``[1,H,W]``), NaN where not ``valid``."""
+    """Encode the ``depth.npy`` member.
+
+    Args:
+        depth: ``[H,W]`` or ``[1,H,W]`` values.
+        valid: optional bool mask of the same size; pixels outside it are stored as NaN.
+
+    Returns:
+        The ``.npy`` bytes of a ``float32 [H,W]`` array (``allow_pickle=False``).
+    """
     array = np.array(depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else depth, dtype=np.float32)
     array = array.reshape(array.shape[-2:])
     if valid is not None:
@@ -128,8 +156,18 @@ def encode_depth_member(depth: torch.Tensor | np.ndarray, valid: torch.Tensor | 
 
 
 def decode_depth_member(array: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loaded ``depth.npy`` array to ``depth`` ``float32 [1,H,W]`` (0 where invalid) and ``valid_mask``
-    ``bool [1,H,W]`` (finite values); ``ValueError`` unless it is a float ``[H,W]`` map of the image ``size``."""
+    """Turn a loaded ``depth.npy`` array into the item's dense fields.
+
+    Args:
+        array: the member as loaded (``allow_pickle=False``).
+        size: ``(H, W)`` of the sample's image.
+
+    Returns:
+        ``depth`` ``float32 [1,H,W]`` (0 where invalid) and ``valid_mask`` ``bool [1,H,W]`` (finite values).
+
+    Raises:
+        ValueError: unless it is a float ``[H,W]`` map of the image ``size``.
+    """
     if array.dtype.kind != "f" or array.shape != tuple(size):
         raise ValueError(f"must be float [{size[0]},{size[1]}] (the image size), got {array.dtype} {array.shape}")
     depth = np.array(array, dtype=np.float32)
