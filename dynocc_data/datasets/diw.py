@@ -41,13 +41,21 @@ _RELATIONS = {">": 1, "<": -1, "=": 0}
 
 @dataclass(frozen=True)
 class DIWAnnotations:
-    """The parsed content of a DIW CSV, held in compact arrays (DIW_train has ~420k samples)."""
+    """The parsed content of a DIW CSV, held in compact arrays (DIW_train has ~420k samples).
 
-    paths: list[str]  # image paths as written in the CSV
-    coords: np.ndarray  # float64 [N,4]: y_A, x_A, y_B, x_B, 1-based, in the annotated image
-    ordinal: np.ndarray  # int8 [N]: +1 A farther, -1 A closer (0 equal, never in DIW itself)
-    sizes: np.ndarray  # int64 [N,2]: (height, width) of the annotated image
-    lines: np.ndarray  # int64 [N]: line number of each sample's image path
+    Attributes:
+        paths: image paths as written in the CSV.
+        coords: float64 ``[N,4]``: y_A, x_A, y_B, x_B, 1-based, in the annotated image.
+        ordinal: int8 ``[N]``: +1 A farther, -1 A closer (0 equal, never in DIW itself).
+        sizes: int64 ``[N,2]``: (height, width) of the annotated image.
+        lines: int64 ``[N]``: line number of each sample's image path.
+    """
+
+    paths: list[str]
+    coords: np.ndarray
+    ordinal: np.ndarray
+    sizes: np.ndarray
+    lines: np.ndarray
 
     def __len__(self) -> int:
         """Number of samples."""
@@ -79,7 +87,16 @@ def parse_diw_csv(csv_path: str | os.PathLike) -> DIWAnnotations:
     """Read a DIW CSV (image path line, then annotation line, per sample; blank lines ignored).
 
     ``'='`` is accepted as ordinal 0 for CSVs in the same layout from other sources (DIW itself has none).
-    Any malformed line raises :class:`InputError` with its line number.
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        The annotations, in the CSV's order.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lists no samples, and with the line number for any
+            malformed line.
     """
     try:
         with open(csv_path, encoding="utf-8", newline="") as handle:
@@ -124,10 +141,18 @@ def _looks_like_annotation(line: str) -> bool:
 def scale_diw_coordinates(
     coords: np.ndarray | torch.Tensor, annotated_size: tuple[int, int], image_size: tuple[int, int]
 ) -> torch.Tensor:
-    """1-based ``(y_A, x_A, y_B, x_B)`` in the annotated image to 0-based pixel indices in the decoded image.
+    """Map 1-based ``(y_A, x_A, y_B, x_B)`` in the annotated image to 0-based pixel indices in the decoded image.
 
     The rule of relative_depth's DataLoader_DIW.lua: ``min(S, max(1, floor(c / S_csv * S)))`` then ``- 1``,
     computed as ``floor(c * S / S_csv)`` so that equal sizes give exactly ``c - 1``.
+
+    Args:
+        coords: ``[4]`` or ``[N,4]`` 1-based coordinates.
+        annotated_size: ``(height, width)`` of the image the CSV annotates.
+        image_size: ``(height, width)`` of the decoded image.
+
+    Returns:
+        int64 ``[N,4]`` pixel indices inside the decoded image.
     """
     (csv_h, csv_w), (img_h, img_w) = annotated_size, image_size
     c = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 4)
@@ -140,10 +165,17 @@ def scale_diw_coordinates(
 class DIWDataset(Dataset[Item]):
     """Map-style dataset over a DIW CSV yielding items of the package's contract (one pair per image).
 
-    ``root`` is the folder the CSV's relative image paths start from (default: the CSV's folder); absolute
-    paths are used as they are. When the decoded image differs in size from the CSV's ``width,height`` the
-    coordinates are rescaled (:func:`scale_diw_coordinates`). ``meta`` also holds ``annotated_size`` and the
-    CSV ``line``. ``transform`` maps an item to an item.
+    When the decoded image differs in size from the CSV's ``width,height`` the coordinates are rescaled
+    (:func:`scale_diw_coordinates`). ``meta`` also holds ``annotated_size`` and the CSV ``line``.
+
+    Args:
+        csv_path: the DIW CSV, parsed on construction (:func:`parse_diw_csv`).
+        root: the folder the CSV's relative image paths start from (default: the CSV's folder); absolute paths
+            are used as they are.
+        transform: maps an item to an item.
+
+    Raises:
+        InputError: when the CSV cannot be read or is malformed (see :func:`parse_diw_csv`).
     """
 
     def __init__(

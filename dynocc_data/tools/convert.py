@@ -1,5 +1,6 @@
-"""Write the YouTube3D and DIW releases and dense-depth sources as shards in the DynOcc format, so one loader reads
-them all.
+"""Write the YouTube3D and DIW releases and dense-depth sources as shards in the DynOcc format.
+
+So one loader reads them all.
 
 ::
 
@@ -15,7 +16,8 @@ pixel rule, same ordinal convention), ``boundary.npy`` is empty (still images ha
 ``frame`` 0, ``orig_size`` = ``size`` (the decoded image) and where the row came from (``csv``, ``line``, plus the
 target path or the annotated size). Keys are ``<sanitised image path>-<8 hex of SHA-1 of the row>_000000``.
 
-Shards go through :class:`~dynocc_data.generation.writer.ShardWriter` (``.partial`` files, ledger commit, ``index.json``).
+Shards go through :class:`~dynocc_data.generation.writer.ShardWriter` (``.partial`` files, ledger commit,
+``index.json``).
 A bad row (malformed CSV line, missing or undecodable image, refused pickle, duplicate) is logged as one line
 naming the file and the reason, skipped and counted; a summary is logged at the end. Pickled YouTube3D targets
 are read with the restricted unpickler of :func:`~dynocc_data.datasets.youtube3d.load_youtube3d_pkl`.
@@ -66,8 +68,13 @@ Labels = Callable[[tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
 class SourceRow:
     """One parsed CSV row: the image as written, what identifies the row, and how to get its pairs.
 
-    ``labels(size)`` gives ``int64`` pairs ``[N,4]`` and ordinals ``[N]`` in pixels of the decoded image of
-    ``size`` (it may raise :class:`InputError` naming a target file); ``extra`` goes into the sample's JSON.
+    Attributes:
+        line: the CSV line number of the row (of its image path line for DIW).
+        image: the image path as written in the CSV.
+        ident: what identifies the row (hashed into the sample key).
+        labels: ``labels(size)`` gives ``int64`` pairs ``[N,4]`` and ordinals ``[N]`` in pixels of the decoded
+            image of ``size`` (it may raise :class:`InputError` naming a target file).
+        extra: goes into the sample's JSON.
     """
 
     line: int
@@ -84,9 +91,16 @@ Row = Union[SourceRow, InputError]  # a bad row is its error
 
 
 def sample_key(image: str, ident: str) -> str:
-    """``<image path without extension, sanitised>-<8 hex of sha1(ident)>_000000``: no dots or slashes.
+    """The sample key of a row: no dots or slashes.
 
     The sanitised part keeps ``[A-Za-z0-9_-]`` (other runs become ``_``) and at most the last 64 characters.
+
+    Args:
+        image: the image path as written in the CSV.
+        ident: what identifies the row.
+
+    Returns:
+        ``<image path without extension, sanitised>-<8 hex of sha1(ident)>_000000``.
     """
     stem = relative_key(image).rsplit(".", 1)[0] if "." in Path(image).name else relative_key(image)
     clean = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-")[-64:].strip("_-") or "image"
@@ -146,8 +160,10 @@ def _diw_labels(coords: list[float], ordinal: int, annotated: tuple[int, int]) -
 
 
 def _diw_rows(csv_path: Path, root: Path) -> Iterator[Row]:
-    """Rows of a DIW CSV: an image path line then ``y_A,x_A,y_B,x_B,rel,width,height`` (1-based), resyncing
-    after a line that breaks the two-line pattern."""
+    """Rows of a DIW CSV: an image path line then ``y_A,x_A,y_B,x_B,rel,width,height`` (1-based).
+
+    Resyncs after a line that breaks the two-line pattern.
+    """
     del root  # DIW rows hold no other file than the image
     lines = _read_lines(csv_path)
     i = 0
@@ -180,9 +196,20 @@ _READERS: dict[str, Callable[[Path, Path], Iterator[Row]]] = {"youtube3d": _yout
 
 
 def read_rows(format: Format, csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[Row]:
-    """The rows of a ``format`` CSV, each a :class:`SourceRow` or, for a malformed line, its :class:`InputError`.
+    """The rows of a dataset's CSV.
 
     Lazy: the first ``next()`` raises :class:`InputError` when the CSV cannot be read or lists nothing.
+
+    Args:
+        format: ``"youtube3d"`` or ``"diw"`` (case is ignored).
+        csv_path: the CSV.
+        root: the folder the CSV's paths are relative to (default: the CSV's folder).
+
+    Returns:
+        An iterator of :class:`SourceRow`, or for a malformed line its :class:`InputError`.
+
+    Raises:
+        ValueError: for an unknown format.
     """
     csv_path = Path(csv_path)
     return _READERS[_check_format(format)](csv_path, Path(root) if root is not None else csv_path.parent)
@@ -288,13 +315,28 @@ def convert(format: Format, csv: str | os.PathLike, out: str | os.PathLike, *, r
             dense: dict[str, Any] | None = None) -> int:
     """Write the ``format`` dataset listed in ``csv`` as DynOcc shards in ``out``; returns the samples written.
 
-    ``root`` is the folder the CSV's paths are relative to (default: the CSV's folder), ``shard_size`` the samples
-    per shard, ``prefix`` the shard name prefix (default: the format), ``jpeg_quality`` the quality for sources
-    that are not JPEGs. ``format="dense"``: ``csv`` is a dense-depth CSV or a ReDWeb folder read by
-    :class:`~dynocc_data.datasets.dense.DenseDepthDataset` with the keyword options ``dense`` (``depth_kind``,
-    ``depth_scale``, ``num_pairs``, ...); each sample also stores its depth (``depth.npy``, docs/FORMAT.md) and the
-    pairs drawn from it. Bad rows are logged, skipped and counted. Raises :class:`InputError` when the CSV cannot
-    be read or has no usable row, or when ``out`` already holds shards with this prefix.
+    Bad rows are logged, skipped and counted. ``format="dense"``: ``csv`` is a dense-depth CSV or a ReDWeb folder
+    read by :class:`~dynocc_data.datasets.dense.DenseDepthDataset` with the keyword options ``dense``
+    (``depth_kind``, ``depth_scale``, ``num_pairs``, ...); each sample also stores its depth (``depth.npy``,
+    docs/FORMAT.md) and the pairs drawn from it.
+
+    Args:
+        format: ``"youtube3d"``, ``"diw"`` or ``"dense"`` (case is ignored).
+        csv: the dataset's CSV.
+        out: the output folder.
+        root: the folder the CSV's paths are relative to (default: the CSV's folder).
+        shard_size: samples per shard (>= 1).
+        prefix: the shard name prefix (default: the format).
+        jpeg_quality: the quality for sources that are not JPEGs (1..100).
+        dense: ``DenseDepthDataset`` options for ``format="dense"``.
+
+    Returns:
+        The number of samples written.
+
+    Raises:
+        ValueError: for an unknown format, or ``shard_size`` or ``jpeg_quality`` out of range.
+        InputError: when the CSV cannot be read or has no usable row, or when ``out`` already holds shards with
+            this prefix.
     """
     fmt = _check_format(format)
     if shard_size < 1:
