@@ -29,7 +29,17 @@ from ..generation.launch import WorkerFailure, merge_run, rank_from_env
 from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
 from .demo import run_demo
-from .evaluate import EVAL_SCENE_CONFIG, EvalResult, evaluate_synthetic, format_result, pooled
+from .evaluate import (
+    EVAL_SCENE_CONFIG,
+    EvalResult,
+    evaluate_semireal,
+    evaluate_static_camera,
+    evaluate_synthetic,
+    format_result,
+    pooled,
+)
+from .reference import format_mask_result
+from .semireal import SEMIREAL_CONFIG
 from .stats import shard_stats
 from .viz import show
 
@@ -196,8 +206,53 @@ def _print_set_table(rows: list[tuple[str, EvalResult]]) -> None:
               f"{r.coverage:>8.2%} {r.pairs_per_frame:>8.1f}")
 
 
+def _write_eval(args: argparse.Namespace, doc: dict) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+    return out / "eval.json"
+
+
+def _evaluate_static(args: argparse.Namespace) -> int:
+    res = evaluate_static_camera(args.static_camera, args.out, _generate_config(args), device=args.device,
+                                 batch_size=args.batch_size, progress=not args.no_progress)
+    path = _write_eval(args, {"mode": "static-camera", **res.to_dict()})
+    if not args.json:
+        print(f"static-camera clips: {len(args.static_camera)}, scored against a background model of each clip "
+              "(no ground-truth depth; caveats in the README)")
+        for line in format_mask_result(res):
+            print(line)
+        print(f"wrote {path}")
+    return 0
+
+
+def _evaluate_semireal(args: argparse.Namespace) -> int:
+    scene_config = replace(SEMIREAL_CONFIG, cast_shadows=args.shadows)
+    if args.frames:
+        scene_config = replace(scene_config, num_frames=args.frames)
+    res = evaluate_semireal(args.background, args.out, num_scenes=args.scenes, seed=args.scene_seed[0],
+                            scene_config=scene_config, generate_config=_generate_config(args),
+                            coverage_radius=args.radius, device=args.device, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    path = _write_eval(args, {"mode": "semi-real", **res.to_dict(), "scene_config": json.loads(scene_config.to_json())})
+    if not args.json:
+        print(f"semi-real scenes: {args.scenes} over each of {len(args.background)} clip(s) (seeds from "
+              f"{args.scene_seed[0]}), cast shadows {'on' if args.shadows else 'off'}; pairs with both points on "
+              "the footage are unscored")
+        for line in format_result(res, per_video=args.per_scene):
+            print(line)
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
+    if args.static_camera:
+        return _evaluate_static(args)
+    if args.background:
+        return _evaluate_semireal(args)
     scene_config = replace(EVAL_SCENE_CONFIG, cast_shadows=args.shadows)
     if args.size:
         scene_config = replace(scene_config, height=args.size[0], width=args.size[1])
@@ -215,10 +270,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     doc = total.to_dict()
     doc["sets"] = {name: r.to_dict() for name, r in rows}
     doc["scene_config"] = json.loads(scene_config.to_json())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    path = _write_eval(args, doc)
     if args.json:
-        print(json.dumps(doc, indent=1, sort_keys=True))
         return 0
     print(f"synthetic scenes: {len(rows)} set(s) of {args.scenes} (first seeds {', '.join(map(str, args.scene_seed))}),"
           f" {scene_config.height}x{scene_config.width}, {scene_config.num_frames} frames, cast shadows "
@@ -227,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(line)
     if len(rows) > 1:
         _print_set_table(rows)
-    print(f"wrote {out / 'eval.json'}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -308,8 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "(default: the run's --upload)")
     m.set_defaults(func=cmd_merge)
 
-    e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth")
-    e.add_argument("--scenes", type=_positive_int, default=4, help="scenes per set (default 4)")
+    e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth, semi-real "
+                                        "scenes over real footage, or static-camera clips")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--background", nargs="+", metavar="VIDEO", default=None,
+                      help="semi-real scenes: these videos as the background, composited objects in front")
+    mode.add_argument("--static-camera", nargs="+", metavar="VIDEO", default=None,
+                      help="real static-camera clips scored against a background model (no depth needed)")
+    e.add_argument("--scenes", type=_positive_int, default=4,
+                   help="scenes per set, or per --background video (default 4)")
     e.add_argument("--scene-seed", type=_seeds_arg, default=[1000], metavar="S[,S...]",
                    help="seed of the first scene of each set; several seeds, comma-separated, score several sets "
                         "(default 1000)")
