@@ -775,7 +775,7 @@ def _read_image(path: str) -> np.ndarray:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise InputError(path, f"cannot read image ({err.strerror or err})") from None
+        raise InputError(path, f"cannot decode image (cannot read it: {err.strerror or err})") from None
     if data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         # OpenCV decodes a cut JPEG silently (grey below the cut), which flow would then blame on a shot cut
         raise InputError(path, "truncated JPEG (no end-of-image marker after its image data)")
