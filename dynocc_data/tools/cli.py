@@ -6,7 +6,7 @@
     dynocc-data evaluate [--scenes N] [--seed S] ...   score the pipeline on synthetic scenes with ground truth
     dynocc-data show SHARDS --out DIR                  per-sample overlays and a contact sheet
     dynocc-data stats SHARDS                           pairs per frame, offsets, confidences, label balance
-    dynocc-data convert youtube3d|diw CSV --out DIR    re-pack YouTube3D / DIW as shards
+    dynocc-data convert youtube3d|diw|dense CSV --out DIR    re-pack YouTube3D / DIW / dense depth as shards
 
 The library logs; this module prints the summaries.
 """
@@ -23,8 +23,10 @@ from typing import Sequence
 
 from .. import _version
 from ..errors import DynOccError
+from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
+from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
 from .demo import run_demo
 from .evaluate import (
@@ -147,6 +149,28 @@ def _positive_int(text: str, *, alternatives: str = "") -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1{alternatives}, got {text!r}")
     return n
+
+
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An integer >= 0 (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _workers_arg(text: str) -> int | None:
@@ -288,7 +312,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
 
-    n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size)
+    dense = None
+    if args.format == "dense":
+        dense = {"depth_kind": args.depth_kind, "depth_scale": args.depth_scale, "num_pairs": args.num_pairs}
+    elif args.depth_kind is not None or args.depth_scale != 1.0 or args.num_pairs != 3000:
+        raise SystemExit(f"dynocc-data convert: --depth-kind, --depth-scale and --num-pairs are for 'dense', not "
+                         f"{args.format!r}")
+    n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size, dense=dense)
     print(f"wrote {n} samples to {args.out}")
     return 0
 
@@ -372,9 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--plots", default=None, help="write histograms (matplotlib) to this folder")
     st.set_defaults(func=cmd_stats)
 
-    c = sub.add_parser("convert", help="write YouTube3D or DIW as shards")
-    c.add_argument("format", choices=["youtube3d", "diw"])
-    c.add_argument("csv", help="the dataset's CSV")
+    c = sub.add_parser("convert", help="write YouTube3D, DIW or a dense-depth source as shards")
+    c.add_argument("format", choices=list(CONVERT_FORMATS))
+    c.add_argument("csv", help="the dataset's CSV (dense: a CSV of image,depth paths or a ReDWeb folder)")
+    c.add_argument("--depth-kind", default=None, choices=list(DEPTH_KINDS),
+                   help="dense: what the maps hold (default depth; ReDWeb: disparity_affine)")
+    c.add_argument("--depth-scale", type=_positive_float, default=1.0,
+                   help="dense: factor on the stored values (e.g. 0.001 for 16-bit PNGs in mm)")
+    c.add_argument("--num-pairs", type=_non_negative_int, default=3000,
+                   help="dense: ordinal pairs drawn from each depth map and stored")
     c.add_argument("--root", default=None, help="folder the CSV's paths are relative to (default: its folder)")
     c.add_argument("--out", required=True)
     c.add_argument("--shard-size", type=int, default=1000)
@@ -402,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dynocc-data: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dynocc-data: interrupted", file=sys.stderr)
+        resume = " (committed shards are kept: run the same command with --resume to continue)" \
+            if args.func is cmd_generate else ""
+        print(f"dynocc-data: interrupted{resume}", file=sys.stderr)
         return 130
 
 
