@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ranking_loss", "RankingLoss", "whdr", "WHDRResult"]
+__all__ = ["NYU_THRESHOLDS", "YOUTUBE3D_THRESHOLDS", "RankingLoss", "SweepRow", "WHDRResult", "WHDRSweep", "ranking_loss", "whdr"]
 
 PairsLike = torch.Tensor | Sequence[torch.Tensor]
 Reduction = Literal["mean", "sum", "none"]
@@ -235,9 +235,9 @@ def whdr(
     depth: torch.Tensor,
     pairs: PairsLike,
     ordinal: PairsLike,
-    weights: PairsLike | None = None,
-    *,
     mask: PairsLike | None = None,
+    *,
+    weights: PairsLike | None = None,
     inverse: bool = False,
     rule: Literal["difference", "ratio"] = "difference",
     threshold: float | None = None,
@@ -261,6 +261,11 @@ def whdr(
       ``threashold = 1.1`` on ``exp`` of the log-depth output). Needs positive depth; with ``inverse`` the
       values are disparities and the ratio is taken the other way round.
 
+    The arguments come in the order of :func:`ranking_loss` (``mask`` fourth, ``weights`` keyword-only), so a
+    copied loss call gives the metric of the same pairs. The comparison runs in the prediction's dtype, as in
+    the references (float32 outputs compared with a float32 threshold): a float64 recomputation would move
+    pairs whose difference sits on a quantised threshold. Rates are summed in float64.
+
     Runs without gradients. Inputs as in :func:`ranking_loss` (padded with ``mask``, or lists).
     """
     if rule not in ("difference", "ratio"):
@@ -273,7 +278,7 @@ def whdr(
     w = torch.ones_like(g.z_a, dtype=torch.float64) if weights_t is None else weights_t.to(torch.float64)
     if bool((valid & ~(torch.isfinite(w) & (w >= 0))).any()):
         raise ValueError("weights must be finite and non-negative")
-    z_a, z_b = g.z_a.to(torch.float64), g.z_b.to(torch.float64)
+    z_a, z_b = g.z_a, g.z_b
     # Predictions at padded pairs are irrelevant; make them valid numbers for the ratio rule's check.
     z_a = torch.where(g.valid, z_a, torch.ones_like(z_a))
     z_b = torch.where(g.valid, z_b, torch.ones_like(z_b))
@@ -290,3 +295,104 @@ def whdr(
         num_equal=int(equal.sum()),
         num_unequal=int(unequal.sum()),
     )
+
+
+# The two published threshold sweeps: YouTube3D's validation (src/valid.py: ``0.1 + 0.01 * i`` for ``i`` in
+# 0..139) and the DIW code's NYU test (test_model_on_NYU.lua: ``0.1 + i * 0.01`` for ``i`` in 1..140).
+YOUTUBE3D_THRESHOLDS = tuple(0.1 + 0.01 * i for i in range(140))
+NYU_THRESHOLDS = tuple(0.1 + i * 0.01 for i in range(1, 141))
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """WHDR at one threshold of a sweep (fractions in [0, 1]; ``nan`` for a part without pairs)."""
+
+    threshold: float
+    whdr: float
+    whdr_equal: float
+    whdr_unequal: float
+
+
+class WHDRSweep:
+    """WHDR over a range of difference thresholds, accumulated image by image (images may differ in size).
+
+    Each :meth:`update` takes a batch (padded or lists, as :func:`whdr`) and keeps, per image and threshold, the
+    counts of correct equal and unequal pairs, compared in the prediction's dtype as the references do.
+    :meth:`table` gives the rates either ``"pooled"`` over all pairs (YouTube3D src/valid.py ``valid``) or
+    averaged ``"per_image"`` (the DIW code's test_model_on_NYU.lua: a rate per image, then the mean);
+    :meth:`best` picks the threshold by the references' max-min rule: the one whose worse part
+    (equal or unequal) is best. Where there are no equal pairs at all, ``whdr_equal`` is ``nan`` and the
+    threshold with the lowest ``whdr_unequal`` is picked; YouTube3D's ``valid`` reports its placeholder
+    (threshold -1, WKDR 100 %) in that case, because its correct-equal rate is 0 there and never beats 0.
+    Per image, an image without equal (or unequal) pairs is left out of that part's mean (the Lua code's
+    ``0 / 0`` would make the whole mean ``nan``).
+
+    Args:
+        thresholds: the sweep (default :data:`YOUTUBE3D_THRESHOLDS`).
+        inverse: the prediction grows as things get closer (disparity): the difference is negated.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = YOUTUBE3D_THRESHOLDS, *, inverse: bool = False) -> None:
+        self.thresholds = tuple(float(t) for t in thresholds)
+        if not self.thresholds or not all(t >= 0.0 for t in self.thresholds):
+            raise ValueError("thresholds must be a non-empty sequence of values >= 0")
+        self.inverse = bool(inverse)
+        self._eq_correct: list[torch.Tensor] = []  # one float64 [K] row per image
+        self._neq_correct: list[torch.Tensor] = []
+        self._eq_count: list[int] = []
+        self._neq_count: list[int] = []
+
+    def __len__(self) -> int:
+        """Number of images seen."""
+        return len(self._eq_count)
+
+    @torch.no_grad()
+    def update(
+        self, depth: torch.Tensor, pairs: PairsLike, ordinal: PairsLike, mask: PairsLike | None = None
+    ) -> None:
+        """Add the images of one batch (arguments as :func:`ranking_loss`)."""
+        depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
+        g = _gather(depth, pairs_t, ordinal_t, valid)
+        diff = g.z_a - g.z_b
+        if self.inverse:
+            diff = -diff
+        limits = torch.tensor(self.thresholds, dtype=diff.dtype, device=diff.device)[:, None]  # [K,1]
+        for b in range(diff.shape[0]):
+            keep = g.valid[b]
+            d, r = diff[b][keep][None], g.ordinal[b][keep][None]  # [1,N]
+            predicted = (d > limits).long() - (d < -limits).long()  # [K,N]
+            equal = r == 0
+            self._eq_correct.append(((predicted == 0) & equal).sum(1).to(torch.float64).cpu())
+            self._neq_correct.append(((predicted == r) & ~equal).sum(1).to(torch.float64).cpu())
+            self._eq_count.append(int(equal.sum()))
+            self._neq_count.append(int((~equal).sum()))
+
+    def table(self, *, average: Literal["pooled", "per_image"] = "pooled") -> list[SweepRow]:
+        """The rates at every threshold."""
+        if average not in ("pooled", "per_image"):
+            raise ValueError(f"average must be 'pooled' or 'per_image', got {average!r}")
+        if not self._eq_count:
+            raise ValueError("WHDRSweep.table: no images were added (call update first)")
+        eq_c, neq_c = torch.stack(self._eq_correct), torch.stack(self._neq_correct)  # [I,K]
+        n_eq = torch.tensor(self._eq_count, dtype=torch.float64)[:, None]
+        n_neq = torch.tensor(self._neq_count, dtype=torch.float64)[:, None]
+        if average == "pooled":
+            eq_c, neq_c, n_eq, n_neq = eq_c.sum(0, keepdim=True), neq_c.sum(0, keepdim=True), n_eq.sum(), n_neq.sum()
+
+        def mean_error(correct: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+            rates = 1.0 - correct / count  # nan where an image has no pairs of this part
+            return rates.nanmean(0) if bool((count > 0).any()) else torch.full(rates.shape[1:], math.nan)
+
+        overall = mean_error(eq_c + neq_c, n_eq + n_neq)
+        equal, unequal = mean_error(eq_c, n_eq), mean_error(neq_c, n_neq)
+        return [SweepRow(t, float(a), float(e), float(u))
+                for t, a, e, u in zip(self.thresholds, overall, equal, unequal, strict=True)]
+
+    def best(self, *, average: Literal["pooled", "per_image"] = "pooled") -> SweepRow:
+        """The row of the threshold the references would pick (max-min rule, first one on ties)."""
+        rows = self.table(average=average)
+
+        def worse(row: SweepRow) -> float:
+            return row.whdr_unequal if math.isnan(row.whdr_equal) else max(row.whdr_equal, row.whdr_unequal)
+
+        return min(rows, key=worse)  # min() keeps the first of equal keys, as the references' strict compare
