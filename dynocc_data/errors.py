@@ -26,3 +26,12 @@ class ShardFormatError(DynOccError):
         self.reason = " ".join(str(reason).split())
         where = f"{shard}" + (f" [{key}]" if key else "")
         super().__init__(f"{where}: {self.reason}")
+
+
+class ConfigError(DynOccError, ValueError):
+    """An option has a value outside what it accepts: ``str(err)`` is ``"<option>: <reason>"``."""
+
+    def __init__(self, option: str, reason: str):
+        self.option = option
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{option}: {self.reason}")

@@ -1,0 +1,98 @@
+"""First use: the public names, configs checked where they are built, the command line's parse-time checks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+import dynocc_data
+from dynocc_data.errors import ConfigError
+from dynocc_data.generation.config import GenerateConfig, RunOptions
+from dynocc_data.tools.cli import build_parser
+
+
+
+def test_generate_is_the_function_in_every_import_form():
+    from dynocc_data import GenerateConfig as Config, generate
+
+    assert callable(generate) and generate.__module__ == "dynocc_data.generation.launch"
+    assert Config is GenerateConfig
+    import dynocc_data.generation.launch  # noqa: F401 - importing the submodules must not shadow the function
+    import dynocc_data.generation.writer  # noqa: F401
+
+    assert callable(dynocc_data.generate) and dynocc_data.generate is generate
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stride": 0}, "stride: must be an integer >= 1, got 0"),
+    ({"gap": 0}, "gap: must be an integer >= 1, got 0"),
+    ({"max_side": -5}, "max_side: must be an integer >= 16 or None, got -5"),
+    ({"jpeg_quality": 500}, "jpeg_quality: must be an integer from 1 to 100, got 500"),
+    ({"sampler": "nope"}, "sampler: must be one of 'band', 'boundary', 'multiscale', 'uniform', got 'nope'"),
+    ({"flow": "farneback"}, "flow: must be one of 'dis', 'raft', got 'farneback'"),
+    ({"decoder": "ffmpeg"}, "decoder: must be one of 'auto', 'decord', 'pyav', 'torchcodec', got 'ffmpeg'"),
+    ({"stride": 2.5}, "stride: must be an integer >= 1, got 2.5"),
+    ({"sampler_options": {"spacing": -1.0}}, "sampler_options: "),
+])
+def test_generate_config_is_checked_at_construction(kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        GenerateConfig(**kwargs)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_configs_are_frozen_and_changed_with_replace():
+    config = GenerateConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.stride = 2  # type: ignore[misc]
+    assert dataclasses.replace(config, stride=2).stride == 2 and config.stride == 4
+    with pytest.raises(ConfigError, match="stride"):
+        dataclasses.replace(config, stride=0)
+    with pytest.raises(ConfigError, match="batch_size: must be an integer >= 1, got 0"):
+        RunOptions(batch_size=0)
+    with pytest.raises(ConfigError, match="device"):
+        RunOptions(device="tpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RunOptions().resume = True  # type: ignore[misc]
+
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["generate", "v.mp4", "--out", "o", "--stride", "0"], "--stride"),
+    (["generate", "v.mp4", "--out", "o", "--gap", "0"], "--gap"),
+    (["generate", "v.mp4", "--out", "o", "--max-side", "-5"], "--max-side"),
+    (["generate", "v.mp4", "--out", "o", "--jpeg-quality", "500"], "--jpeg-quality"),
+    (["show", "s", "--out", "o", "--limit", "0"], "--limit"),
+    (["show", "s", "--out", "o", "--columns", "0"], "--columns"),
+    (["evaluate", "--scenes", "0"], "--scenes"),
+    (["evaluate", "--size", "360"], "--size"),
+])
+def test_bad_option_values_fail_at_parse_time_in_one_line(argv, option, capsys):
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.count("\n") == 1 and f"argument {option}" in err and "expected" in err
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            has_default = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+            if has_default and action.option_strings:
+                assert f"default: {action.default}" in " ".join(text.split()) or "(default" in action.help, (
+                    name, action.option_strings)
+    generate = subparsers.choices["generate"].format_help()
+    assert "PyAV on the CPU, decord on CUDA" in " ".join(generate.split())
+
+
+def test_verbose_works_before_and_after_the_subcommand():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "stats", "s"]).verbose
+    assert parser.parse_args(["stats", "s", "-v"]).verbose
+    assert not parser.parse_args(["stats", "s"]).verbose
