@@ -754,8 +754,10 @@ class DynOccDataset(IterableDataset):
                 logger.warning("%s: rank %d worker %d yielded %d of its %d samples (skipped samples): ranks may "
                                "now see different numbers of batches", self.description, rank, worker,
                                state.local["samples"], limit)
-            logger.info("%s epoch %d rank %d/%d worker %d/%d: %s", self.description, epoch, rank, world, worker,
-                        workers, ", ".join(f"{k} {v}" for k, v in state.local.items()))
+            troubled = state.local["skipped_samples"] or state.local["shard_errors"]  # else: a debug line only
+            logger.log(logging.INFO if troubled else logging.DEBUG, "%s epoch %d rank %d/%d worker %d/%d: %s",
+                       self.description, epoch, rank, world, worker, workers,
+                       ", ".join(f"{k} {v}" for k, v in state.local.items()))
 
     def __repr__(self) -> str:
         """Short description."""

@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text
 from .config import GenerateConfig, GenerateSummary, RunOptions
-from .pipeline import resolve_device, run_videos
+from .pipeline import progress_bars, resolve_device, run_videos
 from .video import IMAGE_EXTENSIONS, VideoSource, discover_videos
 from .writer import RunState, read_run_state, run_upload, upload_command, write_index
 
@@ -797,7 +797,7 @@ def _wait_for_processes(procs: Sequence[multiprocessing.Process], out: Path, sou
     """Block until every process has exited, showing finished videos (read from the ledgers)."""
     ids = {s.video_id for s in sources}
     tail = LedgerTail(out)
-    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video", disable=not progress) as bar:
+    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video", disable=not progress_bars(progress)) as bar:
         pending = list(procs)
         while pending:
             multiprocessing.connection.wait([p.sentinel for p in pending], timeout=1.0)
