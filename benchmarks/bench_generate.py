@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dynocc_data.generation import GenerateConfig, generate  # noqa: E402
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402

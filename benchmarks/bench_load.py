@@ -41,7 +41,6 @@ import argparse
 import io
 import json
 import pickle
-import sys
 import tarfile
 import tempfile
 import time
@@ -58,7 +57,6 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dynocc_data.collate import collate_pairs  # noqa: E402
 from dynocc_data.datasets.dynocc import DynOccDataset  # noqa: E402

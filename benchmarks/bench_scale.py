@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
 
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 

@@ -30,7 +30,7 @@ _EXPORTS = {
     "collate": ("collate_pairs", "to_device"),
     "datasets": ("DIWDataset", "DynOccDataset", "YouTube3DDataset", "as_iterable", "create_loader",
                  "from_youtube3d_target", "mix", "to_youtube3d_target"),
-    "errors": ("DynOccError", "InputError", "ShardFormatError"),
+    "errors": ("DynOccError", "InputError", "InputNotFoundError", "ShardFormatError"),
     "format": ("decode_sample", "encode_sample", "load_index", "read_index"),
     "generation": ("GenerateConfig", "GenerateSummary", "RunOptions", "generate"),
     "generation.boundaries": ("BoundaryConfig", "detect_boundaries"),

@@ -28,6 +28,9 @@ Geometry: with ``t = (-nx, ny)`` the tangent, the front (closer) point is ``p + 
 point falls outside the image or both points land on the same pixel.  Before ``balance``, A is the front
 point and B the back one, so the ordinal is ``-1``.  All randomness comes from the ``torch.Generator``
 passed in; everything is vectorised (no Python loop over points or segments).
+
+Longer than 500 lines because the built-in strategies share the boundary-array bookkeeping and the batched
+``sample_many`` path that keeps their results identical to one-by-one draws; each strategy is one small class.
 """
 
 from __future__ import annotations

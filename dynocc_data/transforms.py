@@ -27,6 +27,9 @@ coordinate convention.
 
 Geometric ops keep the image ``uint8``; :class:`ToFloatImage` (last) converts to ``float32`` in ``[0, 1]`` and
 optionally normalises.  :func:`create_transform` builds ready train / eval pipelines.
+
+Longer than 500 lines because the torchvision v2 path and the lean pixel-exact path stand side by side on purpose:
+the tests check one against the other, and a change to one must be seen next to the other.
 """
 
 from __future__ import annotations

@@ -42,7 +42,6 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import ARCHS, ModelConfig  # noqa: E402
 from train_depth import TrainConfig, ValSet, evaluate, load_val_sets, quick_data, train  # noqa: E402

@@ -8,7 +8,7 @@
   ``min_ratio`` (2 % by default) are ties and left out; A is the farther point in exactly half of the pairs
   (chosen at random), so a constant prediction scores 50 %.
 * :func:`write_gt_pair_set`: frames of other scenes plus their ground-truth pairs written in the YouTube3D
-  release format (CSV + JPEGs + Python-2 ``5 x N`` pickles, built with ``tests/fixtures_external.py``), read back
+  release format (CSV + JPEGs + Python-2 ``5 x N`` pickles, built with :mod:`dynocc_data.tools.fake_releases`), read back
   with ``dynocc_data.YouTube3DDataset``. Used as the held-out validation set (scenes the shards never saw) and
   as a YouTube3D-format training source to mix in.
 
@@ -18,7 +18,6 @@ Every set is made from its own scene seeds, so validation scenes never appear in
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from dynocc_data.datasets.youtube3d import to_youtube3d_target
 from dynocc_data.generation import GenerateConfig, GenerateSummary, generate
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures_external import (  # noqa: E402
+from dynocc_data.tools.fake_releases import (
     YouTube3DSample,
     py2_ndarray_pickle,
     write_youtube3d_release,

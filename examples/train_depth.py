@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import ARCHS, ModelConfig, build_model  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_external import (
+from dynocc_data.tools.fake_releases import (
     DIWSample,
     YouTube3DSample,
     py2_call_pickle,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_external import (
+from dynocc_data.tools.fake_releases import (
     DIWSample,
     two_colour_image,
     write_diw_release,

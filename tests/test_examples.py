@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
 
 import ablate_sampling  # noqa: E402
 import train_depth  # noqa: E402
@@ -97,7 +95,7 @@ def test_evaluate_known_answers(tmp_path):
 
 def test_diw_validation_set(tmp_path):
     """--val-diw: a DIW CSV is read as a validation set; 'higher = farther' gets both annotated pairs right."""
-    from fixtures_external import DIWSample, two_colour_image, write_diw_release
+    from dynocc_data.tools.fake_releases import DIWSample, two_colour_image, write_diw_release
 
     samples = [DIWSample(f"./DIW_test/{i}.thumb", two_colour_image(32, 48), f"3,{10 + i},30,{20 + i},>,48,32")
                for i in range(2)]

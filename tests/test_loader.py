@@ -10,7 +10,6 @@ import pickle
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

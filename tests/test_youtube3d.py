@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_external import (
+from dynocc_data.tools.fake_releases import (
     YouTube3DSample,
     py2_call_pickle,
     py2_list_pickle,

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import torch
+from torch.utils.data import IterableDataset
 
-__all__ = ["SharedEpoch", "World", "distributed_info", "mix_seed", "share_of", "worker_info"]
+__all__ = ["DistributedStream", "SharedEpoch", "World", "distributed_info", "mix_seed", "share_of", "worker_info"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,47 @@ def mix_seed(*values: int) -> int:
 def share_of(total: int, part: int, parts: int) -> int:
     """Items of ``total`` given to ``part`` when split as evenly as possible into ``parts`` (first ones get more)."""
     return total // parts + (1 if part < total % parts else 0)
+
+
+class DistributedStream(IterableDataset):
+    """Base of the package's streaming datasets: the rank, the epoch and pickling for worker processes, once.
+
+    A subclass calls :meth:`_init_stream` in its constructor, then reads :meth:`world` inside ``__iter__``.
+    ``rank``/``world_size`` given explicitly override detection; otherwise they come from ``torch.distributed``
+    (or ``RANK``/``WORLD_SIZE``) **in the process that built the loader**: :meth:`__getstate__` records them when
+    the dataset is pickled for a spawned DataLoader worker, where ``torch.distributed`` is not set up.
+    """
+
+    rank: int | None
+    world_size: int | None
+    split_by_node: bool = True
+
+    def _init_stream(self, rank: int | None, world_size: int | None) -> None:
+        """Set up the shared epoch counter and the rank override (call from ``__init__``)."""
+        self.rank, self.world_size = rank, world_size
+        self._pickled_node: tuple[int, int] | None = None
+        self._epoch = SharedEpoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (visible to persistent DataLoader workers too); it seeds every per-epoch draw."""
+        self._epoch.set(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._epoch.get()
+
+    def _node(self) -> tuple[int, int]:
+        """``(rank, world size)`` used for splitting (``(0, 1)`` when ``split_by_node`` is False)."""
+        rank, world = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
+        return (rank, world) if self.split_by_node else (0, 1)
+
+    def world(self) -> World:
+        """The reader this code runs as: the split's rank and world size, and the current DataLoader worker."""
+        rank, world_size = self._node()
+        worker, num_workers = worker_info()
+        return World(rank, world_size, worker, num_workers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
+        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}

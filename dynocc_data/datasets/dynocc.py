@@ -58,6 +58,10 @@ from ``strategy`` (``"stored"``: the pairs in the shard; otherwise ``sampling.cr
 with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` is applied. The stored pairs
 (``pairs.npy``, ``ordinal.npy``) are decoded, and checked, only for strategies that read them (``"stored"`` and
 custom callables, which get them as ``stored=``); the built-in strategies that draw their own pairs skip them.
+
+Longer than 500 lines because shard resolution, the epoch plan, per-reader bookkeeping and the pipeline stages make
+one reader whose error handling and counting span all of them; the format and the tar reader live in
+:mod:`dynocc_data.format`.
 """
 
 from __future__ import annotations
@@ -74,12 +78,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from ..errors import InputError, ShardFormatError
+from ..errors import InputError, InputNotFoundError, ShardFormatError
 from ..sampling import create_sampler, sample_generator
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
 from ..format.tar import expand_tars
-from ._distributed import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+from ._distributed import DistributedStream, mix_seed, share_of
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +180,7 @@ def resolve_shards(
     missing = [s.url for s in shards if (p := local_path(s.url)) is not None and not os.path.isfile(p)]
     if missing:
         more = f" ({len(missing)} of {len(shards)} shards missing)" if len(missing) > 1 else ""
-        raise InputError(missing[0], f"shard not found{more}")
+        raise InputNotFoundError(missing[0], f"shard not found{more}")
     return shards
 
 
@@ -461,7 +465,7 @@ def _resolve_strategy(
     return create_sampler(strategy, **options)
 
 
-class DynOccDataset(IterableDataset):
+class DynOccDataset(DistributedStream):
     """DynOcc shards as a torch ``IterableDataset`` of contract items (see the module docstring).
 
     The webdataset pipeline is built in ``__iter__``, i.e. inside each DataLoader worker, from the rank, the
@@ -519,22 +523,12 @@ class DynOccDataset(IterableDataset):
         self.resampled, self.epoch_length = bool(resampled), epoch_length
         self.split_by_node, self.handler, self.equalize = bool(split_by_node), handler, bool(equalize)
         self.keep_boundary, self.num_workers = bool(keep_boundary), num_workers
-        self.rank, self.world_size, self.too_few_shards = rank, world_size, too_few_shards
-        self.decode_chunk = decode_chunk
-        self._pickled_node: tuple[int, int] | None = None
-        self._epoch = SharedEpoch(0)
+        self.too_few_shards, self.decode_chunk = too_few_shards, decode_chunk
+        self._init_stream(rank, world_size)
         self._stats = torch.zeros(_MAX_STAT_ROWS, len(_STAT_NAMES), dtype=torch.int64).share_memory_()
 
-    # -- epoch, workers, counters
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch: it seeds the shard and buffer shuffles, resampling and load-time pair sampling."""
-        self._epoch.set(epoch)
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch."""
-        return self._epoch.get()
-
+    # -- workers, counters (the epoch: DistributedStream.set_epoch; it seeds the shard and buffer shuffles,
+    #    resampling and load-time pair sampling)
     def set_num_workers(self, num_workers: int) -> None:
         """Tell the dataset how many DataLoader workers will read it (``0`` = main process)."""
         self.num_workers = int(num_workers)
@@ -549,15 +543,6 @@ class DynOccDataset(IterableDataset):
         self._stats.zero_()
 
     # -- planning
-    def _node(self) -> tuple[int, int]:
-        """``(rank, world size)`` used for splitting shards (``(0, 1)`` with ``split_by_node=False``)."""
-        rank, world = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
-        return (rank, world) if self.split_by_node else (0, 1)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
-        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
-
     def _resample_length(self, world: int) -> int:
         """Samples per rank per epoch in resampled mode (by default the data divided over the ranks)."""
         if self.epoch_length is not None:
@@ -718,8 +703,8 @@ class DynOccDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         """One epoch of this reader's items (the pipeline is built here, inside the worker)."""
-        rank, world = self._node()
-        worker, workers = worker_info()
+        where = self.world()
+        rank, world, worker, workers = where.rank, where.world_size, where.worker, where.num_workers
         epoch = self.epoch
         state = _ReaderState(self.handler, self._stats[worker % _MAX_STAT_ROWS], give_up_after=None)
         source, limit = self._source(rank, world, worker, workers, epoch, state)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ._distributed import SharedEpoch, distributed_info, mix_seed, share_of, worker_info
+from ._distributed import DistributedStream, mix_seed, share_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ __all__ = ["MapAsIterable", "MixedDataset", "as_iterable", "mix"]
 Stop = Literal["first", "all", "never"]
 
 
-class MapAsIterable(IterableDataset):
+class MapAsIterable(DistributedStream):
     """A map-style dataset streamed as an ``IterableDataset``: each epoch a permutation of its indices (seeded by
     ``(seed, epoch)``, identical on every rank) is dealt to the ranks, then each rank's share to its workers.
 
@@ -59,28 +59,13 @@ class MapAsIterable(IterableDataset):
             raise TypeError(f"as_iterable needs a map-style dataset with __len__ and __getitem__, got {type(dataset)}")
         self.dataset, self.shuffle, self.seed = dataset, bool(shuffle), int(seed)
         self.split_by_node, self.equalize = bool(split_by_node), bool(equalize)
-        self.rank, self.world_size = rank, world_size
-        self._pickled_node: tuple[int, int] | None = None
-        self._epoch = SharedEpoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (it seeds the permutation)."""
-        self._epoch.set(epoch)
-
-    def _node(self) -> tuple[int, int]:
-        """``(rank, world size)`` used for splitting."""
-        node = self._pickled_node or (self.rank, self.world_size)
-        return distributed_info(*node) if self.split_by_node else (0, 1)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
-        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
+        self._init_stream(rank, world_size)
 
     def indices(self, *, rank: int, world_size: int, worker: int = 0, num_workers: int = 1,
                 epoch: int | None = None) -> list[int]:
         """The indices one (rank, worker) reads in an epoch."""
         n = len(self.dataset)
-        epoch = self._epoch.get() if epoch is None else epoch
+        epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
         else:
@@ -96,9 +81,9 @@ class MapAsIterable(IterableDataset):
 
     def __iter__(self) -> Iterator[Any]:
         """This worker's items of the epoch."""
-        rank, world = self._node()
-        worker, workers = worker_info()
-        for index in self.indices(rank=rank, world_size=world, worker=worker, num_workers=workers):
+        world = self.world()
+        for index in self.indices(rank=world.rank, world_size=world.world_size, worker=world.worker,
+                                  num_workers=world.num_workers):
             yield self.dataset[index]
 
     def __repr__(self) -> str:
@@ -120,7 +105,7 @@ def _as_stream(dataset: Dataset, seed: int) -> IterableDataset:
     return as_iterable(dataset, shuffle=True, seed=seed)
 
 
-class MixedDataset(IterableDataset):
+class MixedDataset(DistributedStream):
     """Items drawn from several datasets with given probabilities (see the module docstring for ``stop``)."""
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first",
@@ -141,13 +126,11 @@ class MixedDataset(IterableDataset):
             raise ValueError(f"epoch_length must be >= 0, got {epoch_length}")
         self.datasets = [_as_stream(d, seed) for d in datasets]
         self.weights, self.stop, self.seed, self.epoch_length = weights, stop, int(seed), epoch_length
-        self.rank, self.world_size = rank, world_size
-        self._pickled_node: tuple[int, int] | None = None
-        self._epoch = SharedEpoch(0)
+        self._init_stream(rank, world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch here and in every source that has ``set_epoch``."""
-        self._epoch.set(epoch)
+        super().set_epoch(epoch)
         for dataset in self.datasets:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
@@ -172,15 +155,11 @@ class MixedDataset(IterableDataset):
             raise TypeError(f"the length of a mix with stop={self.stop!r} and no epoch_length is not fixed")
         return sum(len(d) for d, w in zip(self.datasets, self.weights) if w > 0)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
-        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
-
     def __iter__(self) -> Iterator[Any]:
         """Draw a source per item until ``stop`` (or this worker's share of ``epoch_length``) says so."""
-        rank, _ = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
-        worker, workers = worker_info()
-        rng = random.Random(mix_seed(self.seed, self._epoch.get(), rank, worker, 0x313))
+        world = self.world()
+        rank, worker, workers = world.rank, world.worker, world.num_workers
+        rng = random.Random(mix_seed(self.seed, self.epoch, rank, worker, 0x313))
         limit = None if self.epoch_length is None else share_of(self.epoch_length, worker, workers)
         iterators = [iter(d) for d in self.datasets]
         active = [i for i, w in enumerate(self.weights) if w > 0]

@@ -17,7 +17,7 @@ from urllib.request import url2pathname
 
 import webdataset as wds
 
-from ..errors import InputError
+from ..errors import InputError, InputNotFoundError
 
 __all__ = ["INDEX_FORMAT", "INDEX_NAME", "ShardInfo", "index_document", "load_index", "local_path", "read_index",
            "read_text"]
@@ -69,7 +69,7 @@ def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, 
         try:
             index = json.loads(read_text(where))
         except FileNotFoundError:
-            raise InputError(where, "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
+            raise InputNotFoundError(where, "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
         except (OSError, UnicodeDecodeError, ValueError) as err:
             raise InputError(where, f"cannot read the shard index: {err}") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("shards"), list):

@@ -4,7 +4,7 @@ Why hand-written: on shards of small members (a JPEG and four small ``.npy``/``.
 ``tarfile.open(fileobj=..., mode="r|*")`` spends most of its time building ``TarInfo`` objects; this
 reader parses the 512-byte headers directly and is several times faster (``benchmarks/bench_load.py``).
 Its outcomes are the same as tarfile's on every archive the tests build, including truncated and
-corrupt ones (``tests/test_format.py`` checks it against ``tarfile`` member by member).
+corrupt ones (``tests/test_convert.py::test_tar_reader_matches_tarfile`` checks it against ``tarfile``).
 """
 
 from __future__ import annotations

@@ -168,9 +168,28 @@ class GenerateSummary:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How a run is carried out, as opposed to what it writes (:class:`GenerateConfig`): passed whole from
-    :func:`~dynocc_data.generate` through the launcher to each rank's :func:`~dynocc_data.generation.pipeline.run_videos`.
-    Frozen and checked when built, like :class:`GenerateConfig`."""
+    """How a run is carried out, as opposed to what it writes (:class:`GenerateConfig`).
+
+    Passed whole from :func:`~dynocc_data.generate` through the launcher to each rank's
+    :func:`~dynocc_data.generation.pipeline.run_videos`, so a new option is one new field here (and its CLI flag).
+
+    Args:
+        device: where flow and post-processing run: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        batch_size: selected frames processed together.
+        resume: continue the run already in the output folder.
+        strict: fail when any input fails (default: report and go on).
+        prefix: shard name prefix (``<prefix>-r<rank>-<n>.tar``).
+        shard_size: samples per shard at most.
+        shard_bytes: bytes per shard at most.
+        progress: progress bars (shown only on a terminal).
+        workers: worker processes on this machine; ``None``: one per GPU on CUDA, else 1.
+        upload: shell command receiving each committed shard on stdin, ``{name}`` replaced by its file name.
+        merge_timeout: seconds rank 0 waits for the other ranks' markers before merging what is there.
+        poll: seconds between two looks at the folder while waiting.
+
+    Raises:
+        ValueError: naming the option, when a value is out of range.
+    """
 
     device: str = "auto"
     batch_size: int = 4
@@ -181,13 +200,9 @@ class RunOptions:
     shard_bytes: int = 1 << 30
     progress: bool = True
     workers: int | None = 1
-    """Worker processes on this machine; ``None``: one per GPU on CUDA, else 1."""
     upload: str | None = None
-    """Shell command receiving each committed shard on stdin, ``{name}`` in it replaced by the shard's name."""
     merge_timeout: float = 3600.0
-    """Seconds rank 0 waits for the other ranks' markers before merging what is there."""
     poll: float = 1.0
-    """Seconds between two looks at the folder while waiting."""
 
     def __post_init__(self) -> None:
         """Check every option (one-line :class:`ConfigError`)."""
@@ -200,7 +215,7 @@ class RunOptions:
         check_int("workers", self.workers, 1, none=True)
         if not isinstance(self.prefix, str) or not self.prefix or "/" in self.prefix or "{" in self.prefix:
             raise ConfigError("prefix", f"must be a non-empty file name part without '/' or braces, got {self.prefix!r}")
-        for name in ("merge_timeout", "poll"):
+        for name, low in (("merge_timeout", 0.0), ("poll", 1e-9)):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(name, f"must be a number of seconds > 0, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+                raise ConfigError(name, f"must be a number of seconds {'>= 0' if low == 0 else '> 0'}, got {value!r}")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-from ..errors import InputError
+from ..errors import InputError, InputNotFoundError
 
 __all__ = [
     "FLOW_BACKENDS",
@@ -244,7 +244,7 @@ def _file_sha256(path: Path) -> str:
 def _load_checkpoint(model: torch.nn.Module, path: Path, size: str) -> None:
     """Load a RAFT state dict from ``path`` into ``model`` (tensors only: ``weights_only=True``)."""
     if not path.is_file():
-        raise InputError(path, "RAFT checkpoint not found")
+        raise InputNotFoundError(path, "RAFT checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, ...)

@@ -42,6 +42,10 @@ committed). The local folder keeps ledgers and markers; after the merge, ``index
 uploaded the same way, so the remote folder reads like a local one. Use a command that creates its object
 atomically (object stores do; for a file system: ``cat > D/{name}.part && mv D/{name}.part D/{name}``).
 Inputs may be http(s) URLs: the decoders read them directly.
+
+Longer than 500 lines because the three ways a run is launched (one process, local worker processes, torchrun/srun
+ranks) share the folder state, the rank markers and the merge, which have to be read together to see that all three
+end in the same shards.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ _SHARD_RE = re.compile(r"^.+-r(\d+)-\d+\.tar$")
 _FINISHED = ("done", "failed")
 
 
-class WorkerFailure(DynOccError):
+class WorkerFailure(DynOccError, RuntimeError):
     """Some workers or ranks died or failed; the others finished and the merge was written (see ``result``)."""
 
     def __init__(self, message: str, result: "MergeResult"):
@@ -449,12 +453,9 @@ def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
               "videos": [{"video_id": s.video_id, "video": s.rel} for s in job.sources],
               "summary": None, "error": None}
     _write_marker(out, marker)
-    opts = job.options
+    options = dataclasses.replace(job.options, resume=True, progress=progress)  # the state is read already
     try:
-        summary = run_videos(job.sources, out, job.config, device=job.device, batch_size=opts.batch_size,
-                             resume=True, state=state, rank=job.rank, prefix=opts.prefix,
-                             shard_size=opts.shard_size, shard_bytes=opts.shard_bytes, progress=progress,
-                             upload=opts.upload)
+        summary = run_videos(job.sources, out, job.config, options, rank=job.rank, device=job.device, state=state)
     except BaseException as e:
         marker.update(status="failed", error=" ".join(str(e).split()) or type(e).__name__, finished=time.time())
         _write_marker(out, marker)
@@ -821,21 +822,33 @@ def _stop(procs: Sequence[multiprocessing.Process]) -> None:
             p.join()
 
 
-def generate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig | None = None, *,
-             device: str = "auto", batch_size: int = 4, resume: bool = False, strict: bool = False,
-             prefix: str = "dynocc", shard_size: int = 1000, shard_bytes: int = 1 << 30,
-             progress: bool = True, workers: int | None = 1, upload: str | None = None,
-             merge_timeout: float = 3600.0) -> GenerateSummary:
+def generate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig | None = None,
+             options: RunOptions | None = None, **run_options: Any) -> GenerateSummary:
     """Generate DynOcc shards from videos, folders of videos, frame folders, list files or URLs.
 
-    Writes ``<out>/<prefix>-r<rank>-*.tar``, ``index.json`` and ``stats.json``; returns the summary. ``workers``
-    processes share the videos (``None``: one per GPU on CUDA, else 1); under ``torchrun`` or ``srun`` this
-    process is one rank of many; ``upload`` sends every committed shard to a shell command (all in
-    :mod:`dynocc_data.generation.launch`). Bad inputs are reported (one line each) and skipped; raises
-    :class:`DynOccError` when nothing could be processed, or with ``strict`` when anything failed, and
-    :class:`~dynocc_data.generation.launch.WorkerFailure` when a worker died (after the others finished).
+    Writes ``<out>/<prefix>-r<rank>-*.tar``, ``index.json`` and ``stats.json``. ``workers`` processes share the
+    videos; under ``torchrun`` or ``srun`` this process is one rank of many; ``upload`` sends every committed shard
+    to a shell command. Bad inputs are reported (one line each) and skipped.
+
+    Args:
+        inputs: video files, folders (searched recursively), frame folders, ``.txt`` lists, URLs.
+        out: the output folder.
+        config: what is generated (default :class:`GenerateConfig()`).
+        options: how the run is carried out (default :class:`RunOptions()`).
+        **run_options: fields of :class:`RunOptions` to set on top of ``options`` (``device``, ``batch_size``,
+            ``resume``, ``strict``, ``prefix``, ``shard_size``, ``shard_bytes``, ``progress``, ``workers``,
+            ``upload``, ``merge_timeout``).
+
+    Returns:
+        The run's summary (also written as ``stats.json``).
+
+    Raises:
+        DynOccError: when nothing could be processed, or with ``strict`` when anything failed.
+        WorkerFailure: when a worker died (after the others finished).
+        TypeError: for a keyword that is not a field of :class:`RunOptions`.
     """
-    options = RunOptions(device=device, batch_size=batch_size, resume=resume, strict=strict, prefix=prefix,
-                         shard_size=shard_size, shard_bytes=shard_bytes, progress=progress, workers=workers,
-                         upload=upload, merge_timeout=merge_timeout)
+    unknown = sorted(set(run_options) - {f.name for f in dataclasses.fields(RunOptions)})
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments {unknown} (see RunOptions)")
+    options = dataclasses.replace(options or RunOptions(), **run_options)
     return generate_parallel(inputs, out, config or GenerateConfig(), options)

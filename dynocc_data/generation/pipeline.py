@@ -39,7 +39,7 @@ from ..errors import DynOccError, InputError
 from ..format.sample import encode_sample
 from ..sampling import create_sampler, sample_generator
 from .boundaries import Boundaries, detect_boundaries, truncated_distance
-from .config import GenerateConfig, GenerateSummary
+from .config import GenerateConfig, GenerateSummary, RunOptions
 from .cuts import blank_frames, check_grey, photometric_error
 from .flow import create_flow
 from .ordering import order_boundaries
@@ -371,19 +371,21 @@ class BackgroundWriter:
             raise self._error
 
 
-def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, device="auto", batch_size: int = 4,
-               resume: bool = False, rank: int = 0, prefix: str = "dynocc", shard_size: int = 1000,
-               shard_bytes: int = 1 << 30, progress: bool = True, timer: StageTimer | None = None,
-               summary: GenerateSummary | None = None, state: RunState | None = None,
-               upload: str | None = None) -> GenerateSummary:
+def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options: RunOptions, *, rank: int = 0,
+               device: str | torch.device | None = None, state: RunState | None = None,
+               timer: StageTimer | None = None, summary: GenerateSummary | None = None) -> GenerateSummary:
     """Process ``sources`` (``video.VideoSource``) into shards of one rank; returns its summary.
 
-    With ``resume``, ``state`` is what the ledgers say is done (default: read and repair ``out`` here, which
-    only one process may do at a time); ``upload`` is passed to :class:`~dynocc_data.generation.writer.ShardWriter`."""
+    ``options`` is the run's :class:`RunOptions`, passed whole (batch size, resume, shard naming and size, upload,
+    progress); ``device`` overrides ``options.device`` (the launcher gives each rank its GPU). With
+    ``options.resume``, ``state`` is what the ledgers say is done (default: read and repair ``out`` here, which
+    only one process may do at a time)."""
+    device = options.device if device is None else device
+    resume, progress = options.resume, options.progress
     out = Path(out)
     summary = summary or GenerateSummary(out=str(out))
     t_start = time.perf_counter()
-    processor = FrameProcessor(config, device=device, batch_size=batch_size, timer=timer)
+    processor = FrameProcessor(config, device=device, batch_size=options.batch_size, timer=timer)
     timer = processor.timer
     if not resume and any(out.glob("ledger-r*.jsonl")):
         raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an empty --out")
@@ -401,8 +403,8 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, *, devic
     bars = progress_bars(progress)
     bar_v = tqdm(total=len(sources), desc=f"videos r{rank}", unit="video", disable=not bars, position=0)
     bar_f = tqdm(desc="frames", unit="frame", disable=not bars, position=1, leave=False)
-    with ShardWriter(out, prefix=prefix, rank=rank, max_count=shard_size, max_bytes=shard_bytes,
-                     header=header, upload=upload) as shard_writer:
+    with ShardWriter(out, prefix=options.prefix, rank=rank, max_count=options.shard_size,
+                     max_bytes=options.shard_bytes, header=header, upload=options.upload) as shard_writer:
         writer = BackgroundWriter(shard_writer, config.jpeg_quality)
         try:
             _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start,

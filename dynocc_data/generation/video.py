@@ -19,6 +19,9 @@ Backends:
 
 Every reader validates ``num_frames`` (frames that actually decode), because containers often report a count that
 does not decode (decord's ``len`` can be too high after truncation, PyAV's ``stream.frames`` can be 0).
+
+Longer than 500 lines because input discovery and the four decoder backends (decord, PyAV, frame folders,
+torchcodec) share one frame-selection and frame-count contract; each backend is one small class.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ import av
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, InputNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoReader", "VideoSource", "as_source", "discover_videos",
+           "frames_needed", "make_video_id", "open_video", "require_frames", "select_frames", "target_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +155,7 @@ class _Discovery:
         path = Path(item).expanduser()
         where = f" (listed in {origin})" if origin else ""
         if not path.exists():
-            self.errors.append(InputError(item, f"no such file or directory{where}"))
+            self.errors.append(InputNotFoundError(item, f"no such file or directory{where}"))
             return
         inside = root is not None and not os.path.relpath(path.resolve(), root.resolve()).startswith("..")
         if path.is_dir():
@@ -748,7 +754,7 @@ def open_video(source: VideoSource | str | os.PathLike[str], *, backend: str = "
         raise InputError(src.path, "the 'frames' backend reads frame folders only")
     if src.kind == "file":
         if not os.path.isfile(src.path):
-            raise InputError(src.path, "no such file")
+            raise InputNotFoundError(src.path, "no such file")
         if os.path.getsize(src.path) == 0:
             raise InputError(src.path, "zero-length file")
     if backend == "decord":

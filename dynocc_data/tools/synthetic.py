@@ -25,6 +25,9 @@ member                    dtype / shape               meaning
 ``fps``, ``seed``         float64, int64              frame rate, generator seed
 ``config``                str                         :class:`SceneConfig` as JSON
 ========================  ==========================  =====================================================
+
+Longer than 500 lines because scene layout, rendering, ground truth and the video writer share one scene
+description, and the tests and ``evaluate`` rely on them agreeing exactly.
 """
 
 from __future__ import annotations
