@@ -3,7 +3,7 @@
 Python 2 and Lua Torch cannot run here, so each reference's coordinate and metric arithmetic is re-implemented
 below from reading it (file and lines cited at each function), in the same operation order and float types, and
 compared with what our readers and metrics give on fixtures written in the exact release formats
-(tests/fixtures_external.py: Python 2 protocol-2 pickles, both DIW CSV layouts, ``*.thumb`` JPEGs).
+(dynocc_data/tools/fake_releases.py: Python 2 protocol-2 pickles, both DIW CSV layouts, ``*.thumb`` JPEGs).
 """
 
 from __future__ import annotations
@@ -15,16 +15,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from fixtures_external import (
+from dynocc_data.datasets import DIWDataset, YouTube3DDataset
+from dynocc_data.losses import NYU_THRESHOLDS, YOUTUBE3D_THRESHOLDS, WHDRSweep, whdr
+from dynocc_data.tools.fake_releases import (
     DIWSample,
     YouTube3DSample,
     py2_ndarray_pickle,
     write_diw_release,
     write_youtube3d_release,
 )
-
-from dynocc_data.datasets import DIWDataset, YouTube3DDataset
-from dynocc_data.losses import NYU_THRESHOLDS, YOUTUBE3D_THRESHOLDS, WHDRSweep, whdr
 
 NET = (240, 320)
 SIZES = [(37, 53), (480, 640), (241, 321), (375, 500), (1000, 750), (120, 160)]
