@@ -141,6 +141,7 @@ def ranking_loss(
     *,
     inverse: bool = False,
     reduction: Reduction = "mean",
+    keep_largest: float | None = None,
 ) -> torch.Tensor:
     """Pairwise ranking loss of Chen et al. 2016 ("Single-Image Depth Perception in the Wild").
 
@@ -152,9 +153,13 @@ def ranking_loss(
     ``depth``: ``[B,H,W]`` or ``[B,1,H,W]`` float; ``pairs``/``ordinal``/``mask``: see the module docstring.
     ``reduction``: ``'mean'`` over valid pairs (a differentiable 0 when there are none), ``'sum'``, or ``'none'``
     (``[B,N]`` in the padded layout, 0 at invalid pairs).
+    ``keep_largest=0.75`` is the YouTube3D code's ``b_sort`` (src/RelativeLoss.py): per image only the
+    ``int(0.75 * n)`` largest pair losses count, and ``'mean'`` divides by the number kept.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if keep_largest is not None and not 0.0 < keep_largest <= 1.0:
+        raise ValueError(f"keep_largest must be in (0, 1], got {keep_largest!r}")
     depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
     g = _gather(depth, pairs_t, ordinal_t, valid)
     diff = g.z_a - g.z_b
@@ -164,12 +169,19 @@ def ranking_loss(
     # Both branches are finite everywhere, so torch.where keeps gradients clean.
     per_pair = torch.where(g.ordinal == 0, diff * diff, F.softplus(-r * diff))
     per_pair = torch.where(g.valid, per_pair, torch.zeros_like(per_pair))
+    kept = g.valid
+    if keep_largest is not None:  # the n_keep largest losses of each image (invalid pairs sort last)
+        n_keep = (g.valid.sum(1) * keep_largest).floor().long()  # int() of the reference: floor of a positive
+        order = torch.where(g.valid, per_pair.detach(), torch.full_like(per_pair, -math.inf)).argsort(1, descending=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        kept = g.valid & (rank < n_keep[:, None])
+        per_pair = torch.where(kept, per_pair, torch.zeros_like(per_pair))
     if reduction == "none":
         return per_pair
     total = per_pair.sum()
     if reduction == "sum":
         return total
-    return total / g.valid.sum().clamp(min=1).to(total.dtype)
+    return total / kept.sum().clamp(min=1).to(total.dtype)
 
 
 class RankingLoss(nn.Module):

@@ -342,3 +342,55 @@ def test_whdr_takes_the_ranking_loss_argument_order():
     with pytest.raises(TypeError):
         whdr(depth, pairs, ordinal, mask, torch.ones(1, 2))  # weights are keyword-only
     assert whdr(depth, pairs, ordinal, weights=torch.tensor([[1.0, 3.0]])).whdr == pytest.approx(3 / 4)
+
+
+def reference_relative_loss_b_sort(depth: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+    """princeton-vl/YouTube3D src/RelativeLoss.py ``__call__`` with ``b_sort`` (lines 62-104) and ``loss_func``
+    (lines 38-56): per image ``mask * log(1 + exp(-d r)) + (1 - mask) * d**2``, sorted descending, the first
+    ``int(n * 0.75)`` summed; the sum over images divided by the kept count."""
+    losses, kept = [], 0
+    for b, t in enumerate(targets):
+        z = depth[b, 0]
+        z_a = z.index_select(1, t[1]).gather(0, t[0].view(1, -1))
+        z_b = z.index_select(1, t[3]).gather(0, t[2].view(1, -1))
+        r = t[4].float()
+        mask = torch.abs(r)
+        d = z_a - z_b
+        loss = mask * torch.log(1 + torch.exp(-1 * d * r)) + (1 - mask) * d * d
+        n_top = int(t.shape[1] * 0.75)
+        kept += n_top
+        losses.append(torch.sum(torch.sort(loss, descending=True)[0][..., :n_top]))
+    return sum(losses) / kept
+
+
+def test_ranking_loss_keep_largest_is_the_reference_b_sort():
+    from dynocc_data.losses import ranking_loss
+
+    g = torch.Generator().manual_seed(4)
+    depth = torch.randn(2, 1, 9, 11, generator=g, dtype=torch.float64)
+    targets = []
+    for n in (13, 7):
+        ys, xs = torch.randint(0, 9, (2, n), generator=g), torch.randint(0, 11, (2, n), generator=g)
+        targets.append(torch.stack([ys[0], xs[0], ys[1], xs[1], torch.randint(-1, 2, (n,), generator=g)]))
+    ours = ranking_loss(depth, [t[:4].T for t in targets], [t[4] for t in targets], keep_largest=0.75)
+    assert float(ours) == pytest.approx(float(reference_relative_loss_b_sort(depth, targets)), rel=1e-12)
+    full = ranking_loss(depth, [t[:4].T for t in targets], [t[4] for t in targets])
+    assert float(ours) > float(full)  # the largest losses, averaged
+
+
+def test_reference_input_matches_cv2_read_and_resnet_preprocess(tmp_path: Path):
+    """src/YoutubeDataset.py lines 235-239 (``cv2.imread``, ``cv2.resize``, ``transpose(2, 0, 1)``, ``/ 255.0``)
+    and src/ReDWebNet.py ``resNet_data_preprocess`` lines 490-495 (mean/std per channel index, on BGR)."""
+    from dynocc_data.datasets.reference import reference_input
+
+    samples = [YouTube3DSample("./a/0001.jpg", "./a/0001.pkl", _image(50, 70, 9),
+                               py2_ndarray_pickle(_youtube3d_targets(np.float64, 64, 1)))]
+    csv_path = write_youtube3d_release(tmp_path / "data", samples)
+    item = YouTube3DDataset(csv_path, size=NET)[0]
+    color = cv2.resize(cv2.imread(str(tmp_path / "data" / "a" / "0001.jpg")), (NET[1], NET[0]))
+    color = color.transpose(2, 0, 1).astype(np.float32) / 255.0
+    assert torch.equal(reference_input(item["image"]), torch.from_numpy(color))
+    for channel, (m, s) in enumerate(zip([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])):
+        color[channel] -= m
+        color[channel] /= s
+    assert torch.allclose(reference_input(item["image"][None], imagenet=True)[0], torch.from_numpy(color), atol=1e-6)

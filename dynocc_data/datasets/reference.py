@@ -13,6 +13,11 @@ use these functions so that a ported training script sees the very pairs it saw 
   ``parse_one_coordinate_line``): the 1-based coordinate divided by the source size, times the network size,
   clamped to ``[1, size]`` and truncated, then ``- 1`` for 0-based indices (:func:`diw_pairs_at`).
 
+The networks of the YouTube3D release take the image as ``cv2.imread`` reads it, BGR, as ``float32 / 255``,
+and the ResNet model (``b_resnet_prep``) subtracts ImageNet's RGB mean and divides by its std channel by channel
+on those BGR channels (src/ReDWebNet.py ``resNet_data_preprocess``): :func:`reference_input` does the same from
+our RGB ``uint8`` images, so the released checkpoints see what they were trained on.
+
 Pairs whose two points land on one pixel ("collapsed") are kept by the Python loaders; the Lua DIW loader moves
 point A up a row (down when it is on the first row). :func:`handle_collapsed` does either, or drops them.
 """
@@ -25,7 +30,11 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["Collapsed", "diw_pairs_at", "handle_collapsed", "resize_like_reference"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Collapsed", "diw_pairs_at", "handle_collapsed", "reference_input",
+           "resize_like_reference"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Collapsed = Literal["keep", "nudge", "drop"]
 COLLAPSED = ("keep", "nudge", "drop")
@@ -88,3 +97,19 @@ def handle_collapsed(
     ya = pairs[:, 0]
     pairs[:, 0] = torch.where(same, torch.where(ya > 0, ya - 1, ya + 1), ya)
     return pairs, ordinal
+
+
+def reference_input(image: torch.Tensor, *, bgr: bool = True, imagenet: bool = False) -> torch.Tensor:
+    """RGB ``uint8`` ``[3,H,W]`` or ``[B,3,H,W]`` to the input of the YouTube3D networks: ``float32 / 255`` in
+    BGR order (``bgr``), and with ``imagenet`` (the ResNet model) ImageNet's mean and std applied in channel
+    order to those BGR channels, as the reference does."""
+    if image.dtype != torch.uint8 or image.shape[-3] != 3:
+        raise ValueError(f"image must be uint8 [...,3,H,W], got {tuple(image.shape)} {image.dtype}")
+    x = image.to(torch.float32) / 255.0
+    if bgr:
+        x = x.flip(-3)
+    if imagenet:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
+        x = (x - mean) / std
+    return x
