@@ -135,3 +135,31 @@ def test_lossless_scene_video_decodes_to_its_frames(tmp_path):
         planes = [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
     expected = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2YUV_I420) for f in scene.frames]
     assert len(planes) == len(expected) and all(np.array_equal(a, b) for a, b in zip(planes, expected))
+
+
+def test_a_failed_run_leaves_out_usable(tmp_path):
+    from dynocc_data import generate
+    from dynocc_data.errors import DynOccError
+    from dynocc_data.tools.synthetic import demo_scenes
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    out = tmp_path / "out"
+    with pytest.raises(DynOccError, match="no video could be processed"):
+        generate([str(bad)], out, progress=False)
+    assert list(out.glob("ledger-r*.jsonl"))  # the failed run's journal is there...
+    video = demo_scenes(tmp_path / "v")[0]
+    summary = generate([str(video)], out, progress=False)  # ...and no obstacle
+    assert summary.videos_done == 1 and summary.shards >= 1
+    with pytest.raises(DynOccError, match="already holds shards"):  # a run that did write shards is protected
+        generate([str(video)], out, progress=False)
+
+
+def test_evaluate_twice_into_one_folder(tmp_path):
+    from dynocc_data.tools.evaluate import evaluate_synthetic
+    from dynocc_data.tools.synthetic import _DEMO_CONFIG
+
+    first = evaluate_synthetic(tmp_path / "e", num_scenes=2, seed=7, scene_config=_DEMO_CONFIG, progress=False)
+    second = evaluate_synthetic(tmp_path / "e", num_scenes=1, seed=7, scene_config=_DEMO_CONFIG, progress=False)
+    assert len(list((tmp_path / "e" / "scenes").glob("*.mp4"))) == 1
+    assert second.to_dict()["pairs"] <= first.to_dict()["pairs"]

@@ -333,11 +333,20 @@ def prepare_state(out: Path, resume: bool, digest: str, ranks: Callable[[int], b
     :func:`repair_run`; same parameters required); without, nothing, and ``out`` must hold no ledger of the
     ranks accepted by ``ranks`` (a new run into a used folder would duplicate its samples)."""
     if not resume:
-        for path in sorted(out.glob("ledger-r*.jsonl")):
-            match = re.match(r"^ledger-r(\d+)\.jsonl$", path.name)
-            if match and (ranks is None or ranks(int(match.group(1)))):
-                raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an "
-                                  f"empty --out")
+        ledgers = [path for path in sorted(out.glob("ledger-r*.jsonl"))
+                   if (match := re.match(r"^ledger-r(\d+)\.jsonl$", path.name))
+                   and (ranks is None or ranks(int(match.group(1))))]
+        if ledgers and not read_run_state(out).shards and not any(out.glob("*.tar*")):
+            # a run that failed before committing any shard (every input bad, killed early): nothing to keep
+            for path in ledgers:
+                rank = int(path.name[len("ledger-r"):-len(".jsonl")])
+                log.info("%s: left by a run that wrote no shard; starting afresh", path)
+                path.unlink(missing_ok=True)
+                marker_path(out, rank).unlink(missing_ok=True)
+            return RunState()
+        if ledgers:
+            raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an "
+                              f"empty --out")
         return RunState()
     state = repair_run(out, ranks)
     digests = {h.get("digest") for h in state.headers}

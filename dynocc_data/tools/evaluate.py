@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,10 +199,13 @@ def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int
                        generate_config=None, coverage_radius: float = 6.0, progress: bool = False,
                        **generate_kwargs) -> EvalResult:
     """Make ``num_scenes`` synthetic scenes (seeds ``seed``, ``seed+1``, ...), generate shards from them with
-    ``generate_config`` and score them. Scenes go to ``<out>/scenes``, shards to ``<out>/shards``."""
+    ``generate_config`` and score them. Scenes go to ``<out>/scenes``, shards to ``<out>/shards`` (both replaced
+    when they exist: running twice into one folder gives the second run's figures)."""
 
     out = Path(out)
     scene_dir = out / "scenes"
+    for old in (scene_dir, out / "shards"):  # the evaluation owns its work folder: a second run starts afresh
+        shutil.rmtree(old, ignore_errors=True)
     make_scenes(scene_dir, num_scenes, seed=seed, config=scene_config)
     generate([str(scene_dir)], out / "shards", generate_config, progress=progress, **generate_kwargs)
     return evaluate_shards(out / "shards", scene_dir, coverage_radius=coverage_radius)
