@@ -18,7 +18,8 @@ Steps (everything seeded by ``--seed``):
    ``train_depth.train`` with identical model, steps, batch size, learning-rate schedule, augmentation and seed;
    only the load-time strategy differs.
 3. **Scores**: WHDR on the held-out pairs (overall, random pairs, edge pairs), pairs per frame and the share of
-   the training pairs whose order agrees with ground truth (``dynocc_data.tools.evaluate.score_items`` on the training
+   the training pairs whose order agrees with ground truth (the sign agreement of
+   ``dynocc_data.tools.evaluate.score_items``, its old scoring, on the training
    scenes' ``.gt.npz``). Two reference rows that are not trained: a constant depth (50 %: every pair a tie,
    counted as half an error) and "higher in the frame = farther" (the ground-plane prior, which needs no data).
 4. **Outputs** in ``--docs``: ``ablation.csv``, ``ablation.md`` (table, setup, timings) and ``ablation.png`` (bars).
@@ -119,7 +120,7 @@ def pair_statistics(shards: str, scenes: dict[str, Any], strategy: str, seed: in
     (epoch 0 of the load-time sampling, full frames)."""
     items = DynOccDataset(shards, strategy=strategy, seed=seed, keep_boundary=False)
     result = score_items(items, scenes)
-    return result.pairs_per_frame, result.precision
+    return result.pairs_per_frame, result.old_precision  # sign agreement, as in the committed docs/ablation.md
 
 
 def _baseline_rows(val: ValSet, cfg: TrainConfig) -> list[Row]:

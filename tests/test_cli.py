@@ -84,9 +84,23 @@ def test_evaluate_writes_scores(tmp_path):
     out = tmp_path / "eval"
     res = cli("evaluate", "--scenes", "1", "--size", "180x320", "--frames", "16", "--out", out, "--no-progress")
     assert res.returncode == 0, res.stderr
-    assert "pair precision:" in res.stdout and "boundary coverage:" in res.stdout
+    for words in ("correct (different surfaces, right order)", "wrong order", "localisation", "false boundary",
+                  "coverage (any motion, 4 px, every selected frame)", "old scoring (secondary)",
+                  "cast shadows on"):
+        assert words in res.stdout, words
     scores = json.loads((out / "eval.json").read_text())
-    assert 0.0 <= scores["precision"] <= 1.0 and 0.0 <= scores["coverage"] <= 1.0
     assert scores["frames_selected"] == 2  # 16 frames, stride 4, gap 4: frames 4 and 8
-    assert scores["pairs"] > 0 and scores["precision"] >= 0.8
+    assert scores["pairs"] > 0 and sum(scores["counts"].values()) == scores["pairs"]
+    assert scores["correct"] == scores["counts"]["correct"] / scores["pairs"] >= 0.5
+    assert 0.0 <= scores["coverage"] <= 1.0 and scores["coverage_radius"] == 4.0
+    assert scores["old"]["precision"] >= scores["correct"]  # sign agreement also counts same-surface luck
+    assert scores["scene_config"]["cast_shadows"] is True
     assert (out / "scenes" / "scene_01000.mp4").is_file() and (out / "shards" / "index.json").is_file()
+    # --json prints the same document; bad seeds are refused where they enter
+    res = cli("evaluate", "--scenes", "1", "--size", "180x320", "--frames", "16", "--out", tmp_path / "j",
+              "--no-progress", "--no-shadows", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["scene_config"]["cast_shadows"] is False and doc["pairs"] > 0
+    res = cli("evaluate", "--scene-seed", "1,x", "--out", tmp_path / "bad")
+    assert res.returncode == 2 and "--scene-seed" in res.stderr

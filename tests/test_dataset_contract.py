@@ -41,24 +41,19 @@ def youtube3d_release(root: Path) -> Path:
 
 class TestDynOccDataset(DatasetContract):
     source = "dynocc"
+    options: dict[str, Any] = {}
 
     def make(self, root: Path, **kwargs: Any) -> Any:
         shards = root / "shards"
         if not shards.exists():
             write_shards(shards, [3, 2, 3, 2])
-        return DynOccDataset(shards, **kwargs)
+        return DynOccDataset(shards, **self.options, **kwargs)
 
 
-class TestDynOccDatasetResampledPairs(DatasetContract):
+class TestDynOccDatasetResampledPairs(TestDynOccDataset):
     """The same shards with a load-time strategy drawing its own pairs from the boundary annotation."""
 
-    source = "dynocc"
-
-    def make(self, root: Path, **kwargs: Any) -> Any:
-        shards = root / "shards"
-        if not shards.exists():
-            write_shards(shards, [3, 2, 3, 2])
-        return DynOccDataset(shards, strategy="band", **kwargs)
+    options = {"strategy": "band"}
 
 
 class TestYouTube3DDataset(DatasetContract):

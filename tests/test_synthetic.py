@@ -347,3 +347,42 @@ def test_config_validation_and_json_round_trip():
         SceneConfig(object_depth=(5.0, 25.0))
     with pytest.raises(ValueError, match="crf"):
         SceneConfig(crf=60)
+
+
+# ----------------------------------------------------------------------------------------------- shadows
+
+
+def test_square_shadow_is_its_silhouette_shifted_and_darkened_exactly():
+    plain = moving_square_scene((96, 128), 6, velocity=(0.0, 3.0), seed=2, side=30)
+    shaded = moving_square_scene((96, 128), 6, velocity=(0.0, 3.0), seed=2, side=30, shadow=(5, 7, 0.5, 0.0))
+    for name in ("depth", "labels", "transforms", "layer_kind"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(shaded, name), err_msg=name)
+    assert shaded.config.cast_shadows and not plain.config.cast_shadows
+    for t in range(6):
+        square = plain.labels[t] == 1
+        ys, xs = np.nonzero(square)
+        shadow = np.zeros_like(square)
+        shadow[ys + 5, xs + 7] = True  # the silhouette moved 5 down and 7 right, in every frame
+        lit, dark = plain.frames[t].astype(int), shaded.frames[t].astype(int)
+        on_ground = shadow & ~square
+        assert on_ground.sum() > 200
+        assert np.abs(dark[on_ground] - np.floor(lit[on_ground] * 0.5 + 0.5)).max() <= 1  # half the light
+        np.testing.assert_array_equal(dark[~shadow], lit[~shadow])  # nothing else changes, the square included
+    # the shadow moves with the square (3 px a frame), not a depth edge: the ground truth is the shadowless one
+    np.testing.assert_array_equal(plain.moving_boundary(2, 1), shaded.moving_boundary(2, 1))
+
+
+def test_random_scene_shadows_only_darken_the_ground_and_keep_the_seed():
+    cfg = dataclasses.replace(SMALL, height=120, width=160, num_objects=(2, 2))
+    plain, shaded = make_scene(cfg, 4), make_scene(dataclasses.replace(cfg, cast_shadows=True), 4)
+    for name in ("depth", "labels", "transforms", "layer_depth", "layer_kind", "layer_plane"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(shaded, name), err_msg=name)
+    lit, dark = plain.frames.astype(int), shaded.frames.astype(int)
+    assert (dark <= lit + 1).all()  # shadows never brighten
+    ground = plain.labels == 0
+    darker = (lit - dark).mean(axis=-1) > 8
+    assert darker[ground].mean() > 0.005  # visible shadows on the ground (about 1 % of it here)...
+    inner = np.stack([cv2.erode((lab > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) for lab in plain.labels]) > 0
+    assert not darker[inner].any()  # ...and none on the objects and occluders in front of it
+    with pytest.raises(ValueError, match="shadow_strength"):
+        SceneConfig(shadow_strength=(0.5, 1.5))

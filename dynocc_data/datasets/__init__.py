@@ -6,8 +6,8 @@
 * :func:`create_loader` — a ``DataLoader`` factory with the right collate, seeding and DDP handling.
 """
 
-from .diw import DIWDataset, parse_diw_csv
 from ..format.index import load_index
+from .diw import DIWDataset, parse_diw_csv
 from .dynocc import DynOccDataset, ReadStats
 from .loader import create_loader, seed_worker
 from .mix import MapAsIterable, MixedDataset, as_iterable, mix

@@ -11,8 +11,17 @@ Both sides of the item contract build on this package: :mod:`dynocc_data.generat
 
 from .files import PARTIAL, atomic_write_text
 from .index import INDEX_FORMAT, INDEX_NAME, ShardInfo, index_document, load_index, read_index
-from .sample import (BOUNDARY_DTYPE, BOUNDARY_FIELDS, REQUIRED_FIELDS, MissingFieldError, boundary_from_array,
-                     boundary_to_array, decode_image_member, decode_sample, encode_sample)
+from .sample import (
+    BOUNDARY_DTYPE,
+    BOUNDARY_FIELDS,
+    REQUIRED_FIELDS,
+    MissingFieldError,
+    boundary_from_array,
+    boundary_to_array,
+    decode_image_member,
+    decode_sample,
+    encode_sample,
+)
 from .tar import iter_tar_members
 
 __all__ = [

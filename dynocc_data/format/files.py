@@ -11,6 +11,11 @@ PARTIAL = ".partial"  # suffix of every file still being written
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries to disk, so that a rename into it survives a crash; best effort.
+
+    Args:
+        path: the folder. Where it cannot be opened or synced (some file systems, Windows) nothing happens.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -24,7 +29,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written).
+
+    Args:
+        path: the final file; the temporary one is next to it, named ``<name>.<pid>.partial``, and is removed when
+            writing fails.
+        text: the contents, written as UTF-8 and fsynced before the rename.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + f".{os.getpid()}{PARTIAL}")
     try:

@@ -28,7 +28,13 @@ INDEX_FORMAT = "dynocc-shards/1"
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard URL with its sample count and file size from ``index.json`` (``None`` when unknown)."""
+    """One shard URL with its sample count and file size from ``index.json`` (``None`` when unknown).
+
+    Args:
+        url: the shard's URL or path, joined onto the index's folder.
+        count: the number of samples in the shard.
+        nbytes: the shard's size in bytes.
+    """
 
     url: str
     count: int | None = None
@@ -36,7 +42,14 @@ class ShardInfo:
 
 
 def local_path(url: str) -> str | None:
-    """The file-system path of a local shard URL (plain path or ``file:``), ``None`` for remote/pipe URLs."""
+    """The file-system path of a local shard URL.
+
+    Args:
+        url: a plain path, a ``file:`` URL, or any other URL.
+
+    Returns:
+        The path for a plain path or a ``file:`` URL; ``None`` for remote and pipe URLs.
+    """
     parsed = urlparse(url)
     if parsed.scheme == "":
         return url
@@ -46,7 +59,14 @@ def local_path(url: str) -> str | None:
 
 
 def read_text(url: str) -> str:
-    """Read a small text file from a local path or any URL webdataset's ``gopen`` understands."""
+    """Read a small text file from a local path or any URL webdataset's ``gopen`` understands.
+
+    Args:
+        url: the file's path or URL.
+
+    Returns:
+        The file's contents, decoded as UTF-8.
+    """
     local = local_path(url)
     if local is not None:
         with open(local, encoding="utf-8") as stream:
@@ -56,8 +76,7 @@ def read_text(url: str) -> str:
 
 
 def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """``(where, base, index)``: the index's name for messages, the folder its URLs are relative to, and the
-    checked JSON object."""
+    """``(where, base, index)``: the index's name for messages, its URLs' folder, and the checked JSON object."""
     if isinstance(source, Mapping):
         where, base, index = "<index dict>", "", dict(source)
     else:
@@ -69,7 +88,8 @@ def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, 
         try:
             index = json.loads(read_text(where))
         except FileNotFoundError:
-            raise InputNotFoundError(where, "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
+            raise InputNotFoundError(where,
+                                     "no index.json here (pass shard URLs, or run dynocc-data generate)") from None
         except (OSError, UnicodeDecodeError, ValueError) as err:
             raise InputError(where, f"cannot read the shard index: {err}") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("shards"), list):
@@ -125,7 +145,16 @@ def read_index(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def index_document(shards: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``index.json`` object for ``shards`` (dicts with ``url``, ``count``, ``bytes``), sorted by URL."""
+    """The ``index.json`` object for ``shards``, sorted by URL.
+
+    Args:
+        shards: one dict per shard with ``url``, ``count`` and ``bytes`` (other keys are dropped).
+        extra: more top-level fields (e.g. the generating config), added after ``format``, ``num_samples`` and
+            ``shards`` (and overriding them when they share a name).
+
+    Returns:
+        The JSON-ready object: ``format``, ``num_samples`` (the sum of the counts), ``shards``, then ``extra``.
+    """
     entries = sorted(({"url": s["url"], "count": s["count"], "bytes": s["bytes"]} for s in shards),
                      key=lambda s: s["url"])
     return {"format": INDEX_FORMAT, "num_samples": sum(s["count"] for s in entries), "shards": entries,

@@ -51,7 +51,15 @@ def _npy_load(data: bytes) -> np.ndarray:
 
 
 def boundary_to_array(boundary: Mapping[str, torch.Tensor | np.ndarray]) -> np.ndarray:
-    """The ``boundary`` dict of tensors (y, x, ny, nx, confidence, segment, jump) as a structured array."""
+    """The ``boundary`` dict of tensors as a structured array.
+
+    Args:
+        boundary: equal-length 1-D tensors or arrays for every field of :data:`BOUNDARY_FIELDS` (y, x, ny, nx,
+            confidence, segment, jump); other keys are ignored.
+
+    Returns:
+        A ``[N]`` array of :data:`BOUNDARY_DTYPE`.
+    """
     n = len(boundary["y"])
     out = np.zeros(n, dtype=BOUNDARY_DTYPE)
     for name in BOUNDARY_FIELDS:
@@ -61,7 +69,14 @@ def boundary_to_array(boundary: Mapping[str, torch.Tensor | np.ndarray]) -> np.n
 
 
 def boundary_from_array(array: np.ndarray) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`boundary_to_array`: float32 tensors, ``segment`` as int64."""
+    """Inverse of :func:`boundary_to_array`.
+
+    Args:
+        array: a 1-D structured array with the :data:`BOUNDARY_FIELDS`.
+
+    Returns:
+        One tensor per field: float32, ``segment`` as int64.
+    """
     out = {}
     for name in BOUNDARY_FIELDS:
         v = np.ascontiguousarray(array[name])
@@ -71,7 +86,19 @@ def boundary_from_array(array: np.ndarray) -> dict[str, torch.Tensor]:
 
 def encode_sample(key: str, jpeg: bytes, meta: Mapping[str, Any], pairs: torch.Tensor | np.ndarray,
                   ordinal: torch.Tensor | np.ndarray, boundary: Mapping[str, Any]) -> dict[str, Any]:
-    """One shard sample as webdataset expects it (``__key__`` plus bytes per member)."""
+    """One shard sample as webdataset expects it (``__key__`` plus bytes per member).
+
+    Args:
+        key: the sample's key (``__key__``).
+        jpeg: the encoded image (``jpg``).
+        meta: the JSON-ready metadata (``json``, keys sorted).
+        pairs: ``[N,4]`` point pairs ``(yA, xA, yB, xB)``, stored as int32 (``pairs.npy``).
+        ordinal: ``[N]`` orders -1/0/+1, stored as int8 (``ordinal.npy``).
+        boundary: the boundary points, as for :func:`boundary_to_array` (``boundary.npy``).
+
+    Returns:
+        The dict of ``__key__`` and the bytes of every member of :data:`REQUIRED_FIELDS`.
+    """
     pairs = np.asarray(pairs.cpu() if isinstance(pairs, torch.Tensor) else pairs, dtype=np.int32).reshape(-1, 4)
     ordinal = np.asarray(ordinal.cpu() if isinstance(ordinal, torch.Tensor) else ordinal, dtype=np.int8)
     return {
@@ -96,8 +123,7 @@ _NPY_DTYPES_MAX = 256
 
 
 def _npy_header(view: memoryview) -> tuple[re.Match[str] | None, int]:
-    """The header of a ``.npy`` buffer matched against numpy's own layout (``None`` otherwise) and the offset
-    of the data."""
+    """The header of a ``.npy`` buffer matched against numpy's layout (``None`` otherwise), and the data offset."""
     if len(view) < 10 or bytes(view[:6]) != _NPY_MAGIC or view[6] not in (1, 2, 3):
         return None, 0
     start = 10 if view[6] == 1 else 12
@@ -190,20 +216,30 @@ def _decode_boundary(array: np.ndarray) -> dict[str, torch.Tensor]:
 
 def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_boundary: bool = True,
                   with_pairs: bool = True, boundary_array: bool = False) -> dict[str, Any]:
-    """A raw webdataset sample (``__key__``, ``__url__`` and member bytes) to an item of the contract.
+    """Decode a raw webdataset sample (``__key__``, ``__url__`` and member bytes) into an item of the contract.
 
     The one decoder of the package (``DynOccDataset`` uses it). Nothing is unpickled: ``.npy`` members are
     read with ``allow_pickle=False`` and members other than :data:`REQUIRED_FIELDS` are ignored. The JPEG is
     decoded to RGB ``uint8 [3,H,W]`` (libjpeg-turbo) and must have the JSON ``size``; pairs must lie inside
     it and ordinals be -1, 0 or +1. ``meta["source"]`` is the JSON ``source`` (default ``"dynocc"``), so
-    converted YouTube3D/DIW shards say so. ``decode_image=False`` leaves the JPEG bytes in ``image`` for
-    :func:`decode_image_member` to decode later; ``with_boundary=False`` skips ``boundary.npy`` (no ``boundary``
-    key); ``with_pairs=False`` skips ``pairs.npy`` and ``ordinal.npy`` (no ``pairs``/``ordinal`` keys: for a
-    loader that draws its own pairs); ``boundary_array=True`` leaves ``boundary`` as the checked structured
-    array of ``boundary.npy`` (a zero-copy view, for the built-in samplers) instead of a dict of tensors.
+    converted YouTube3D/DIW shards say so.
 
-    Raises :class:`MissingFieldError` when a member is absent and :class:`ShardFormatError` (naming the shard,
-    the key and the member) when one does not decode or breaks the format.
+    Args:
+        sample: the raw sample: ``__key__``, ``__url__`` and the bytes of the members.
+        decode_image: ``False`` leaves the JPEG bytes in ``image`` for :func:`decode_image_member` to decode later.
+        with_boundary: ``False`` skips ``boundary.npy`` (no ``boundary`` key).
+        with_pairs: ``False`` skips ``pairs.npy`` and ``ordinal.npy`` (no ``pairs``/``ordinal`` keys: for a
+            loader that draws its own pairs).
+        boundary_array: ``True`` leaves ``boundary`` as the checked structured array of ``boundary.npy`` (a
+            zero-copy view, for the built-in samplers) instead of a dict of tensors.
+
+    Returns:
+        The item: ``image``, ``pairs``, ``ordinal``, ``meta`` (``source``, ``key``, ``video``, ``video_id``,
+        ``frame``, ``orig_size``, ``size``, ``url``) and ``boundary``, less the parts switched off.
+
+    Raises:
+        MissingFieldError: when a member of :data:`REQUIRED_FIELDS` is absent.
+        ShardFormatError: naming the shard, the key and the member, when one does not decode or breaks the format.
     """
     url, key = str(sample.get("__url__", "?")), str(sample.get("__key__", "?"))
     missing = [f for f in REQUIRED_FIELDS if f not in sample]
@@ -241,9 +277,17 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_
 
 
 def decode_image_member(item: dict[str, Any]) -> dict[str, Any]:
-    """Decode the JPEG bytes that ``decode_sample(..., decode_image=False)`` left in ``item["image"]`` (in place;
-    returns ``item``). Raises :class:`ShardFormatError` when they do not decode or the image is not the JSON
-    ``size``."""
+    """Decode the JPEG bytes that ``decode_sample(..., decode_image=False)`` left in ``item["image"]``, in place.
+
+    Args:
+        item: an item of :func:`decode_sample` with ``decode_image=False``.
+
+    Returns:
+        ``item``, its ``image`` now RGB ``uint8 [3,H,W]``.
+
+    Raises:
+        ShardFormatError: when the bytes do not decode or the image is not the JSON ``size``.
+    """
     meta = item["meta"]
     try:
         image = _decode_jpeg_rgb(item["image"])

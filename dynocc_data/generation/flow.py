@@ -48,7 +48,18 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device, *, prefer_cuda: bool) -> torch.device:
-    """Turn ``"auto"`` into cuda (when ``prefer_cuda`` and available) or cpu; check that cuda exists."""
+    """Turn ``"auto"`` into cuda (when ``prefer_cuda`` and available) or cpu; check that cuda exists.
+
+    Args:
+        device: ``"auto"``, or any device ``torch.device`` accepts.
+        prefer_cuda: whether ``"auto"`` means cuda when it is available.
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: when a cuda device is asked for and CUDA is not available.
+    """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -60,8 +71,10 @@ def resolve_device(device: str | torch.device, *, prefer_cuda: bool) -> torch.de
 class FlowEstimator(ABC):
     """Dense optical flow from ``src`` to ``dst``; subclasses implement :meth:`_flow` on batches.
 
-    Attributes: ``name`` (backend name), ``device`` (where results are returned) and ``params``
-    (JSON-serialisable description recorded in each sample's metadata).
+    Attributes:
+        name: the backend's name.
+        device: where results are returned.
+        params: JSON-serialisable description recorded in each sample's metadata.
     """
 
     name: str
@@ -69,7 +82,19 @@ class FlowEstimator(ABC):
     params: dict[str, Any]
 
     def __call__(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-        """Flow from uint8 RGB ``src`` to ``dst`` ([B,3,H,W] -> [B,2,H,W] or [3,H,W] -> [2,H,W]) on ``self.device``."""
+        """Flow from ``src`` to ``dst``.
+
+        Args:
+            src: uint8 RGB ``[B,3,H,W]`` or ``[3,H,W]``.
+            dst: the same shape and dtype as ``src``.
+
+        Returns:
+            float32 flow ``[B,2,H,W]`` (or ``[2,H,W]``), ``(dx, dy)`` per pixel, on ``self.device``.
+
+        Raises:
+            TypeError: when an input is not a uint8 tensor.
+            ValueError: when the shapes are not RGB images or batches, differ, or are empty.
+        """
         _check_pair(src, dst)
         unbatched = src.ndim == 3
         if unbatched:
@@ -114,10 +139,24 @@ _DIS_PRESETS: dict[str, int] = {
 class DISFlow(FlowEstimator):
     """OpenCV Dense Inverse Search flow on grayscale frames, on the CPU.
 
-    ``preset`` is ``'ultrafast'``, ``'fast'`` or ``'medium'``; the other options override the preset's
-    values. ``num_threads`` sets OpenCV's (process-wide) thread count for the duration of each call.
     One ``cv2.DISOpticalFlow`` object is kept per estimator and it is **not thread-safe**: use one
     estimator per thread. Pickling (e.g. to worker processes) recreates the OpenCV object.
+
+    Args:
+        preset: ``'ultrafast'``, ``'fast'`` or ``'medium'``; the options below override the preset's values
+            (``None`` keeps it).
+        finest_scale: the finest pyramid level computed (0 is full resolution).
+        patch_size: the patch side in pixels (>= 1).
+        patch_stride: the stride between patches in pixels (>= 1).
+        gradient_descent_iterations: gradient descent iterations per patch.
+        variational_refinement_iterations: variational refinement iterations per level (0 turns it off).
+        variational_refinement_alpha: the smoothness weight of the refinement.
+        variational_refinement_delta: the colour-constancy weight of the refinement.
+        variational_refinement_gamma: the gradient-constancy weight of the refinement.
+        num_threads: OpenCV's (process-wide) thread count for the duration of each call; ``None`` leaves it.
+
+    Raises:
+        ValueError: for an unknown preset or an option out of its range.
     """
 
     name = "dis"
@@ -289,13 +328,23 @@ def _load_default_weights(model: torch.nn.Module, size: str) -> str:
 
 
 class RAFTFlow(FlowEstimator):
-    """torchvision RAFT (``size`` ``'large'`` or ``'small'``), batched, padded and mixed-precision on CUDA.
+    """torchvision RAFT, batched, padded and mixed-precision on CUDA.
 
-    ``weights``: ``"default"`` = torchvision's default checkpoint (torch hub cache or download), a path
-    = a local state dict, ``None`` = random initialisation (tests only). Inputs are padded (replicate)
-    to a multiple of 8 and at least 128 px per side and the flow is cropped back. Batches are run in
-    chunks of ``batch_size``; on CUDA out-of-memory a chunk is retried in halves and later chunks
-    keep the smaller size.
+    Inputs are padded (replicate) to a multiple of 8 and at least 128 px per side and the flow is cropped back.
+
+    Args:
+        size: ``'large'`` or ``'small'`` (``raft_large`` / ``raft_small``).
+        weights: ``"default"`` = torchvision's default checkpoint (torch hub cache or download), a path = a local
+            state dict, ``None`` = random initialisation (tests only).
+        device: where to run; ``"auto"`` is cuda when available.
+        num_flow_updates: RAFT's recurrent refinement steps (>= 1).
+        batch_size: pairs per forward pass (>= 1); on CUDA out-of-memory a chunk is retried in halves and later
+            chunks keep the smaller size.
+        amp: float16 autocast on CUDA (fp32 on the CPU either way).
+
+    Raises:
+        ValueError: for an unknown size, an option out of its range, or a cuda device without CUDA.
+        InputError: when the weights cannot be downloaded or the file is not a checkpoint of this size.
     """
 
     name = "raft"
@@ -418,8 +467,19 @@ FLOW_BACKENDS: dict[str, Callable[..., FlowEstimator]] = {
 
 
 def create_flow(name: str = "dis", *, device: str | torch.device = "auto", **kwargs: Any) -> FlowEstimator:
-    """Build the flow backend ``name`` (see :data:`FLOW_BACKENDS`); ``device="auto"`` = cuda for RAFT
-    when available, cpu for DIS. ``kwargs`` go to the backend's constructor."""
+    """Build the flow backend ``name`` (see :data:`FLOW_BACKENDS`).
+
+    Args:
+        name: the backend, ``"dis"`` or ``"raft"`` (or any registered one); case is ignored.
+        device: where to run; ``"auto"`` = cuda for RAFT when available, cpu for DIS.
+        kwargs: passed to the backend's constructor (:class:`DISFlow`, :class:`RAFTFlow`).
+
+    Returns:
+        The flow estimator.
+
+    Raises:
+        ValueError: for an unknown backend (and as the backend's constructor raises).
+    """
     factory = FLOW_BACKENDS.get(name.lower()) if isinstance(name, str) else None
     if factory is None:
         raise ValueError(f"unknown flow backend {name!r}; choose one of {sorted(FLOW_BACKENDS)}")

@@ -108,7 +108,12 @@ _FINISHED = ("done", "failed")
 
 
 class WorkerFailure(DynOccError, RuntimeError):
-    """Some workers or ranks died or failed; the others finished and the merge was written (see ``result``)."""
+    """Some workers or ranks died or failed; the others finished and the merge was written (see ``result``).
+
+    Args:
+        message: the one-line message naming the ranks, why they failed and their unfinished videos.
+        result: what the merge wrote (kept as ``result``).
+    """
 
     def __init__(self, message: str, result: "MergeResult"):
         super().__init__(message)
@@ -120,24 +125,39 @@ class WorkerFailure(DynOccError, RuntimeError):
 
 @dataclass(frozen=True)
 class RankInfo:
-    """Where this process stands in a multi-process run (from the launcher's environment variables)."""
+    """Where this process stands in a multi-process run (from the launcher's environment variables).
+
+    Attributes:
+        rank: this process's rank, ``0 <= rank < world_size``.
+        world_size: the number of ranks.
+        local_rank: the rank among the processes of this machine.
+        local_world_size: the number of ranks on this machine.
+        launcher: ``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``), ``slurm`` (``srun``) or ``none``.
+        run_id: identifies one launch (``DYNOCC_RUN_ID``, torchrun's rendezvous id, or the Slurm job and step).
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
     launcher: str = "none"
-    """``torchrun`` (or any launcher setting ``RANK``/``WORLD_SIZE``), ``slurm`` (``srun``) or ``none``."""
     run_id: str | None = None
-    """Identifies one launch (``DYNOCC_RUN_ID``, torchrun's rendezvous id, or the Slurm job and step)."""
 
     @property
     def distributed(self) -> bool:
+        """Whether there is more than one rank."""
         return self.world_size > 1
 
     def owns(self, rank: int) -> bool:
-        """Whether this rank repairs the shards of ``rank`` (its own; rank 0 also those of ranks that no longer
-        exist, left by an earlier launch with more ranks)."""
+        """Whether this rank repairs the shards of ``rank``.
+
+        Args:
+            rank: the rank that wrote the shards.
+
+        Returns:
+            True for its own rank; on rank 0 also for ranks that no longer exist, left by an earlier launch with
+            more ranks.
+        """
         return rank == self.rank or (self.rank == 0 and rank >= self.world_size)
 
 
@@ -154,9 +174,21 @@ def _leading_int(text: str | None, default: int) -> int:
 
 
 def rank_from_env(env: Mapping[str, str] | None = None) -> RankInfo:
-    """Rank and world size from ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) or
-    from an ``srun`` job step (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``/``SLURM_NTASKS``, ``SLURM_LOCALID``);
-    a single process otherwise. Torchrun's variables win (``srun torchrun ...``)."""
+    """Rank and world size from the launcher's environment variables.
+
+    Reads ``torchrun``'s (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) or an ``srun`` job
+    step's (``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``/``SLURM_NTASKS``, ``SLURM_LOCALID``); torchrun's win
+    (``srun torchrun ...``).
+
+    Args:
+        env: the environment to read; ``None`` for ``os.environ``.
+
+    Returns:
+        The rank information; a single process (rank 0 of 1) when neither launcher's variables are set.
+
+    Raises:
+        DynOccError: when a variable is not an integer or the rank is not inside the world.
+    """
     env = os.environ if env is None else env
     run_id = env.get("DYNOCC_RUN_ID") or None
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -186,8 +218,15 @@ def rank_from_env(env: Mapping[str, str] | None = None) -> RankInfo:
 
 
 def video_weight(source: VideoSource) -> int | None:
-    """The work a video stands for, in bytes: the file's size, the sum of a frame folder's images; ``None``
-    when unknown (URLs, unreadable paths)."""
+    """The work a video stands for, in bytes.
+
+    Args:
+        source: the video.
+
+    Returns:
+        The file's size, or the sum of a frame folder's image sizes; ``None`` when unknown (URLs, unreadable
+        paths).
+    """
     try:
         if source.kind == "file":
             return os.path.getsize(source.path)
@@ -202,10 +241,23 @@ def video_weight(source: VideoSource) -> int | None:
 
 def partition(sources: Sequence[VideoSource], world_size: int,
               weights: Sequence[int | None] | None = None) -> list[list[VideoSource]]:
-    """Split ``sources`` into ``world_size`` parts of about equal total weight (greedy: heaviest first, each to
-    the least loaded part; ties by fewer videos, then lower rank). Deterministic: same sources and weights, same
-    parts; each part keeps the order of ``sources``. ``weights`` default to :func:`video_weight`; unknown
-    weights count as the mean of the known ones."""
+    """Split ``sources`` into ``world_size`` parts of about equal total weight.
+
+    Greedy: heaviest first, each to the least loaded part; ties by fewer videos, then lower rank. Deterministic:
+    same sources and weights, same parts.
+
+    Args:
+        sources: the videos.
+        world_size: the number of parts (>= 1).
+        weights: one weight per source; default :func:`video_weight`. Unknown (``None``) weights count as the
+            mean of the known ones.
+
+    Returns:
+        ``world_size`` lists of sources, each in the order of ``sources``.
+
+    Raises:
+        ValueError: when ``world_size < 1`` or there are not as many weights as sources.
+    """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     ws = list(weights) if weights is not None else [video_weight(s) for s in sources]
@@ -227,21 +279,45 @@ def partition(sources: Sequence[VideoSource], world_size: int,
 
 @dataclass
 class Plan:
-    """The partition of one launch: which rank processes which videos, under which parameters."""
+    """The partition of one launch: which rank processes which videos, under which parameters.
+
+    Attributes:
+        world_size: the number of ranks.
+        digest: :meth:`GenerateConfig.digest` of the run.
+        parts: the videos of each rank.
+        run_id: identifies the launch (see :class:`RankInfo`).
+    """
 
     world_size: int
     digest: str
-    """:meth:`GenerateConfig.digest` of the run."""
     parts: list[list[VideoSource]]
     run_id: str | None = None
 
     @classmethod
     def make(cls, sources: Sequence[VideoSource], world_size: int, digest: str,
              run_id: str | None = None) -> "Plan":
+        """The plan that splits ``sources`` with :func:`partition`.
+
+        Args:
+            sources: the videos of the run.
+            world_size: the number of ranks.
+            digest: :meth:`GenerateConfig.digest` of the run.
+            run_id: identifies the launch.
+
+        Returns:
+            The plan.
+        """
         return cls(world_size, digest, partition(sources, world_size), run_id)
 
     def rank_digest(self, rank: int) -> str:
-        """Fingerprint of one rank's assignment: a marker with another one belongs to another launch."""
+        """Fingerprint of one rank's assignment: a marker with another one belongs to another launch.
+
+        Args:
+            rank: the rank.
+
+        Returns:
+            16 hex digits of the SHA-1 of the world size, the rank, the digest and the rank's video ids.
+        """
         ids = [s.video_id for s in self.parts[rank]]
         text = json.dumps([self.world_size, rank, self.digest, ids])
         return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -251,7 +327,11 @@ class Plan:
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    """CPU cores this process may run on.
+
+    Returns:
+        The size of its affinity mask (e.g. a Slurm allocation); ``os.cpu_count()`` where there is none.
+    """
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -259,18 +339,42 @@ def available_cores() -> int:
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """``cores // workers``, at least 1."""
+    """CPU threads for each of ``workers`` processes sharing ``cores``.
+
+    Args:
+        workers: the number of processes.
+        cores: the cores to share; default :func:`available_cores`.
+
+    Returns:
+        ``cores // workers``, at least 1.
+    """
     return max(1, (cores or available_cores()) // max(1, workers))
 
 
 def limit_threads(n: int) -> None:
-    """Cap torch's and OpenCV's thread pools at ``n`` threads (call before heavy work starts)."""
+    """Cap torch's and OpenCV's thread pools (call before heavy work starts).
+
+    Args:
+        n: the number of threads of each.
+    """
     torch.set_num_threads(n)
     cv2.setNumThreads(n)
 
 
 def resolve_workers(workers: int | None, device: str = "auto") -> int:
-    """``None`` (``--workers auto``): one per GPU when the device is CUDA, else 1; otherwise ``workers``."""
+    """The number of local worker processes.
+
+    Args:
+        workers: the number asked for; ``None`` (``--workers auto``) for one per GPU when the device is CUDA,
+            else 1.
+        device: the run's device (``"auto"``: CUDA when available).
+
+    Returns:
+        The number of workers.
+
+    Raises:
+        DynOccError: when ``workers`` is below 1.
+    """
     if workers is None:
         return max(1, torch.cuda.device_count()) if resolve_device(device).type == "cuda" else 1
     if int(workers) < 1:
@@ -298,8 +402,19 @@ def repair_run(out: str | os.PathLike, ranks: Callable[[int], bool] | None = Non
     """Make ``out`` consistent after an interruption and return what its ledgers say is done.
 
     ``.partial`` shards committed in a ledger are completed (renamed; deleted when the committed copy was
-    uploaded), uncommitted ones deleted, and committed local shards must exist. With ``ranks``, only the shards
-    of the ranks it accepts are touched (other ranks may be writing theirs right now)."""
+    uploaded), uncommitted ones deleted, and committed local shards must exist.
+
+    Args:
+        out: the output folder.
+        ranks: accepts the ranks whose shards may be touched (other ranks may be writing theirs right now);
+            ``None`` for all.
+
+    Returns:
+        The state of all ledgers.
+
+    Raises:
+        DynOccError: when a committed local shard of an accepted rank is missing on disk.
+    """
     out = Path(out)
     state = read_run_state(out)
     committed = {s["url"]: s for s in state.shards}
@@ -329,9 +444,12 @@ def repair_run(out: str | os.PathLike, ranks: Callable[[int], bool] | None = Non
 
 
 def prepare_state(out: Path, resume: bool, digest: str, ranks: Callable[[int], bool] | None = None) -> RunState:
-    """What is already done in ``out`` before a rank starts: with ``resume``, the repaired ledgers (see
-    :func:`repair_run`; same parameters required); without, nothing, and ``out`` must hold no ledger of the
-    ranks accepted by ``ranks`` (a new run into a used folder would duplicate its samples)."""
+    """What is already done in ``out`` before a rank starts.
+
+    With ``resume``, the repaired ledgers (see :func:`repair_run`; same parameters required); without, nothing,
+    and ``out`` must hold no ledger of the ranks accepted by ``ranks`` (a new run into a used folder would
+    duplicate its samples).
+    """
     if not resume:
         ledgers = [path for path in sorted(out.glob("ledger-r*.jsonl"))
                    if (match := re.match(r"^ledger-r(\d+)\.jsonl$", path.name))
@@ -365,7 +483,14 @@ def _write_marker(out: Path, marker: Mapping[str, Any]) -> None:
 
 
 def read_markers(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
-    """The rank markers of ``out`` by rank (unreadable ones are skipped with a warning)."""
+    """Read the rank markers (``rank-r<rank>.json``) of a run.
+
+    Args:
+        out: the output folder.
+
+    Returns:
+        rank -> marker, for the markers of this format; unreadable ones are skipped with a warning.
+    """
     markers = {}
     for path in sorted(Path(out).glob("rank-r*.json")):
         match = _MARKER_RE.match(path.name)
@@ -452,8 +577,10 @@ class RankJob:
 
 
 def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
-    """Process one rank's videos (``state``: what is already done), keeping its marker up to date (``running``,
-    then ``done`` or ``failed``)."""
+    """Process one rank's videos (``state``: what is already done), keeping its marker up to date.
+
+    The marker says ``running``, then ``done`` or ``failed``.
+    """
     out = Path(job.out)
     marker = {"format": MARKER_FORMAT, "rank": job.rank, "world_size": job.world_size, "run_id": job.run_id,
               "plan": job.plan_digest, "digest": job.config.digest(), "status": "running", "pid": os.getpid(),
@@ -518,8 +645,10 @@ def _worker_main(job: RankJob) -> None:
 
 
 def _accepted(marker: Mapping[str, Any] | None, rank: int, world_size: int, plan: Plan | None) -> bool:
-    """Whether ``marker`` is the finished marker of ``rank`` in this launch (stale ones from other launches are
-    recognised by their world size, assignment fingerprint and run id)."""
+    """Whether ``marker`` is the finished marker of ``rank`` in this launch.
+
+    Stale ones from other launches are recognised by their world size, assignment fingerprint and run id.
+    """
     if marker is None or marker.get("status") not in _FINISHED or marker.get("world_size") != world_size:
         return False
     if plan is None:
@@ -531,8 +660,18 @@ def _accepted(marker: Mapping[str, Any] | None, rank: int, world_size: int, plan
 
 def wait_for_ranks(out: str | os.PathLike, plan: Plan, ranks: Sequence[int], *, timeout: float,
                    poll: float = 1.0) -> dict[int, dict[str, Any]]:
-    """Poll ``out`` until every rank of ``ranks`` has a finished marker of this launch, or ``timeout`` seconds
-    passed; returns the finished markers."""
+    """Poll ``out`` until every rank of ``ranks`` has a finished marker of this launch, or time is up.
+
+    Args:
+        out: the output folder.
+        plan: the launch's plan (tells its markers from stale ones).
+        ranks: the ranks to wait for.
+        timeout: the most seconds to wait.
+        poll: seconds between looks.
+
+    Returns:
+        rank -> finished marker, for the ranks that finished (the others are missing).
+    """
     deadline = time.monotonic() + max(0.0, timeout)
     told = False
     while True:
@@ -549,17 +688,29 @@ def wait_for_ranks(out: str | os.PathLike, plan: Plan, ranks: Sequence[int], *, 
 
 @dataclass
 class MergeResult:
-    """What :func:`merge_run` wrote: the merged summary, the index and the ranks that did not finish."""
+    """What :func:`merge_run` wrote: the merged summary, the index and the ranks that did not finish.
+
+    Attributes:
+        summary: the merged summary of all ranks.
+        index: the ``index.json`` object as written.
+        world_size: the number of ranks merged.
+        failures: one entry per rank that died, failed or left no marker: rank, status, exitcode, reason,
+            unfinished.
+        ranks: one entry per rank: rank, status, host, pid, videos (and exitcode for local workers).
+    """
 
     summary: GenerateSummary
     index: dict[str, Any]
     world_size: int
     failures: list[dict[str, Any]] = field(default_factory=list)
-    """One entry per rank that died, failed or left no marker: rank, status, exitcode, reason, unfinished."""
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The content of ``stats.json``."""
+        """The content of ``stats.json``.
+
+        Returns:
+            The summary's fields plus ``world_size``, ``workers``, ``workers_failed`` and ``num_samples``.
+        """
         return {**self.summary.to_dict(), "world_size": self.world_size, "workers": self.ranks,
                 "workers_failed": self.failures, "num_samples": self.index.get("num_samples", 0)}
 
@@ -586,10 +737,20 @@ def merge_run(out: str | os.PathLike, plan: Plan | None = None, *, world_size: i
               seconds: float | None = None) -> MergeResult:
     """Merge the per-rank ledgers of ``out`` into ``index.json`` and the rank markers into ``stats.json``.
 
-    ``plan`` (known to a running launch) tells which markers belong to it and which videos each rank had;
-    without it (``dynocc-data merge``) the world size is ``world_size`` or that of the most recent marker.
-    ``exits`` are the exit codes of local workers, ``seconds`` the wall time of the run (default: the longest
-    rank's). With ``upload`` (default: the one the ranks used) both files are also uploaded.
+    Args:
+        out: the output folder.
+        plan: known to a running launch: tells which markers belong to it and which videos each rank had.
+        world_size: without ``plan`` (``dynocc-data merge``), the world size; default that of the most recent
+            marker.
+        exits: the exit codes of local workers, by rank.
+        upload: an upload template; both files are also uploaded (default: the one the ranks used).
+        seconds: the wall time of the run (default: the longest rank's).
+
+    Returns:
+        What was written.
+
+    Raises:
+        DynOccError: when ``out`` holds no generate output, or an upload fails.
     """
     out = Path(out)
     if not out.is_dir() or not (any(out.glob("ledger-r*.jsonl")) or any(out.glob("rank-r*.json"))):
@@ -653,8 +814,10 @@ def merge_run(out: str | os.PathLike, plan: Plan | None = None, *, world_size: i
 
 def _rank_failure(rank: int, marker: Mapping[str, Any] | None, plan: Plan | None, code: int | None,
                   finished: set[str]) -> dict[str, Any]:
-    """The ``workers_failed`` entry of a rank that did not finish: why, and which of its videos are not done
-    (``marker``: the rank's marker of this world size, if any)."""
+    """The ``workers_failed`` entry of a rank that did not finish: why, and which of its videos are not done.
+
+    ``marker`` is the rank's marker of this world size, if any.
+    """
     if marker is not None and marker.get("status") == "failed":
         status, reason = "failed", marker.get("error") or "failed"
         if code is not None and code != 0:
@@ -699,12 +862,24 @@ def _raise_for(result: MergeResult, out: Path, strict: bool) -> None:
 
 def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig,
                       options: RunOptions | None = None) -> GenerateSummary:
-    """Run :func:`~dynocc_data.generate` in one process, in ``options.workers`` local processes, or as
-    one rank of a ``torchrun``/``srun`` launch (see the module docstring); returns the (merged) summary.
+    """Run :func:`~dynocc_data.generate` in one process, in local worker processes, or as one rank of a launch.
 
-    Raises :class:`WorkerFailure` when a worker or rank died or failed (after the others finished and the merge
-    was written), :class:`DynOccError` when nothing could be processed or, with ``strict``, anything failed.
-    A rank other than 0 returns its own summary without merging.
+    Which one follows from ``options.workers`` and the ``torchrun``/``srun`` environment (see the module
+    docstring).
+
+    Args:
+        inputs: video files, folders, frame folders, ``.txt`` lists, URLs.
+        out: the output folder (created when missing).
+        config: what is generated.
+        options: how the run is carried out (default :class:`RunOptions()`).
+
+    Returns:
+        The merged summary; a rank other than 0 returns its own summary without merging.
+
+    Raises:
+        WorkerFailure: when a worker or rank died or failed (after the others finished and the merge was written).
+        DynOccError: when nothing could be processed or, with ``strict``, anything failed; for a bad upload
+            template, ``--workers`` under a launcher, or an output folder that cannot be written.
     """
     options = options or RunOptions()
     out = Path(out)

@@ -72,7 +72,14 @@ def _sanitise_stem(stem: str) -> str:
 
 
 def make_video_id(rel: str) -> str:
-    """``<sanitised stem>-<first 8 hex digits of sha1(rel)>``: stable for a given ``rel``, no dots or slashes."""
+    """The id of a video in sample keys: stable for a given ``rel``, no dots or slashes.
+
+    Args:
+        rel: the video's path under its input root (POSIX style), or its URL.
+
+    Returns:
+        ``<sanitised stem>-<first 8 hex digits of sha1(rel)>``; a frame folder's stem is its whole name.
+    """
     if _is_url(rel):
         parsed = urlparse(rel)
         stem = PurePosixPath(parsed.path).stem or parsed.netloc
@@ -85,8 +92,13 @@ def make_video_id(rel: str) -> str:
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One video to process: ``path`` to open, ``kind`` of input, ``rel`` (path under its input root, POSIX style,
-    or the URL) and the derived ``video_id``."""
+    """One video to process, with its derived ``video_id`` (:func:`make_video_id` of ``rel``).
+
+    Args:
+        path: what to open (a file, a frame folder or a URL).
+        kind: the kind of input: ``"file"``, ``"frames"`` or ``"url"``.
+        rel: the path under its input root (POSIX style), or the URL.
+    """
 
     path: str
     kind: SourceKind
@@ -224,7 +236,16 @@ def discover_videos(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool
     """Find every video behind ``inputs`` (files, folders, frame folders, ``.txt`` lists, http(s) URLs).
 
     Problems (missing paths, unsupported files, folders without videos) are returned, not raised, so a run can go
-    on and list them in its summary. Sources are deduplicated and sorted by ``rel``.
+    on and list them in its summary.
+
+    Args:
+        inputs: the command-line inputs.
+        recursive: look in sub-folders of folders; without it only a folder itself and its direct sub-folders that
+            are frame folders are looked at.
+
+    Returns:
+        ``(sources, errors)``: the sources, deduplicated and sorted by ``rel``, and one :class:`InputError` per
+        problem, sorted.
     """
     discovery = _Discovery(recursive=recursive)
     for item in inputs:
@@ -237,7 +258,21 @@ def discover_videos(inputs: Sequence[str | os.PathLike[str]], *, recursive: bool
 
 def select_frames(num_frames: int, *, stride: int, gap: int, start: int = 0, max_frames: int | None = None
                   ) -> list[int]:
-    """Frames ``t`` from ``max(start, gap)`` every ``stride`` with ``t - gap >= 0`` and ``t + gap < num_frames``."""
+    """The frames to make samples from: every ``stride`` from ``max(start, gap)``, with both flow partners in range.
+
+    Args:
+        num_frames: frames that decode.
+        stride: step between selected frames (>= 1).
+        gap: frame distance to the flow partners ``t - gap`` and ``t + gap`` (>= 1).
+        start: first frame that may be selected (>= 0).
+        max_frames: keep at most this many (>= 0); ``None`` for all.
+
+    Returns:
+        Frames ``t`` from ``max(start, gap)`` every ``stride`` with ``t - gap >= 0`` and ``t + gap < num_frames``.
+
+    Raises:
+        ValueError: when an argument is out of its range.
+    """
     if stride < 1 or gap < 1 or start < 0 or (max_frames is not None and max_frames < 0):
         raise ValueError(f"need stride >= 1, gap >= 1, start >= 0, max_frames >= 0 "
                          f"(got stride={stride}, gap={gap}, start={start}, max_frames={max_frames})")
@@ -246,14 +281,31 @@ def select_frames(num_frames: int, *, stride: int, gap: int, start: int = 0, max
 
 
 def frames_needed(selected: Sequence[int], gap: int, *, num_frames: int | None = None) -> list[int]:
-    """Sorted union of ``t-2g, t-g, t, t+g, t+2g`` over ``selected``, kept within ``[0, num_frames)``."""
+    """The frames to decode for ``selected``.
+
+    Args:
+        selected: the selected frames (:func:`select_frames`).
+        gap: the flow gap ``g``.
+        num_frames: frames that decode; ``None`` for no upper bound.
+
+    Returns:
+        The sorted union of ``t-2g, t-g, t, t+g, t+2g`` over ``selected``, kept within ``[0, num_frames)``.
+    """
     upper = num_frames if num_frames is not None else float("inf")
     needed = {t + k * gap for t in selected for k in (-2, -1, 0, 1, 2)}
     return sorted(i for i in needed if 0 <= i < upper)
 
 
 def target_size(orig_size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
-    """``(H, W)`` after shrinking so the longer side is ``max_side``: aspect kept, even sizes, never upscaled."""
+    """The frame size after shrinking so that the longer side is ``max_side``.
+
+    Args:
+        orig_size: ``(H, W)`` of the source frames.
+        max_side: the longest side wanted; ``None`` to keep the size.
+
+    Returns:
+        ``(H, W)``: aspect kept, even sizes (at least 2), never upscaled.
+    """
     h, w = orig_size
     if max_side is None or max(h, w) <= max_side:
         return h, w
@@ -289,9 +341,16 @@ def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class VideoReader(ABC):
     """Streaming access to the frames of one video.
 
-    ``num_frames`` counts frames that really decode, ``reported_frames`` what the container claims (0 if unknown),
-    ``orig_size``/``size`` are ``(H, W)`` before/after ``max_side`` resizing and ``scale`` is their ratio along the
-    longer side.
+    ``scale`` is the ratio of ``size`` to ``orig_size`` along the longer side. Use it as a context manager, or
+    call :meth:`close`.
+
+    Args:
+        path: the file or folder.
+        num_frames: frames that really decode.
+        reported_frames: what the container claims (0 if unknown).
+        fps: frames per second.
+        orig_size: ``(H, W)`` of the decoded frames before ``max_side`` resizing.
+        size: ``(H, W)`` of the frames it yields.
     """
 
     backend: str = ""
@@ -312,7 +371,17 @@ class VideoReader(ABC):
         return max(self.size) / max(self.orig_size)
 
     def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(index, uint8 HxWx3 RGB at size)`` for the sorted unique ``indices``, decoding lazily."""
+        """Decode the frames at ``indices`` lazily, one bounded step at a time.
+
+        Args:
+            indices: frame indices; sorted and deduplicated here.
+
+        Returns:
+            An iterator of ``(index, uint8 HxWx3 RGB at size)`` in increasing index order.
+
+        Raises:
+            ValueError: when the reader is closed or an index is out of range.
+        """
         if self._closed:
             raise ValueError(f"{self.path}: reader is closed")
         wanted = sorted({int(i) for i in indices})
@@ -346,7 +415,16 @@ class VideoReader(ABC):
 
 
 def require_frames(reader: VideoReader, n: int) -> None:
-    """Raise :class:`InputError` ("too short" or "truncated") when fewer than ``n`` frames decode."""
+    """Check that at least ``n`` frames of ``reader`` decode.
+
+    Args:
+        reader: an open reader.
+        n: the frames needed.
+
+    Raises:
+        InputError: "truncated" when the container reports more frames than decode, else "too short", when fewer
+            than ``n`` frames decode.
+    """
     if reader.num_frames >= n:
         return
     if reader.reported_frames > reader.num_frames:
@@ -483,8 +561,10 @@ class DecordReader(VideoReader):
             return False
 
     def _decode_chunk(self, chunk: list[int]) -> np.ndarray:
-        """One ``get_batch``, retried once on a fresh reader: near a damaged tail decord's read-ahead can fail a
-        batch that decodes fine after reopening."""
+        """One ``get_batch``, retried once on a fresh reader.
+
+        Near a damaged tail decord's read-ahead can fail a batch that decodes fine after reopening.
+        """
         try:
             return self._batch(chunk)
         except InputError as exc:
@@ -564,8 +644,10 @@ class PyAVReader(VideoReader):
         return packets
 
     def _count_decodable(self, num_packets: int) -> int:
-        """Frames that decode: decode from the last keyframe to the end, or from the start when that whole group
-        is lost (or there are no timestamps to seek by)."""
+        """Frames that decode: decode from the last keyframe to the end.
+
+        Decodes from the start when that whole group is lost (or there are no timestamps to seek by).
+        """
         for start in dict.fromkeys((self._keys[-1], 0)):
             last = max((index for index, _ in self._frames_from(start)), default=-1)
             if last >= 0:
@@ -724,7 +806,14 @@ class TorchCodecReader(VideoReader):
 
 
 def as_source(source: VideoSource | str | os.PathLike[str]) -> VideoSource:
-    """A :class:`VideoSource` for a path or URL (a folder is read as a frame folder)."""
+    """A :class:`VideoSource` for a path or URL.
+
+    Args:
+        source: a source (returned as it is), a path (a folder is read as a frame folder) or an http(s) URL.
+
+    Returns:
+        The source; a path's ``rel`` is its last component, made absolute in ``path``.
+    """
     if isinstance(source, VideoSource):
         return source
     item = os.fspath(source)
@@ -738,10 +827,25 @@ def open_video(source: VideoSource | str | os.PathLike[str], *, backend: str = "
                device: Any = "cpu", frames_fps: float = DEFAULT_FRAMES_FPS) -> VideoReader:
     """Open ``source`` for streaming decoding; bad input raises a one-line :class:`InputError`.
 
-    Frame folders are always read with OpenCV (``frames``); ``backend`` picks the video decoder, and ``'auto'``
-    means decord on CUDA devices and PyAV on the CPU, each falling back to the other (with a warning naming the
-    file) when it is missing or fails to open or decode the file. ``max_side`` shrinks the
-    longer side (never upscales); ``device='cuda'`` lets decord decode on the GPU when it was built with CUDA.
+    Frame folders are always read with OpenCV (``frames``), whatever ``backend`` says.
+
+    Args:
+        source: a :class:`VideoSource`, a path or a URL (as for :func:`as_source`).
+        backend: the video decoder: ``'auto'``, ``'decord'``, ``'pyav'``, ``'frames'`` or ``'torchcodec'``.
+            ``'auto'`` means decord on CUDA devices and PyAV on the CPU, each falling back to the other (with a
+            warning naming the file) when it is missing or fails to open or decode the file.
+        max_side: shrink the longer side to this (never upscales); ``None`` to keep the size.
+        device: ``'cuda'`` lets decord decode on the GPU when it was built with CUDA.
+        frames_fps: the frame rate reported for frame folders, which carry no timing.
+
+    Returns:
+        An open :class:`VideoReader`.
+
+    Raises:
+        ValueError: for an unknown ``backend`` or a ``max_side`` below 2.
+        InputNotFoundError: when a video file does not exist.
+        InputError: when the file is empty, no decoder tried can open or decode it, no decoder is installed, or
+            ``backend='frames'`` is asked of a video.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -47,12 +47,22 @@ log = logging.getLogger(__name__)
 
 
 class Ledger:
-    """Append-only JSON-lines journal of one rank: run header, committed shards, finished videos."""
+    """Append-only JSON-lines journal of one rank: run header, committed shards, finished videos.
+
+    Args:
+        path: the ledger file (``ledger-r<rank>.jsonl``); created by the first :meth:`append`.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
     def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record as a JSON line and fsync it (the commit point of the protocol).
+
+        Args:
+            record: a JSON-serialisable mapping, written with sorted keys. A torn last line left by a crash is
+                first ended, so that it does not swallow this record.
+        """
         line = json.dumps(dict(record), sort_keys=True) + "\n"
         with open(self.path, "a+b") as f:
             if f.tell() > 0:  # a torn last line (crash mid-write) gets its own line, not glued to this record
@@ -64,7 +74,12 @@ class Ledger:
             os.fsync(f.fileno())
 
     def records(self) -> list[dict[str, Any]]:
-        """All complete records (a torn last line from a crash is ignored)."""
+        """Read the ledger back.
+
+        Returns:
+            All complete records, in order (none when the file does not exist); torn lines from a crash are
+            ignored with a warning.
+        """
         if not self.path.exists():
             return []
         out = []
@@ -82,7 +97,14 @@ class Ledger:
 
 @dataclass
 class RunState:
-    """What the ledgers of an output folder say has been done."""
+    """What the ledgers of an output folder say has been done.
+
+    Attributes:
+        shards: the ``shard`` records (``url``, ``count``, ``bytes``, ``frames``, ``remote`` for uploads).
+        videos: video_id -> its final ``video`` record (finished or failed).
+        last_frame: video_id -> the last frame of it in a committed shard.
+        headers: the run ``header`` records, one per ledger opening.
+    """
 
     shards: list[dict[str, Any]] = field(default_factory=list)
     videos: dict[str, dict[str, Any]] = field(default_factory=dict)  # video_id -> final record
@@ -91,6 +113,7 @@ class RunState:
 
     @property
     def num_samples(self) -> int:
+        """The number of samples in committed shards."""
         return sum(s["count"] for s in self.shards)
 
 
@@ -99,8 +122,19 @@ def _ledger_paths(out: Path) -> list[Path]:
 
 
 def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
-    """Read every ledger in ``out``; with ``repair``, roll committed ``.partial`` shards forward and
-    delete uncommitted ones."""
+    """Read every ledger in ``out``.
+
+    Args:
+        out: the output folder of a run.
+        repair: also roll committed ``.partial`` shards forward (rename to the final name) and delete uncommitted
+            ones, as a resumed run does first.
+
+    Returns:
+        The state of all ledgers together (empty when there are none).
+
+    Raises:
+        DynOccError: with ``repair``, when a committed local shard is missing on disk.
+    """
     out = Path(out)
     state = RunState()
     for path in _ledger_paths(out):
@@ -132,7 +166,17 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
 
 
 def upload_command(upload: str) -> str:
-    """Validate an upload template (``CMD {name}`` or ``pipe:CMD {name}``) and return the shell command."""
+    """Validate an upload template and return its shell command.
+
+    Args:
+        upload: ``CMD {name}`` or ``pipe:CMD {name}``, e.g. ``aws s3 cp - s3://bucket/dir/{name}``.
+
+    Returns:
+        The command without its ``pipe:`` prefix and surrounding space, ``{name}`` still in it.
+
+    Raises:
+        DynOccError: when the command is empty or has no ``{name}``.
+    """
     cmd = upload[len("pipe:"):] if upload.startswith("pipe:") else upload
     if "{name}" not in cmd or not cmd.strip():
         raise DynOccError(f"upload command {upload!r}: must contain {{name}} (replaced by each file's name), "
@@ -141,8 +185,17 @@ def upload_command(upload: str) -> str:
 
 
 def run_upload(upload: str, path: str | os.PathLike, name: str) -> None:
-    """Run the upload command ``upload`` (``{name}`` replaced by ``name``) with the file ``path`` on its stdin;
-    a non-zero exit raises :class:`DynOccError` with the exit status and the end of the command's output."""
+    """Run the upload command with a file on its stdin.
+
+    Args:
+        upload: the upload template (see :func:`upload_command`).
+        path: the file to upload.
+        name: the name it gets, shell-quoted in place of ``{name}``.
+
+    Raises:
+        DynOccError: when the template is invalid, the command cannot be started, or it exits non-zero (with the
+            exit status and the end of the command's output).
+    """
     cmd = upload_command(upload).replace("{name}", shlex.quote(name))
     with open(path, "rb") as src, tempfile.TemporaryFile() as output:
         try:
@@ -157,17 +210,26 @@ def run_upload(upload: str, path: str | os.PathLike, name: str) -> None:
 
 
 class ShardWriter:
-    """Writes samples into shards ``<prefix>-r<rank:03d>-<seq:06d>.tar`` of at most ``max_count`` samples
-    and about ``max_bytes`` bytes, with the commit protocol of this module.
+    """Writes samples into shards ``<prefix>-r<rank:03d>-<seq:06d>.tar``, with the commit protocol of this module.
 
     Video-level records given to :meth:`video_done` are held back until every sample of that video is in
-    a committed shard, so a "done" video in the ledger is really done.
+    a committed shard, so a "done" video in the ledger is really done. Shard numbers continue after those on
+    disk and those committed in this rank's ledger, so a resumed run overwrites an uncommitted upload of the same
+    name. Use it as a context manager: a clean exit commits the last shard, an exception drops it.
 
-    With ``upload`` (a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}``, optionally
-    prefixed ``pipe:``), a finished shard is fed to the command on stdin and committed (ledger record with
-    ``remote: true``) only once the command exits 0; the local ``.partial`` copy is then deleted. A failing
-    command raises :class:`DynOccError` and the shard is not committed. Shard numbers continue after those
-    committed in this rank's ledger, so a resumed run overwrites an uncommitted upload of the same name.
+    Args:
+        out: the output folder (created when missing).
+        prefix: the shard names' prefix.
+        rank: this writer's rank, in shard and ledger names.
+        max_count: a shard is committed when it holds this many samples.
+        max_bytes: a shard is committed when it reaches about this many bytes.
+        header: a run ``header`` record appended to the ledger on opening.
+        upload: a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}`` (optionally prefixed
+            ``pipe:``): a finished shard is fed to it on stdin and committed (ledger record with ``remote: true``)
+            only once the command exits 0; the local ``.partial`` copy is then deleted.
+
+    Raises:
+        DynOccError: when ``out`` cannot be written or ``upload`` is not a valid template.
     """
 
     def __init__(self, out: str | os.PathLike, *, prefix: str = "dynocc", rank: int = 0,
@@ -211,7 +273,16 @@ class ShardWriter:
         self._frames = {}
 
     def write(self, sample: Mapping[str, Any], *, video_id: str, frame: int) -> None:
-        """Add one encoded sample (see :func:`encode_sample`)."""
+        """Add one encoded sample; commits the shard when it is full.
+
+        Args:
+            sample: a sample of :func:`~dynocc_data.format.sample.encode_sample`.
+            video_id: the sample's video, recorded in the shard's ledger record.
+            frame: the sample's frame, recorded likewise (resume restarts after the last committed one).
+
+        Raises:
+            DynOccError: when writing fails (the shard is dropped), and as :meth:`commit` does.
+        """
         if self._tar is None:
             self._open()
         try:
@@ -225,7 +296,11 @@ class ShardWriter:
             self.commit()
 
     def video_done(self, record: Mapping[str, Any]) -> None:
-        """Record a finished (or failed) video once all of its samples are committed."""
+        """Record a finished (or failed) video once all of its samples are committed.
+
+        Args:
+            record: the video's record, with at least ``video_id``; stored with ``type: "video"``.
+        """
         rec = {"type": "video", **record}
         if self._tar is not None and record["video_id"] in self._frames:
             self._pending_videos.append(rec)
@@ -233,7 +308,12 @@ class ShardWriter:
             self.ledger.append(rec)
 
     def commit(self) -> None:
-        """Close the current shard and commit it (no-op when none is open)."""
+        """Close the current shard and commit it (no-op when none is open).
+
+        Raises:
+            DynOccError: when the shard cannot be finished or its upload fails; the shard is then dropped, not
+                committed.
+        """
         if self._tar is None:
             return
         path = self.out / self._name
@@ -284,6 +364,7 @@ class ShardWriter:
         self._pending_videos = []
 
     def close(self) -> None:
+        """Commit the shard being written, as :meth:`commit`."""
         self.commit()
 
     def __enter__(self) -> "ShardWriter":

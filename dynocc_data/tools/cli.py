@@ -30,9 +30,8 @@ from ..generation.config import DIS_DEFAULTS, DecoderName, FlowName
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
 from .convert import convert
 from .demo import run_demo
-from .evaluate import evaluate_synthetic
+from .evaluate import EVAL_SCENE_CONFIG, EvalResult, evaluate_synthetic, format_result, pooled
 from .stats import format_summary, shard_stats
-from .synthetic import SceneConfig
 from .viz import show
 
 __all__ = ["main", "build_parser"]
@@ -82,18 +81,6 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
-
-
-def image_size(text: str) -> tuple[int, int]:
-    """An argparse type: ``HxW`` with both sides >= 16."""
-    parts = text.lower().split("x")
-    try:
-        height, width = (int(v) for v in parts)
-    except ValueError:
-        height = width = 0
-    if len(parts) != 2 or height < 16 or width < 16:
-        raise argparse.ArgumentTypeError(f"expected HxW with both sides >= 16, e.g. 360x640, got {text!r}")
-    return height, width
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -189,44 +176,81 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
-def _workers_arg(text: str) -> int | None:
-    if text == "auto":
-        return None
+def _positive_int(text: str, *, alternatives: str = "") -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 1{alternatives}, got {text!r}")
     return n
+
+
+def _workers_arg(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text, alternatives=" or 'auto'")
+
+
+def _seeds_arg(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected seeds >= 0 separated by commas, got {text!r}")
+    return seeds
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 360x640, got {text!r}") from None
+    if h < 16 or w < 16 or h % 2 or w % 2:
+        raise argparse.ArgumentTypeError(f"scene size must be even and at least 16x16, got {text!r}")
+    return h, w
+
+
+def _print_set_table(rows: list[tuple[str, EvalResult]]) -> None:
+    print(f"{'set':<24} {'pairs':>7} {'correct':>8} {'wrong':>7} {'local.':>7} {'false':>7} {'outside':>7} "
+          f"{'cov.any4':>8} {'pairs/fr':>8}")
+    for name, r in rows:
+        print(f"{name:<24} {r.pairs:>7} {r.correct:>8.2%} {r.share('wrong_order'):>7.2%} "
+              f"{r.share('localisation'):>7.2%} {r.share('false_boundary'):>7.2%} {r.share('outside'):>7.2%} "
+              f"{r.coverage:>8.2%} {r.pairs_per_frame:>8.1f}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
-    scene_config = SceneConfig()
+    scene_config = replace(EVAL_SCENE_CONFIG, cast_shadows=args.shadows)
     if args.size:
-        h, w = args.size
-        scene_config = replace(scene_config, height=h, width=w)
+        scene_config = replace(scene_config, height=args.size[0], width=args.size[1])
     if args.frames:
         scene_config = replace(scene_config, num_frames=args.frames)
-    res = evaluate_synthetic(args.out, num_scenes=args.scenes, seed=args.scene_seed, scene_config=scene_config,
-                             generate_config=_generate_config(args), device=args.device,
-                             batch_size=args.batch_size, progress=not args.no_progress)
-    d = res.to_dict()
-    print(f"scenes: {args.scenes} (seeds {args.scene_seed}..{args.scene_seed + args.scenes - 1}), "
-          f"{d['frames_selected']} frames, {d['frames_written']} with pairs")
-    for name, v in sorted(d["per_video"].items()):
-        print(f"  {name}: {v['pairs']} pairs, precision {v['precision']:.2%}, coverage {v['coverage']:.2%} "
-              f"(any motion {v['coverage_any']:.2%})")
-    print(f"pair precision:    {d['precision']:.2%}  ({d['correct']}/{d['pairs']} pairs agree with ground truth)")
-    print(f"boundary coverage: {d['coverage']:.2%}  ({d['covered_pixels']}/{d['boundary_pixels']} pixels of boundary "
-          f"moving across itself with a pair within {args.radius:g} px)")
-    print(f"  any motion:      {d['coverage_any']:.2%}  ({d['covered_pixels_any']}/{d['boundary_pixels_any']}, sliding "
-          "parts included: outlines whose sides only slide along them, which no occlusion test can order)")
-    print(f"pairs per frame:   {d['pairs_per_frame']:.1f} (written frames), {d['pairs_per_selected_frame']:.1f} "
-          f"(all selected frames)")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "eval.json").write_text(json.dumps(d, indent=1, sort_keys=True) + "\n")
+    out = Path(args.out)
+    rows = []
+    for seed in args.scene_seed:
+        work = out if len(args.scene_seed) == 1 else out / f"seed_{seed}"
+        res = evaluate_synthetic(work, num_scenes=args.scenes, seed=seed, scene_config=scene_config,
+                                 generate_config=_generate_config(args), coverage_radius=args.radius,
+                                 device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+        rows.append((f"seeds {seed}-{seed + args.scenes - 1}", res))
+    total = pooled([r for _, r in rows])
+    doc = total.to_dict()
+    doc["sets"] = {name: r.to_dict() for name, r in rows}
+    doc["scene_config"] = json.loads(scene_config.to_json())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return 0
+    print(f"synthetic scenes: {len(rows)} set(s) of {args.scenes} (first seeds {', '.join(map(str, args.scene_seed))}),"
+          f" {scene_config.height}x{scene_config.width}, {scene_config.num_frames} frames, cast shadows "
+          f"{'on' if args.shadows else 'off'}")
+    for line in format_result(total, per_video=args.per_scene):
+        print(line)
+    if len(rows) > 1:
+        _print_set_table(rows)
+    print(f"wrote {out / 'eval.json'}")
     return 0
 
 
@@ -236,7 +260,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_summary(result["summary"])
     scores = result["scores"]
     print(f"read back {result['items']} items through DynOccDataset; against the scenes' ground truth: "
-          f"pair precision {scores.precision:.1%}, boundary coverage {scores.coverage:.1%}")
+          f"{scores.correct:.1%} of the pairs correct, {scores.same_surface:.1%} on one surface, "
+          f"{scores.share('wrong_order'):.1%} in the wrong order; boundary coverage {scores.coverage:.1%}")
     print(f"overlay (closer point cyan, farther orange): {result['overlay']}")
     return 0
 
@@ -281,7 +306,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dynocc-data`` parser: every option has a help text, and ``--help`` shows its default."""
+    """The ``dynocc-data`` argument parser, one sub-command per tool; every option has a help text, and
+    ``--help`` shows its default.
+
+    Returns:
+        The parser; each sub-command sets ``func``, the function that runs it.
+    """
     formatter = _HelpFormatter
     # -v works before and after the subcommand: the subcommands' copy leaves the value alone when not given
     verbose = argparse.ArgumentParser(add_help=False)
@@ -322,12 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_merge)
 
     e = command("evaluate", "score the pipeline on synthetic scenes with ground-truth depth")
-    e.add_argument("--scenes", type=int_at_least(1), default=4, help="number of scenes")
-    e.add_argument("--scene-seed", type=int_at_least(0), default=1000, help="seed of the first scene")
-    e.add_argument("--size", type=image_size, default=None, metavar="HxW", help="scene size (default 360x640)")
-    e.add_argument("--frames", type=int_at_least(8), default=None, help="frames per scene (default 40)")
-    e.add_argument("--radius", type=positive_float, default=6.0, help="coverage radius in pixels")
+    e.add_argument("--scenes", type=_positive_int, default=4, help="scenes per set")
+    e.add_argument("--scene-seed", type=_seeds_arg, default=[1000], metavar="S[,S...]",
+                   help="seed of the first scene of each set; several seeds, comma-separated, score several sets "
+                        "(default 1000)")
+    e.add_argument("--size", type=_size_arg, default=None, metavar="HxW", help="scene size (default 360x640)")
+    e.add_argument("--frames", type=_positive_int, default=None, help="frames per scene (default 40)")
+    e.add_argument("--shadows", action=argparse.BooleanOptionalAction, default=True,
+                   help="moving objects cast soft shadows on the ground (default on)")
+    e.add_argument("--radius", type=positive_float, default=4.0, help="coverage radius in pixels")
     e.add_argument("--out", default="runs/evaluate", help="work folder")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON instead of the summary")
+    e.add_argument("--per-scene", action="store_true", help="also print one line per scene")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
     _add_generation_options(e)
     e.set_defaults(func=cmd_evaluate)
@@ -361,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dynocc-data`` command line.
+
+    Errors the package raises on purpose (:class:`~dynocc_data.errors.DynOccError`) are printed as one line.
+
+    Args:
+        argv: the arguments, without the program name; ``None`` for ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 on an error, 130 when interrupted (argparse exits 2 on bad usage).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -29,9 +29,18 @@ log = logging.getLogger(__name__)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the generation summary, the number of items read back, the
-    scores and the path of the overlay picture."""
+    """Run the demo into ``out``.
 
+    The demo owns its folder: ``scenes/`` and ``shards/`` in it are deleted first.
+
+    Args:
+        out: the output folder: ``scenes/``, ``shards/``, ``overlay.png`` and ``demo.json`` are written there.
+        progress: show progress bars while generating.
+
+    Returns:
+        ``summary`` (the generation summary), ``items`` (the number of items read back), ``scores`` (the
+        :class:`~dynocc_data.tools.evaluate.EvalResult`) and ``overlay`` (the path of the overlay picture).
+    """
     out = Path(out)
     for old in ("scenes", "shards"):  # the demo owns its folder: start afresh
         shutil.rmtree(out / old, ignore_errors=True)

@@ -61,8 +61,20 @@ QUANTITIES = {
 class Accumulator:
     """Streaming summary of non-negative values: exact moments, extremes and fine histogram, sampled quantiles.
 
-    ``width`` is the fine bin width (multiplied by 10 whenever more than :data:`MAX_FINE_BINS` bins would be
-    needed); non-finite values are left out and counted in ``nonfinite``.
+    Build it with ``width`` (and optionally ``capacity`` and ``seed``); the other fields are its running state.
+
+    Attributes:
+        width: the fine bin width (multiplied by 10 whenever more than :data:`MAX_FINE_BINS` bins would be needed).
+        capacity: the most values kept for the quantiles (a uniform random sample beyond).
+        seed: the seed of that sample.
+        count: the number of finite values added.
+        total: their sum.
+        total_sq: the sum of their squares.
+        nonfinite: the number of non-finite values, left out of everything else.
+        low: the smallest value (``inf`` before any).
+        high: the largest value (``-inf`` before any).
+        bins: the fine histogram: counts of ``[k * width, (k + 1) * width)``.
+        sample: the values kept for the quantiles.
     """
 
     width: float
@@ -81,7 +93,11 @@ class Accumulator:
         self._rng = np.random.default_rng(self.seed)
 
     def add(self, values: Any) -> None:
-        """Add a batch of values (negative ones count in the first bin)."""
+        """Add a batch of values.
+
+        Args:
+            values: anything ``numpy.asarray`` takes, flattened; negative values count in the first bin.
+        """
         v = np.asarray(values, dtype=np.float64).ravel()
         finite = np.isfinite(v)
         if not finite.all():
@@ -123,8 +139,16 @@ class Accumulator:
         self.sample[slots[keep]] = v[keep]
 
     def histogram(self, max_bins: int = MAX_BINS) -> dict[str, list]:
-        """``edges`` (``len(counts) + 1`` values) and ``counts``: the fine bins from the one holding the smallest
-        value to the one holding the largest, merged by the smallest nice factor giving at most ``max_bins``."""
+        """The histogram of the values added, in at most ``max_bins`` bins.
+
+        Args:
+            max_bins: the most bins; the fine bins are merged by the smallest nice factor (1, 2, 5, 10, 20, ...)
+                giving at most this many.
+
+        Returns:
+            ``edges`` (``len(counts) + 1`` values) and ``counts``, from the bin holding the smallest value to the
+            one holding the largest (both empty when no value was added).
+        """
         if not self.count:
             return {"edges": [], "counts": []}
         first, end = int(np.flatnonzero(self.bins)[0]), len(self.bins)
@@ -141,7 +165,15 @@ class Accumulator:
 
 
 def summarize(acc: Accumulator) -> dict[str, Any]:
-    """The JSON summary of an accumulator (``None`` for statistics of no values)."""
+    """The JSON summary of an accumulator.
+
+    Args:
+        acc: the accumulator.
+
+    Returns:
+        ``count``, ``mean``, ``std``, ``min``, ``p10``, ``median``, ``p90``, ``max`` (``None`` for statistics of no
+        values), ``histogram``, and ``nonfinite`` when there were any.
+    """
     extra = {"nonfinite": acc.nonfinite} if acc.nonfinite else {}
     if not acc.count:
         return {**extra, "count": 0, "mean": None, "std": None, "min": None, "p10": None, "median": None, "p90": None,
@@ -178,7 +210,18 @@ def _save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_stats(stats: dict[str, Any], out: str | os.PathLike) -> list[Path]:
-    """Draw the histograms and the label balance of a :func:`shard_stats` result as PNGs in ``out``."""
+    """Draw the histograms and the label balance of a :func:`shard_stats` result as PNGs.
+
+    Args:
+        stats: a :func:`shard_stats` result.
+        out: the folder to write into (created when missing).
+
+    Returns:
+        The paths written: ``<quantity>.png`` for each summarised quantity, then ``labels.png``.
+
+    Raises:
+        DynOccError: when matplotlib is not installed.
+    """
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -215,11 +258,20 @@ def plot_stats(stats: dict[str, Any], out: str | os.PathLike) -> list[Path]:
 
 
 def shard_stats(shards: Any, *, plots: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Statistics of every sample in ``shards`` (a generate output folder, a ``.tar``, a brace pattern, or
-    anything :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads); see the module docstring for the keys.
-    With ``plots``, also write histograms there (needs matplotlib; checked before reading) and list them
-    under ``"plots"``."""
+    """Statistics of every sample in ``shards``; see the module docstring for the keys.
 
+    Args:
+        shards: a generate output folder, a ``.tar``, a brace pattern, or anything
+            :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads.
+        plots: a folder to also write the histograms into (needs matplotlib; checked before reading); they are
+            listed under ``"plots"``.
+
+    Returns:
+        The JSON-ready statistics.
+
+    Raises:
+        DynOccError: with ``plots``, when matplotlib is not installed.
+    """
     if plots is not None:
         _require_matplotlib()
     ds = DynOccDataset(shards, strategy="stored", keep_boundary=True)

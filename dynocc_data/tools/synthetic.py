@@ -84,6 +84,7 @@ class LayerKind(IntEnum):
     BACKGROUND = 0
     STATIC = 1
     MOVING = 2
+    FOOTAGE = 3  #: real video as the background of a semi-real scene: its depth is unknown (farther than all else)
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -124,6 +125,10 @@ class SceneConfig:
     edge_prob: float = 0.5  #: chance that an object or occluder gets painted marks (the ground always does)
     haze_distance: float = 80.0  #: depth at which 63% of a surface's colour is replaced by the haze colour
     noise_sigma: float = 2.0  #: Gaussian sensor noise, grey levels
+    cast_shadows: bool = False  #: moving objects cast soft shadows on the ground (not depth edges)
+    shadow_strength: tuple[float, float] = (0.3, 0.6)  #: share of the light a shadow's core takes away
+    shadow_offset: tuple[float, float] = (0.3, 0.9)  #: shadow displacement from its object, in object radii
+    shadow_softness: tuple[float, float] = (1.5, 5.0)  #: Gaussian blur of a shadow's outline, px at 640 width
     crf: int = 23  #: H.264 constant rate factor used by :func:`write_scene` (0 = lossless, 51 = worst)
     preset: str = "medium"  #: x264 speed preset used by :func:`write_scene`
 
@@ -141,7 +146,7 @@ class SceneConfig:
             raise ValueError(f"SceneConfig: fps must be positive, got {self.fps}")
         for name in ("num_objects", "num_static_occluders", "speed", "camera_pan", "background_depth",
                      "object_depth", "occluder_depth", "object_size", "occluder_width", "texture_scale",
-                     "texture_detail", "texture_contrast"):
+                     "texture_detail", "texture_contrast", "shadow_strength", "shadow_offset", "shadow_softness"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"SceneConfig: {name} must be a range 0 <= low <= high, got {(lo, hi)}")
@@ -157,6 +162,8 @@ class SceneConfig:
         for name in ("static_camera_prob", "low_texture_prob", "edge_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig: {name} must be a probability, got {getattr(self, name)}")
+        if self.shadow_strength[1] > 1.0:
+            raise ValueError(f"SceneConfig: shadow_strength must be at most 1, got {self.shadow_strength}")
         if self.noise_sigma < 0 or self.haze_distance <= 0 or self.focal <= 0:
             raise ValueError("SceneConfig: noise_sigma must be >= 0, haze_distance and focal > 0")
         if not 0 <= self.crf <= 51:
@@ -375,6 +382,34 @@ class _Layer:
     transforms: np.ndarray  # float64 [T,2,3]
     depth: float  # representative depth used for the painter's order
     border: int = cv2.BORDER_CONSTANT  # backgrounds reflect so they never show a hole
+    shadow: _Shadow | None = None  # the soft shadow this layer casts on the background, if any
+
+
+@dataclass
+class _Shadow:
+    """A cast shadow: the layer's silhouette shifted by ``offset`` (x, y) px, blurred, darkening the background."""
+
+    offset: tuple[float, float]
+    strength: float  # share of the light taken away where the (blurred) silhouette is solid
+    sigma: float  # Gaussian blur of the outline, px
+
+
+def _shadow_light(layers: list[_Layer], t: int, size: tuple[int, int]) -> np.ndarray | None:
+    """Light factor float32 [H,W,1] (1 = unshadowed) of the shadows cast in frame t, or None without any."""
+    h, w = size
+    light = None
+    for layer in layers:
+        if layer.shadow is None:
+            continue
+        affine = layer.transforms[t].copy()
+        affine[:, 2] += layer.shadow.offset
+        silhouette = cv2.warpAffine(np.ascontiguousarray(layer.rgba[..., 3]), affine, (w, h),
+                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        if layer.shadow.sigma > 0:
+            silhouette = cv2.GaussianBlur(silhouette, (0, 0), layer.shadow.sigma)
+        factor = 1.0 - np.float32(layer.shadow.strength) * silhouette
+        light = factor if light is None else light * factor
+    return None if light is None else light[..., None]
 
 
 def _footprint(affine: np.ndarray, tex_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, ...] | None:
@@ -413,6 +448,9 @@ def _render(layers: list[_Layer], size: tuple[int, int], noise_sigma: float,
             region = canvas[y0:y1, x0:x1]
             if lid == 0:  # the background is opaque: nothing behind it to blend
                 region[...] = warped[..., :3]
+                light = _shadow_light(layers, t, size)  # shadows fall on the ground, under everything else
+                if light is not None:
+                    canvas *= light
                 continue
             region *= 1.0 - alpha
             region += warped[..., :3]
@@ -797,6 +835,25 @@ def _static_occluder(ctx: _Context) -> _Layer:
                   transforms=transforms, depth=depth)
 
 
+def _add_shadows(layers: list[_Layer], cfg: SceneConfig, seed: int) -> None:
+    """Give every moving layer a cast shadow, all lit from one random direction.
+
+    The shadows' random numbers come from their own generator (seeded by the scene seed), so a scene with
+    shadows has exactly the layers, textures, motions and noise of the same seed without them.
+    """
+    rng = np.random.default_rng([int(seed), 0x5AD0])
+    direction = rng.uniform(0, 2 * np.pi)
+    for layer in layers:
+        if layer.kind != LayerKind.MOVING:
+            continue
+        radius = float(np.sqrt(layer.rgba[..., 3].sum() / np.pi))  # texture px ~ image px (scale near 1)
+        reach = rng.uniform(*cfg.shadow_offset) * radius
+        angle = direction + rng.uniform(-0.2, 0.2)
+        layer.shadow = _Shadow(offset=(reach * np.cos(angle), reach * np.sin(angle)),
+                               strength=float(rng.uniform(*cfg.shadow_strength)),
+                               sigma=float(rng.uniform(*cfg.shadow_softness) * cfg.width / _REF_WIDTH))
+
+
 def make_scene(config: SceneConfig | None = None, seed: int = 0) -> Scene:
     """Render a random layered dynamic scene; the same ``(config, seed)`` always gives the same scene."""
     cfg = config if config is not None else SceneConfig()
@@ -808,6 +865,8 @@ def make_scene(config: SceneConfig | None = None, seed: int = 0) -> Scene:
     n_static = int(rng.integers(cfg.num_static_occluders[0], cfg.num_static_occluders[1] + 1))
     n_moving = int(rng.integers(cfg.num_objects[0], cfg.num_objects[1] + 1))
     others = [_static_occluder(ctx) for _ in range(n_static)] + [_moving_object(ctx) for _ in range(n_moving)]
+    if cfg.cast_shadows:
+        _add_shadows(others, cfg, seed)
     others.sort(key=lambda layer: -layer.depth)  # painter's order: far to near
     scene = _assemble([background] + others, cfg, seed, rng)
     log.debug("scene seed=%d: %d static, %d moving, camera %.1f px", seed, n_static, n_moving,
@@ -847,10 +906,11 @@ def _translations(offset: tuple[float, float], velocity: tuple[float, float], nu
 
 def moving_square_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
                         velocity: tuple[float, float] = (0.0, 3.0), seed: int = 0, side: int | None = None,
-                        noise_sigma: float = 0.0) -> Scene:
+                        noise_sigma: float = 0.0, shadow: tuple[float, float, float, float] | None = None) -> Scene:
     """A textured square (depth 10, layer 1) moving by ``velocity`` (dy, dx) px/frame over a static textured
     background (depth 20, layer 0). The square is centred in the middle frame; with integer velocities its
-    labels form an exact ``side`` x ``side`` block."""
+    labels form an exact ``side`` x ``side`` block. ``shadow = (dy, dx, strength, sigma)`` makes the square cast
+    a shadow: its silhouette shifted by (dy, dx), blurred by ``sigma`` px, taking ``strength`` of the light."""
     h, w = size
     rng = np.random.default_rng(seed)
     side = side if side is not None else max(8, int(round(0.35 * min(h, w))))
@@ -863,8 +923,11 @@ def moving_square_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
     top = round((h - side) / 2 - velocity[0] * mid) - pad
     left = round((w - side) / 2 - velocity[1] * mid) - pad
     square = _Layer(rgba=_premultiply(rgb, alpha), plane=np.array([0.1, 0.0, 0.0]), kind=LayerKind.MOVING,
-                    transforms=_translations((top, left), velocity, num_frames), depth=10.0)
-    config = _plain_config(size, num_frames, noise_sigma, num_objects=(1, 1), num_static_occluders=(0, 0))
+                    transforms=_translations((top, left), velocity, num_frames), depth=10.0,
+                    shadow=None if shadow is None else _Shadow(offset=(shadow[1], shadow[0]), strength=shadow[2],
+                                                               sigma=shadow[3]))
+    config = _plain_config(size, num_frames, noise_sigma, num_objects=(1, 1), num_static_occluders=(0, 0),
+                           cast_shadows=shadow is not None)
     return _assemble([background, square], config, seed, rng)
 
 

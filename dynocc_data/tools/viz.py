@@ -57,10 +57,20 @@ def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def draw_overlay(item: Mapping[str, Any], *, scale: int = 2, max_pairs: int | None = 400, dim: float = 0.75,
                  draw_boundary: bool = True) -> np.ndarray:
-    """RGB uint8 ``[H*scale, W*scale, 3]`` picture of an item: its image (upscaled, dimmed), boundary sides, pairs.
+    """Draw an item: its image (upscaled, dimmed), the boundary's sides and the pairs.
 
-    Pair lines are drawn first and the discs on top, so no line hides a point; at most ``max_pairs`` pairs
-    (a fixed random subset) are drawn.
+    Pair lines are drawn first and the discs on top, so no line hides a point.
+
+    Args:
+        item: an item with ``image`` (``[3,H,W]`` uint8 or float in ``[0, 1]``, or ``HxWx3``), ``pairs``,
+            ``ordinal`` and, optionally, ``boundary``.
+        scale: integer upscaling factor (nearest neighbour).
+        max_pairs: draw at most this many pairs (a fixed random subset); ``None`` for all.
+        dim: the factor the image's brightness is multiplied by, so that the marks stand out.
+        draw_boundary: draw each boundary point's front (closer) and back (farther) side.
+
+    Returns:
+        The RGB uint8 picture ``[H*scale, W*scale, 3]``.
     """
     img = _to_hwc(item["image"]).astype(np.float32) * dim
     H, W = img.shape[:2]
@@ -137,7 +147,14 @@ def _legend_glyph(canvas: np.ndarray, kind: str, x: int, cy: int) -> None:
 
 
 def legend_strip(width: int) -> np.ndarray:
-    """RGB uint8 strip ``[h, width, 3]`` explaining the overlay colours; entries wrap onto more lines if needed."""
+    """A strip explaining the overlay colours; entries wrap onto more lines if needed.
+
+    Args:
+        width: the strip's width in pixels.
+
+    Returns:
+        The RGB uint8 strip ``[h, width, 3]``.
+    """
     line_h, pad = 18, 6
     entries = []
     for kind, label in _LEGEND:
@@ -176,8 +193,20 @@ def contact_sheet(tiles: Sequence[np.ndarray], *, captions: Sequence[str] | None
     The sheet is ``columns * tile_width + (columns - 1) * gap`` pixels wide. Tiles keep their aspect ratio; the
     tiles of a row share a height chosen so that they exactly fill the row, so tiles of different aspect ratios
     leave no padding. Only the last row, when it has fewer than ``columns`` tiles, is left-aligned at the height a
-    full row of typical (median aspect) tiles would have (or lower, so that it fits). ``captions`` go in a bar
-    under each tile; tiles are separated by ``gap`` pixels of a dark background.
+    full row of typical (median aspect) tiles would have (or lower, so that it fits).
+
+    Args:
+        tiles: RGB uint8 ``HxWx3`` pictures.
+        captions: one text per tile, in a bar under it (cut to fit).
+        columns: tiles per row.
+        tile_width: the width of a typical tile in pixels.
+        gap: pixels of dark background between tiles.
+
+    Returns:
+        The RGB uint8 sheet.
+
+    Raises:
+        ValueError: when there are no tiles, or not as many captions as tiles.
     """
     if not tiles:
         raise ValueError("contact_sheet needs at least one tile")
@@ -217,7 +246,18 @@ def contact_sheet(tiles: Sequence[np.ndarray], *, captions: Sequence[str] | None
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Write an RGB picture as PNG (through a temporary name)."""
+    """Write an RGB picture as PNG (through a temporary name; folders are created).
+
+    Args:
+        path: the PNG file.
+        rgb: an RGB uint8 ``HxWx3`` picture.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OSError: when OpenCV cannot encode the picture (and as writing the file does).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -242,9 +282,11 @@ def _pick(counts: Sequence[int], limit: int) -> list[list[int]]:
 
 
 def _items(shards: Any, limit: int, spread: bool) -> Iterator[dict[str, Any]]:
-    """Up to ``limit`` items of ``shards`` (stored pairs, with boundary): spread over the data when the sample
-    counts are known (``index.json``) and ``spread``, else the first ones."""
+    """Up to ``limit`` items of ``shards`` (stored pairs, with boundary).
 
+    They are spread over the data when the sample counts are known (``index.json``) and ``spread``, else the
+    first ones.
+    """
     ds = DynOccDataset(shards, strategy="stored", keep_boundary=True)
     counts = [s.count for s in ds.shards]
     if not spread or any(c is None for c in counts):
@@ -273,14 +315,28 @@ def show(shards: Any, out: str | os.PathLike, *, limit: int = 24, columns: int =
          spread: bool = True, max_pairs: int | None = 400) -> list[Path]:
     """Draw overlays of up to ``limit`` samples of ``shards`` into ``out`` and a contact sheet of them.
 
-    ``shards``: a ``dynocc-data generate`` output folder (``index.json``), a ``.tar``, a brace pattern, or anything
-    else :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads (items with the stored pairs and the boundary).
-    With ``spread`` and known sample counts the samples are spread evenly over the data (every shard is read up
-    to its last chosen sample), otherwise the first ``limit`` are drawn. Writes ``<key>.png`` per sample (the
-    :func:`draw_overlay` picture, ``scale`` times the stored size, with a legend strip under it) and
-    ``contact_sheet.png`` (legend on top, one captioned tile per sample); returns their paths, the sheet last.
-    """
+    Writes ``<key>.png`` per sample (the :func:`draw_overlay` picture, ``scale`` times the stored size, with a
+    legend strip under it) and ``contact_sheet.png`` (legend on top, one captioned tile per sample).
 
+    Args:
+        shards: a ``dynocc-data generate`` output folder (``index.json``), a ``.tar``, a brace pattern, or anything
+            else :class:`~dynocc_data.datasets.dynocc.DynOccDataset` reads (items with the stored pairs and the
+            boundary).
+        out: the folder to write into (created when missing).
+        limit: the most samples drawn (>= 1).
+        columns: tiles per row of the contact sheet (>= 1).
+        scale: integer upscaling of each overlay (>= 1).
+        spread: with known sample counts, spread the samples evenly over the data (every shard is read up to its
+            last chosen sample); otherwise the first ``limit`` are drawn.
+        max_pairs: draw at most this many pairs per sample; ``None`` for all.
+
+    Returns:
+        The paths written, the contact sheet last.
+
+    Raises:
+        ValueError: when ``limit``, ``columns`` or ``scale`` is below 1.
+        InputError: when ``shards`` holds no samples (and as the dataset raises for unreadable shards).
+    """
     if limit < 1 or columns < 1 or scale < 1:
         raise ValueError(f"limit, columns and scale must be >= 1, got {limit}, {columns}, {scale}")
     out = Path(out)
