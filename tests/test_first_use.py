@@ -163,3 +163,24 @@ def test_evaluate_twice_into_one_folder(tmp_path):
     second = evaluate_synthetic(tmp_path / "e", num_scenes=1, seed=7, scene_config=_DEMO_CONFIG, progress=False)
     assert len(list((tmp_path / "e" / "scenes").glob("*.mp4"))) == 1
     assert second.to_dict()["pairs"] <= first.to_dict()["pairs"]
+
+
+def test_dependency_floors_are_the_tested_versions():
+    """pyproject's torch/torchvision floors: at least the first torchvision with tv_tensors.KeyPoints (0.23), and
+    not above what this environment runs (the suite passing here is what the floor claims)."""
+    import re
+    from pathlib import Path
+
+    import torch
+    import torchvision
+    from torchvision import tv_tensors
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floors = {name: tuple(int(v) for v in version.split(".")) for name, version in
+              re.findall(r'"(torch|torchvision)>=([0-9.]+)"', text)}
+
+    def version(module) -> tuple[int, ...]:
+        return tuple(int(v) for v in module.__version__.split("+")[0].split(".")[:2])
+
+    assert floors["torchvision"] >= (0, 23) and hasattr(tv_tensors, "KeyPoints")
+    assert version(torch) >= floors["torch"] and version(torchvision) >= floors["torchvision"]
