@@ -982,7 +982,8 @@ def _wait_for_processes(procs: Sequence[multiprocessing.Process], out: Path, sou
     """Block until every process has exited, showing finished videos (read from the ledgers)."""
     ids = {s.video_id for s in sources}
     tail = LedgerTail(out)
-    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video", disable=not progress_bars(progress)) as bar:
+    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video",
+              disable=not progress_bars(progress)) as bar:
         pending = list(procs)
         while pending:
             multiprocessing.connection.wait([p.sentinel for p in pending], timeout=1.0)

@@ -306,8 +306,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dynocc-data`` argument parser, one sub-command per tool; every option has a help text, and
-    ``--help`` shows its default.
+    """The ``dynocc-data`` argument parser, one sub-command per tool.
+
+    Every option has a help text, and ``--help`` shows its default.
 
     Returns:
         The parser; each sub-command sets ``func``, the function that runs it.

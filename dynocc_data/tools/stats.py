@@ -318,7 +318,14 @@ def shard_stats(shards: Any, *, plots: str | os.PathLike | None = None) -> dict[
 
 
 def format_summary(stats: dict[str, Any]) -> str:
-    """The few lines ``dynocc-data stats`` prints by default (``--json`` prints all of ``stats``)."""
+    """The few lines ``dynocc-data stats`` prints by default (``--json`` prints all of ``stats``).
+
+    Args:
+        stats: what :func:`shard_stats` returned.
+
+    Returns:
+        The summary, one line per quantity, without a final newline.
+    """
     def line(name: str, key: str, fmt: str = ".1f") -> str:
         q = stats[key]
         if not q.get("count"):
