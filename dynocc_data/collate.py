@@ -49,18 +49,28 @@ def _describe(image: torch.Tensor) -> str:
 def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> dict[str, Any]:
     """Collate items into one batch (use as ``DataLoader(..., collate_fn=collate_pairs)``).
 
-    With ``B`` items holding ``N_i`` pairs and ``Nmax = max(N_i)``:
+    Args:
+        batch: ``B`` items of the contract, holding ``N_i`` pairs each; all images must share one shape and dtype.
+        pad: pad the pairs into tensors (with a ``pair_mask``) rather than keep lists.
 
-    * ``image``: ``[B,C,H,W]`` stacked, same dtype as the items (all images must share one shape and dtype,
-      otherwise a one-line :class:`~dynocc_data.errors.InputError` names the offending item);
-    * ``pad=True``: ``pairs`` ``int64 [B,Nmax,4]`` (zeros after each item's ``N_i`` pairs), ``ordinal``
-      ``int64 [B,Nmax]`` padded with 0 (which also means "equal": always apply the mask) and ``pair_mask``
-      ``bool [B,Nmax]``, True for real pairs;
-    * ``pad=False``: ``pairs`` list of ``B`` tensors ``int64 [N_i,4]`` and ``ordinal`` list of ``int64 [N_i]``
-      (no ``pair_mask``);
-    * ``num_pairs``: ``int64 [B]`` = ``N_i`` (both modes);
-    * ``meta``: list of ``B`` dicts; ``boundary``: list of ``B`` dicts (``None`` for items without one), present
-      only when some item has one; any other field: list of ``B`` values.
+    Returns:
+        With ``Nmax = max(N_i)``:
+
+        * ``image``: ``[B,C,H,W]`` stacked, same dtype as the items;
+        * ``pad=True``: ``pairs`` ``int64 [B,Nmax,4]`` (zeros after each item's ``N_i`` pairs), ``ordinal``
+          ``int64 [B,Nmax]`` padded with 0 (which also means "equal": always apply the mask) and ``pair_mask``
+          ``bool [B,Nmax]``, True for real pairs;
+        * ``pad=False``: ``pairs`` list of ``B`` tensors ``int64 [N_i,4]`` and ``ordinal`` list of ``int64 [N_i]``
+          (no ``pair_mask``);
+        * ``num_pairs``: ``int64 [B]`` = ``N_i`` (both modes);
+        * ``meta``: list of ``B`` dicts; ``boundary``: list of ``B`` dicts (``None`` for items without one),
+          present only when some item has one; any other field: list of ``B`` values.
+
+    Raises:
+        ValueError: when the batch is empty.
+        InputError: a one-line error naming the offending item, when it lacks ``image``, ``pairs`` or ``ordinal``,
+            its image does not match the first one's shape and dtype, or its pairs are not ``[N,4]`` with an
+            ``[N]`` ordinal.
     """
     _check_items(batch)
     pairs = [item["pairs"].to(torch.int64) for item in batch]
@@ -85,8 +95,14 @@ def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> di
 def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:
     """Move every tensor in a (nested dict / list / tuple) batch to ``device``; other values are kept as is.
 
-    ``non_blocking`` overlaps host-to-GPU copies with compute when the batch is in pinned memory
-    (``DataLoader(pin_memory=True)``).
+    Args:
+        batch: a tensor, or dicts, lists, tuples and namedtuples of them (nested to any depth).
+        device: the target device.
+        non_blocking: overlap host-to-GPU copies with compute when the batch is in pinned memory
+            (``DataLoader(pin_memory=True)``).
+
+    Returns:
+        A batch of the same structure (containers rebuilt, their types kept), its tensors on ``device``.
     """
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)

@@ -8,9 +8,10 @@ Both functions take either padded batches (``pairs`` ``[B,N,4]``, ``ordinal`` ``
 padded internally; padded entries may hold any value, they are never read.
 
 ``pairs`` index the prediction itself: bring it to the image's size first (e.g. ``F.interpolate``), as the
-DIW / YouTube3D evaluations do. Which prediction to pass: anything that grows with distance (depth, log depth, any monotone function of
-depth) as is; anything that grows as things get *closer* (inverse depth, disparity, MiDaS-style outputs)
-with ``inverse=True``. The ranking loss only compares values, so log depth is handled by passing it directly.
+DIW / YouTube3D evaluations do. Which prediction to pass: anything that grows with distance (depth, log depth, any
+monotone function of depth) as is; anything that grows as things get *closer* (inverse depth, disparity,
+MiDaS-style outputs) with ``inverse=True``. The ranking loss only compares values, so log depth is handled by
+passing it directly.
 """
 
 from __future__ import annotations
@@ -150,11 +151,22 @@ def ranking_loss(
     ``d ** 2`` for ``r = 0``. This is ``RelativeLoss`` of the YouTube3D code (princeton-vl/YouTube3D,
     src/RelativeLoss.py), whose ``'mean'`` is likewise the sum over all pairs of the batch divided by their count.
 
-    ``depth``: ``[B,H,W]`` or ``[B,1,H,W]`` float; ``pairs``/``ordinal``/``mask``: see the module docstring.
-    ``reduction``: ``'mean'`` over valid pairs (a differentiable 0 when there are none), ``'sum'``, or ``'none'``
-    (``[B,N]`` in the padded layout, 0 at invalid pairs).
-    ``keep_largest=0.75`` is the YouTube3D code's ``b_sort`` (src/RelativeLoss.py): per image only the
-    ``int(0.75 * n)`` largest pair losses count, and ``'mean'`` divides by the number kept.
+    Args:
+        depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]`` float.
+        pairs: ``[B,N,4]`` integer ``(yA, xA, yB, xB)`` or a list of ``[N_i,4]`` (see the module docstring).
+        ordinal: ``[B,N]`` or a list of ``[N_i]``: +1 A farther, -1 A closer, 0 equal.
+        mask: ``[B,N]`` bool marking the real pairs of a padded batch; ``None``: all are real.
+        inverse: the prediction grows as things get closer (inverse depth, disparity).
+        reduction: ``'mean'`` over valid pairs (a differentiable 0 when there are none), ``'sum'``, or ``'none'``.
+        keep_largest: the YouTube3D code's ``b_sort`` with ``0.75`` (src/RelativeLoss.py): per image only the
+            ``int(keep_largest * n)`` largest pair losses count, and ``'mean'`` divides by the number kept.
+
+    Returns:
+        The loss: a scalar, or ``[B,N]`` in the padded layout with 0 at invalid pairs for ``'none'``.
+
+    Raises:
+        ValueError: for an unknown ``reduction``, mismatched shapes, non-integer pairs, a pair outside the
+            prediction, or ordinals other than -1, 0, +1.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -185,7 +197,12 @@ def ranking_loss(
 
 
 class RankingLoss(nn.Module):
-    """:func:`ranking_loss` as a module, for training loops that expect a criterion object."""
+    """:func:`ranking_loss` as a module, for training loops that expect a criterion object.
+
+    Args:
+        inverse: the prediction grows as things get closer (see :func:`ranking_loss`).
+        reduction: ``'mean'``, ``'sum'`` or ``'none'`` (see :func:`ranking_loss`).
+    """
 
     def __init__(self, *, inverse: bool = False, reduction: Reduction = "mean") -> None:
         super().__init__()
@@ -195,11 +212,25 @@ class RankingLoss(nn.Module):
     def forward(
         self, depth: torch.Tensor, pairs: PairsLike, ordinal: PairsLike, mask: PairsLike | None = None
     ) -> torch.Tensor:
-        """Evaluate the loss on one batch (see :func:`ranking_loss`)."""
+        """Evaluate the loss on one batch.
+
+        Args:
+            depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]``.
+            pairs: the pairs, padded or a list (see :func:`ranking_loss`).
+            ordinal: their ordinal labels.
+            mask: the real pairs of a padded batch.
+
+        Returns:
+            The loss, reduced as the module's ``reduction`` says.
+        """
         return ranking_loss(depth, pairs, ordinal, mask, inverse=self.inverse, reduction=self.reduction)
 
     def extra_repr(self) -> str:
-        """Show the options in ``print(module)``."""
+        """Show the options in ``print(module)``.
+
+        Returns:
+            ``inverse=..., reduction=...``.
+        """
         return f"inverse={self.inverse}, reduction={self.reduction!r}"
 
 
@@ -207,8 +238,16 @@ class RankingLoss(nn.Module):
 class WHDRResult:
     """Weighted Human Disagreement Rate, overall and split by ground truth (fractions in [0, 1]).
 
-    ``whdr_equal`` covers the ``r = 0`` pairs and ``whdr_unequal`` the ``r = ±1`` pairs; a part without pairs
-    (or with zero total weight) is ``nan``. The counts are numbers of valid pairs, not weights.
+    A part without pairs (or with zero total weight) is ``nan``. The counts are numbers of valid pairs, not
+    weights.
+
+    Attributes:
+        whdr: the rate over all valid pairs.
+        whdr_equal: the rate over the ``r = 0`` pairs.
+        whdr_unequal: the rate over the ``r = ±1`` pairs.
+        num_pairs: the number of valid pairs.
+        num_equal: the number of valid ``r = 0`` pairs.
+        num_unequal: the number of valid ``r = ±1`` pairs.
     """
 
     whdr: float
@@ -278,7 +317,24 @@ def whdr(
     the references (float32 outputs compared with a float32 threshold): a float64 recomputation would move
     pairs whose difference sits on a quantised threshold. Rates are summed in float64.
 
-    Runs without gradients. Inputs as in :func:`ranking_loss` (padded with ``mask``, or lists).
+    Runs without gradients.
+
+    Args:
+        depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]``.
+        pairs: the pairs, padded or a list, as in :func:`ranking_loss`.
+        ordinal: the ground-truth ordinal labels, as in :func:`ranking_loss`.
+        mask: ``[B,N]`` bool marking the real pairs of a padded batch.
+        weights: ``[B,N]`` (or a list) finite non-negative weight per pair; default 1 (keyword-only).
+        inverse: the prediction grows as things get closer (inverse depth, disparity).
+        rule: ``"difference"`` or ``"ratio"`` (above).
+        threshold: the rule's ``t`` (>= 0); default 0.0 for ``"difference"``, 0.1 for ``"ratio"``.
+
+    Returns:
+        The rates and pair counts.
+
+    Raises:
+        ValueError: for an unknown rule, a negative threshold, bad weights, non-positive predictions with
+            ``rule="ratio"``, and the input errors of :func:`ranking_loss`.
     """
     if rule not in ("difference", "ratio"):
         raise ValueError(f"rule must be 'difference' or 'ratio', got {rule!r}")

@@ -86,7 +86,20 @@ class PairSampler(Protocol):
         image_size: tuple[int, int],
         generator: torch.Generator,
         stored: PairsAndOrdinal | None = None,
-    ) -> PairsAndOrdinal: ...
+    ) -> PairsAndOrdinal:
+        """Draw the pairs of one sample.
+
+        Args:
+            boundary: the sample's boundary annotation: a dict of 1-D tensors or ``boundary.npy``'s structured
+                array.
+            image_size: ``(H, W)`` of the image the pairs index.
+            generator: the only source of randomness (see :func:`sample_generator`).
+            stored: the sample's stored ``(pairs, ordinal)``, when decoded.
+
+        Returns:
+            ``(pairs int64 [N,4], ordinal int64 [N])``.
+        """
+        ...
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -110,13 +123,23 @@ def _as_range(value: Any, name: str) -> tuple[float, float]:
 
 @dataclass
 class SamplerConfig:
-    """Options shared by every strategy; subclasses add their own and name the strategy."""
+    """Options shared by every strategy; subclasses add their own and name the strategy (class attribute ``name``).
+
+    Args:
+        max_pairs: a random subset of at most this many pairs; ``None`` for all (>= 0).
+        per_segment_cap: at most this many pairs per boundary segment, chosen at random; ``None`` for no cap (>= 0).
+        min_confidence: boundary points below this confidence are ignored (in ``[0, 1]``).
+        balance: swap A/B with probability 0.5 so both labels are equally frequent.
+
+    Raises:
+        ValueError: when an option is out of its range.
+    """
 
     name: ClassVar[str] = ""
-    max_pairs: int | None = None  # random subset of at most this many pairs
-    per_segment_cap: int | None = None  # at most this many pairs per boundary segment
-    min_confidence: float = 0.0  # boundary points below this are ignored
-    balance: bool = True  # swap A/B with probability 0.5 so both labels are equally frequent
+    max_pairs: int | None = None
+    per_segment_cap: int | None = None
+    min_confidence: float = 0.0
+    balance: bool = True
 
     def __post_init__(self) -> None:
         """Check the shared options."""
@@ -133,20 +156,39 @@ class SamplerConfig:
         _require(isinstance(self.balance, bool), f"balance must be a bool, got {self.balance!r}")
 
     def build(self) -> PairSampler:
-        """Return the sampler this config describes."""
+        """Build the sampler this config describes.
+
+        Returns:
+            The sampler.
+
+        Raises:
+            NotImplementedError: on the base class, which names no strategy.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not name a sampler")
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready description (``{"strategy": name, **options}``), accepted back by :func:`create_sampler`."""
+        """A JSON-ready description, accepted back by :func:`create_sampler`.
+
+        Returns:
+            ``{"strategy": name, **options}``.
+        """
         return {"strategy": self.name, **dataclasses.asdict(self)}
 
 
 @dataclass
 class StoredConfig(SamplerConfig):
-    """Generation-time pairs passed through; only ``max_pairs`` and ``balance`` apply (off by default)."""
+    """Generation-time pairs passed through; only ``max_pairs`` and ``balance`` apply (off by default).
+
+    Args:
+        balance: off by default ("unchanged"): the generator already balanced them.
+
+    Raises:
+        ValueError: when ``per_segment_cap`` or ``min_confidence`` is set (stored pairs do not link to boundary
+            points), and as :class:`SamplerConfig`.
+    """
 
     name: ClassVar[str] = "stored"
-    balance: bool = False  # "unchanged" by default; the generator already balanced them
+    balance: bool = False
 
     def __post_init__(self) -> None:
         """Reject options that need the boundary points, which stored pairs do not link to."""
@@ -155,13 +197,24 @@ class StoredConfig(SamplerConfig):
         _require(self.min_confidence == 0.0, "min_confidence does not apply to the 'stored' strategy")
 
     def build(self) -> StoredSampler:
-        """Return a :class:`StoredSampler`."""
+        """Build the sampler.
+
+        Returns:
+            A :class:`StoredSampler` of this config.
+        """
         return StoredSampler(self)
 
 
 @dataclass
 class BoundaryConfig(SamplerConfig):
-    """One point each side at a fixed ``offset`` px along the normal, at every boundary point."""
+    """One point each side at a fixed ``offset`` px along the normal, at every boundary point.
+
+    Args:
+        offset: the distance from the boundary point, in pixels (> 0); plus the options of :class:`SamplerConfig`.
+
+    Raises:
+        ValueError: when an option is out of its range.
+    """
 
     name: ClassVar[str] = "boundary"
     offset: float = 4.0
@@ -172,13 +225,25 @@ class BoundaryConfig(SamplerConfig):
         _require(float(self.offset) > 0, f"offset must be > 0, got {self.offset!r}")
 
     def build(self) -> BoundarySampler:
-        """Return a :class:`BoundarySampler`."""
+        """Build the sampler.
+
+        Returns:
+            A :class:`BoundarySampler` of this config.
+        """
         return BoundarySampler(self)
 
 
 @dataclass
 class MultiscaleConfig(SamplerConfig):
-    """Like ``boundary`` but each side's offset drawn uniformly from ``offset_range`` px, independently."""
+    """Like ``boundary`` but each side's offset drawn uniformly from ``offset_range`` px, independently.
+
+    Args:
+        offset_range: ``(low, high)`` with ``0 < low <= high``, in pixels; plus the options of
+            :class:`SamplerConfig`.
+
+    Raises:
+        ValueError: when an option is out of its range.
+    """
 
     name: ClassVar[str] = "multiscale"
     offset_range: tuple[float, float] = (2.0, 12.0)
@@ -189,13 +254,25 @@ class MultiscaleConfig(SamplerConfig):
         self.offset_range = _as_range(self.offset_range, "offset_range")
 
     def build(self) -> MultiscaleSampler:
-        """Return a :class:`MultiscaleSampler`."""
+        """Build the sampler.
+
+        Returns:
+            A :class:`MultiscaleSampler` of this config.
+        """
         return MultiscaleSampler(self)
 
 
 @dataclass
 class BandConfig(SamplerConfig):
-    """Points in a band each side: normal offset in ``depth_range`` px plus tangential jitter in ``±jitter`` px."""
+    """Points in a band each side: normal offset in ``depth_range`` px plus tangential jitter in ``±jitter`` px.
+
+    Args:
+        depth_range: ``(low, high)`` normal offsets with ``0 < low <= high``, in pixels.
+        jitter: the largest tangential offset, in pixels (>= 0); plus the options of :class:`SamplerConfig`.
+
+    Raises:
+        ValueError: when an option is out of its range.
+    """
 
     name: ClassVar[str] = "band"
     depth_range: tuple[float, float] = (2.0, 12.0)
@@ -208,13 +285,25 @@ class BandConfig(SamplerConfig):
         _require(float(self.jitter) >= 0, f"jitter must be >= 0, got {self.jitter!r}")
 
     def build(self) -> BandSampler:
-        """Return a :class:`BandSampler`."""
+        """Build the sampler.
+
+        Returns:
+            A :class:`BandSampler` of this config.
+        """
         return BandSampler(self)
 
 
 @dataclass
 class UniformConfig(SamplerConfig):
-    """Boundary points about ``spacing`` px apart along each segment, then one point each side at ``offset``."""
+    """Boundary points about ``spacing`` px apart along each segment, then one point each side at ``offset``.
+
+    Args:
+        spacing: the arc length between sampled boundary points, in pixels (>= 1.5).
+        offset: the distance from the boundary point, in pixels (> 0); plus the options of :class:`SamplerConfig`.
+
+    Raises:
+        ValueError: when an option is out of its range.
+    """
 
     name: ClassVar[str] = "uniform"
     spacing: float = 8.0
@@ -228,7 +317,11 @@ class UniformConfig(SamplerConfig):
         _require(float(self.offset) > 0, f"offset must be > 0, got {self.offset!r}")
 
     def build(self) -> UniformSampler:
-        """Return a :class:`UniformSampler`."""
+        """Build the sampler.
+
+        Returns:
+            A :class:`UniformSampler` of this config.
+        """
         return UniformSampler(self)
 
 
@@ -379,8 +472,7 @@ def _swaps(n: int, balance: bool, generator: torch.Generator) -> np.ndarray | No
 
 
 def _swapped(ends: np.ndarray, ordinal: np.ndarray, swap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``ends`` ``[4,N]`` rows (yA, xA, yB, xB) and ``ordinal [N]`` with A and B swapped (ordinal negated) where
-    ``swap``."""
+    """``ends`` ``[4,N]`` rows (yA, xA, yB, xB) and ``ordinal [N]``, A and B swapped (ordinal negated) at ``swap``."""
     if swap is None:
         return ends, ordinal
     return np.where(swap, ends[_SWAP_ENDS], ends), np.where(swap, -ordinal, ordinal)
@@ -404,7 +496,11 @@ def _joined(arrays: list[np.ndarray], axis: int = 0) -> np.ndarray:
 
 
 class StoredSampler:
-    """Returns the generation-time pairs (as int64), optionally a random ``max_pairs`` subset and balanced."""
+    """Returns the generation-time pairs (as int64), optionally a random ``max_pairs`` subset and balanced.
+
+    Args:
+        config: the options; default :class:`StoredConfig()`.
+    """
 
     def __init__(self, config: StoredConfig | None = None) -> None:
         """Keep the config."""
@@ -420,7 +516,20 @@ class StoredSampler:
         generator: torch.Generator,
         stored: PairsAndOrdinal | None = None,
     ) -> PairsAndOrdinal:
-        """Pass ``stored`` through; raises ``ValueError`` when there is none or it is malformed."""
+        """Pass ``stored`` through.
+
+        Args:
+            boundary: ignored.
+            image_size: ignored.
+            generator: draws the subset and the swaps.
+            stored: the sample's stored ``(pairs [N,4], ordinal [N])``.
+
+        Returns:
+            ``(pairs int64 [N,4], ordinal int64 [N])``.
+
+        Raises:
+            ValueError: when ``stored`` is missing or malformed.
+        """
         _require(stored is not None, "the 'stored' strategy needs the stored pairs (stored=(pairs, ordinal))")
         pairs, ordinal = (torch.as_tensor(t).to(device="cpu", dtype=torch.int64) for t in stored)
         _require(
@@ -461,8 +570,10 @@ class _SideSampler:
         return usable
 
     def _offsets(self, n: int, generator: torch.Generator) -> tuple[np.ndarray | float, np.ndarray | None]:
-        """Normal offsets ``u`` (``[2,n]``: front, back; or one float for both) and tangential offsets ``v``
-        (``[2,n]``, or None)."""
+        """Normal offsets ``u`` and tangential offsets ``v`` of ``n`` points.
+
+        ``u`` is ``[2,n]`` (front, back) or one float for both; ``v`` is ``[2,n]`` or None.
+        """
         raise NotImplementedError
 
     def __call__(
@@ -472,7 +583,17 @@ class _SideSampler:
         generator: torch.Generator,
         stored: PairsAndOrdinal | None = None,
     ) -> PairsAndOrdinal:
-        """Sample pairs across the boundary (``stored`` is ignored); see the module docstring."""
+        """Sample pairs across the boundary; see the module docstring.
+
+        Args:
+            boundary: the sample's boundary annotation (dict of 1-D tensors or structured array).
+            image_size: ``(H, W)`` of the image.
+            generator: the only source of randomness.
+            stored: ignored.
+
+        Returns:
+            ``(pairs int64 [N,4], ordinal int64 [N])``, in boundary order.
+        """
         return self.sample_many([boundary], [image_size], [generator])[0]
 
     def sample_many(
@@ -481,8 +602,21 @@ class _SideSampler:
         image_sizes: Sequence[tuple[int, int]],
         generators: Sequence[torch.Generator],
     ) -> list[PairsAndOrdinal]:
-        """``[self(b, size, g) for b, size, g in zip(...)]``, the same results, with the arithmetic done once over
-        all the samples: each sample draws from its own generator, in the same order as alone."""
+        """``[self(b, size, g) for b, size, g in zip(...)]``, with the arithmetic done once over all the samples.
+
+        The results are the same: each sample draws from its own generator, in the same order as alone.
+
+        Args:
+            boundaries: one boundary annotation per sample.
+            image_sizes: one ``(H, W)`` per sample.
+            generators: one generator per sample.
+
+        Returns:
+            One ``(pairs, ordinal)`` per sample.
+
+        Raises:
+            ValueError: when the three sequences differ in length, or a boundary or size is malformed.
+        """
         cfg = self.config
         if not len(boundaries) == len(image_sizes) == len(generators):
             raise ValueError("sample_many needs as many image sizes and generators as boundaries")
@@ -545,7 +679,11 @@ class _SideSampler:
 
 
 class BoundarySampler(_SideSampler):
-    """One point each side at a fixed offset along the normal, at every boundary point."""
+    """One point each side at a fixed offset along the normal, at every boundary point.
+
+    Args:
+        config: the options; default :class:`BoundaryConfig()` (offset 4 px).
+    """
 
     config: BoundaryConfig
 
@@ -559,7 +697,11 @@ class BoundarySampler(_SideSampler):
 
 
 class MultiscaleSampler(_SideSampler):
-    """One point each side at an offset drawn uniformly from a range, independently per side."""
+    """One point each side at an offset drawn uniformly from a range, independently per side.
+
+    Args:
+        config: the options; default :class:`MultiscaleConfig()` (offsets in (2, 12) px).
+    """
 
     config: MultiscaleConfig
 
@@ -574,7 +716,11 @@ class MultiscaleSampler(_SideSampler):
 
 
 class BandSampler(_SideSampler):
-    """One point each side anywhere in a band: normal offset from a range plus tangential jitter."""
+    """One point each side anywhere in a band: normal offset from a range plus tangential jitter.
+
+    Args:
+        config: the options; default :class:`BandConfig()` (depth (2, 12) px, jitter ±2 px).
+    """
 
     config: BandConfig
 
@@ -591,7 +737,11 @@ class BandSampler(_SideSampler):
 
 
 class UniformSampler(_SideSampler):
-    """Boundary points evenly spaced along each segment's arc length, then one point each side at a fixed offset."""
+    """Boundary points evenly spaced along each segment's arc length, then one point each side at a fixed offset.
+
+    Args:
+        config: the options; default :class:`UniformConfig()` (spacing 8 px, offset 4 px).
+    """
 
     config: UniformConfig
 
@@ -622,7 +772,17 @@ _STRATEGIES: dict[str, type[SamplerConfig]] = {}
 
 
 def register_strategy(config_class: type[SamplerConfig]) -> type[SamplerConfig]:
-    """Register a config class under its ``name`` (usable as a class decorator for custom strategies)."""
+    """Register a config class under its ``name`` (usable as a class decorator for custom strategies).
+
+    Args:
+        config_class: a :class:`SamplerConfig` subclass with a non-empty class attribute ``name``.
+
+    Returns:
+        ``config_class``.
+
+    Raises:
+        ValueError: when ``name`` is empty.
+    """
     _require(bool(config_class.name), f"{config_class.__name__} needs a non-empty class attribute 'name'")
     _STRATEGIES[config_class.name] = config_class
     return config_class
@@ -633,7 +793,11 @@ for _config_class in (StoredConfig, BoundaryConfig, MultiscaleConfig, BandConfig
 
 
 def available_strategies() -> list[str]:
-    """Names accepted by :func:`create_sampler`, sorted."""
+    """The strategy names :func:`create_sampler` accepts.
+
+    Returns:
+        The registered names, sorted.
+    """
     return sorted(_STRATEGIES)
 
 
@@ -665,8 +829,19 @@ def create_sampler(
 ) -> PairSampler:
     """Return a sampler from a strategy name, a config, a ``{"strategy": name, ...}`` dict or a callable.
 
-    ``overrides`` set config fields (``create_sampler("band", jitter=1.0, max_pairs=500)``); a user callable
-    with the :class:`PairSampler` signature is returned as is (overrides are then an error).
+    Args:
+        strategy: a name of :func:`available_strategies`, a :class:`SamplerConfig`, a
+            ``{"strategy": name, **options}`` dict, a built-in sampler, or a user callable with the
+            :class:`PairSampler` signature (returned as is).
+        **overrides: config fields to set (``create_sampler("band", jitter=1.0, max_pairs=500)``); an error with a
+            user callable.
+
+    Returns:
+        The sampler.
+
+    Raises:
+        ValueError: for an unknown strategy or option, an option out of its range, overrides for a callable, or
+            a ``strategy`` of another type.
     """
     if isinstance(strategy, str):
         config = _config_from_name(strategy, overrides)
@@ -694,7 +869,16 @@ def create_sampler(
 
 
 def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from a stable hash of ``(seed, epoch, key)`` (same on every run/process)."""
+    """A CPU ``torch.Generator`` seeded from a stable hash of ``(seed, epoch, key)``.
+
+    Args:
+        seed: the run's seed.
+        epoch: the epoch.
+        key: the sample's key.
+
+    Returns:
+        The generator; the same on every run and process for the same arguments.
+    """
     message = json.dumps([int(seed), int(epoch), str(key)]).encode()
     digest = hashlib.blake2b(message, digest_size=8).digest()
     generator = torch.Generator()

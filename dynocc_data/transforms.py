@@ -123,8 +123,11 @@ def _vertical_flip_corner(points: _CornerKeyPoints, **kwargs: Any) -> _CornerKey
 
 @F.register_kernel(F.elastic, _CornerKeyPoints)
 def _elastic_corner(points: _CornerKeyPoints, displacement: torch.Tensor, **kwargs: Any) -> _CornerKeyPoints:
-    """Elastic warp: v2 looks the displacement up at the point's pixel (``int()`` of corner coordinates) and
-    returns pixel-centre coordinates, hence only the shift back."""
+    """Elastic warp of corner-convention points: only the shift back.
+
+    v2 looks the displacement up at the point's pixel (``int()`` of corner coordinates) and returns pixel-centre
+    coordinates.
+    """
     out = F.elastic_keypoints(points.as_subclass(torch.Tensor), canvas_size=points.canvas_size,
                               displacement=displacement)
     return tv_tensors.wrap(out + 0.5, like=points)
@@ -181,16 +184,20 @@ def _check_boundary(boundary: Any, where: str) -> dict[str, torch.Tensor]:
 
 
 def _pair_points(pairs: torch.Tensor, shift: float) -> torch.Tensor:
-    """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) coordinates of those pixels' centres, in the
-    convention where pixel ``i``'s centre is ``i + shift`` (0.5: corner convention, 0: v2's pixel centres)."""
+    """``[N,4]`` (yA, xA, yB, xB) pixel indices -> ``[2N,2]`` (x, y) coordinates of those pixels' centres.
+
+    In the convention where pixel ``i``'s centre is ``i + shift`` (0.5: corner convention, 0: v2's pixel centres).
+    """
     # numpy: on a few hundred rows the cost is per operation, and a numpy operation costs a fraction of a torch one
     xy = pairs.detach().cpu().numpy()[:, _YX_TO_XY].reshape(-1, 2).astype(np.float32)
     return torch.from_numpy(xy + np.float32(shift) if shift else xy).to(pairs.device)
 
 
 def _boundary_points(boundary: Mapping[str, torch.Tensor], shift: float) -> torch.Tensor:
-    """``[3M,2]`` (x, y) coordinates (pixel centres at ``i + shift``): every point p, then p + step*normal, then
-    p + step*tangent."""
+    """``[3M,2]`` (x, y) coordinates (pixel centres at ``i + shift``) of the boundary.
+
+    Every point p, then p + step*normal, then p + step*tangent.
+    """
     point = torch.stack([boundary["x"], boundary["y"]], 1).to(torch.float32) + shift
     normal = torch.stack([boundary["nx"], boundary["ny"]], 1).to(torch.float32)
     tangent = torch.stack([-normal[:, 1], normal[:, 0]], 1)  # normal turned by +90 degrees
@@ -205,8 +212,7 @@ def _inside(points: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
 
 
 def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, int], shift: float):
-    """Transformed ``[2N,2]`` points (pixel centres at ``i + shift``) -> surviving ``pairs [N',4]`` and their
-    ``ordinal [N']``."""
+    """Transformed ``[2N,2]`` points (pixel centres at ``i + shift``) -> surviving ``pairs [N',4]``, ``ordinal``."""
     height, width = canvas
     # (xA, yA, xB, yB) pixels; NaN stays NaN and fails every comparison below (silently, comparisons never warn)
     corner = points.detach().cpu().numpy().reshape(-1, 4)
@@ -224,8 +230,10 @@ def _pairs_back(points: torch.Tensor, ordinal: torch.Tensor, canvas: tuple[int, 
 
 def _boundary_back(points: torch.Tensor, boundary: Mapping[str, torch.Tensor], canvas: tuple[int, int],
                    shift: float):
-    """Transformed ``[3M,2]`` points (pixel centres at ``i + shift``) -> the boundary dict in output pixels (rows
-    outside dropped)."""
+    """Transformed ``[3M,2]`` points (pixel centres at ``i + shift``) -> the boundary dict in output pixels.
+
+    Rows outside the output image are dropped.
+    """
     point, front, along = points.reshape(3, len(boundary["x"]), 2).unbind(0)
     push_normal, tangent = front - point, along - point
     if shift != 0.5:
@@ -270,8 +278,10 @@ _RANDOM_APPLY = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomGraysc
 
 
 def _lean_steps(transform: Callable[..., Any]) -> tuple[v2.Transform, ...] | None:
-    """The v2 transforms ``transform`` is made of (``Compose`` flattened) when :class:`PairTransform` can run all
-    of them itself, else ``None``."""
+    """The v2 transforms ``transform`` is made of (``Compose`` flattened), or ``None``.
+
+    ``None`` unless :class:`PairTransform` can run all of them itself.
+    """
     if type(transform) is v2.Compose:
         parts = [_lean_steps(t) for t in transform.transforms]
         return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
@@ -309,7 +319,14 @@ class PairTransform:
     ``RandomCrop``, ``CenterCrop``, ``Pad``, flips, ``RandomRotation``, ``RandomAffine``, ``ColorJitter``,
     ``RandomGrayscale``, ``Normalize``, ``ToDtype``), the parts are run one by one with their own ``make_params``
     and ``transform`` (no ``Compose``/pytree/tv_tensor wrapping per call): same kernels, same random draws,
-    same output, several times less overhead.  ``fast=False`` always goes through ``v2.Compose``.
+    same output, several times less overhead.
+
+    Args:
+        transform: a v2 transform, a :class:`PairTransform`, or a sequence of either.
+        fast: run stock parts one by one (above); ``False`` always goes through ``v2.Compose``.
+
+    Raises:
+        TypeError: when ``transform`` is not callable.
     """
 
     def __init__(self, transform: Callable[..., Any] | Sequence[Callable[..., Any]], *, fast: bool = True) -> None:
@@ -331,7 +348,19 @@ class PairTransform:
         return f"{type(self).__name__}({self.transform!r})"
 
     def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        """Transform one item; see the class and module docstrings for what happens to each field."""
+        """Transform one item; see the class and module docstrings for what happens to each field.
+
+        Args:
+            item: an item of the contract (``image``, ``pairs``, ``ordinal``, optionally ``boundary``).
+
+        Returns:
+            A new item: the image, the surviving pairs with their ordinals, and the boundary transformed; other
+            fields as they were.
+
+        Raises:
+            InputError: naming the item, when it is malformed or the transform changes the image but not the
+                points (no KeyPoints support).
+        """
         image, pairs, ordinal = _check_item(item)
         boundary = item.get("boundary")
         if boundary is not None:
@@ -375,7 +404,14 @@ def _interpolation(mode: Interpolation) -> v2.InterpolationMode:
 
 
 class Resize(PairTransform):
-    """Resize to ``(h, w)``, or the shorter side to ``size`` (int, aspect kept, longer side capped by ``max_size``)."""
+    """Resize to ``(h, w)``, or the shorter side to ``size`` (int, aspect kept, longer side capped by ``max_size``).
+
+    Args:
+        size: ``(h, w)``, or the shorter side.
+        max_size: the longest the longer side may be, with an int ``size``.
+        interpolation: ``"bilinear"``, ``"bicubic"``, ``"nearest-exact"``, ... or an ``InterpolationMode``.
+        antialias: low-pass filter when downscaling.
+    """
 
     def __init__(self, size: Size, *, max_size: int | None = None, interpolation: Interpolation = "bilinear",
                  antialias: bool = True) -> None:
@@ -385,7 +421,15 @@ class Resize(PairTransform):
 
 
 class RandomResizedCrop(PairTransform):
-    """Crop a random area fraction ``scale`` and aspect ratio ``ratio``, resized to ``size``; pairs outside drop."""
+    """Crop a random area fraction ``scale`` and aspect ratio ``ratio``, resized to ``size``; pairs outside drop.
+
+    Args:
+        size: the output ``(h, w)``, or one side of a square.
+        scale: the range of the crop's area as a fraction of the image's.
+        ratio: the range of the crop's aspect ratio (width / height).
+        interpolation: the image resampling (as for :class:`Resize`).
+        antialias: low-pass filter when downscaling.
+    """
 
     def __init__(self, size: Size, *, scale: tuple[float, float] = (0.5, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), interpolation: Interpolation = "bilinear",
@@ -396,7 +440,11 @@ class RandomResizedCrop(PairTransform):
 
 
 class RandomHorizontalFlip(PairTransform):
-    """Mirror left-right with probability ``p``: points move, ordinals stay (depth order is mirror-invariant)."""
+    """Mirror left-right with probability ``p``: points move, ordinals stay (depth order is mirror-invariant).
+
+    Args:
+        p: the probability of flipping.
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         """See ``torchvision.transforms.v2.RandomHorizontalFlip``."""
@@ -404,8 +452,15 @@ class RandomHorizontalFlip(PairTransform):
 
 
 class RandomRotation(PairTransform):
-    """Rotate by a random angle in ``[-degrees, degrees]`` (or the given range) about the image centre, same
-    size; pairs rotated out of the image are dropped.  Meant for small angles (corners fill with ``fill``)."""
+    """Rotate by a random angle about the image centre, same size; pairs rotated out of the image are dropped.
+
+    Meant for small angles (corners fill with ``fill``).
+
+    Args:
+        degrees: the angle is drawn from ``[-degrees, degrees]``, or from the given ``(min, max)`` range.
+        interpolation: the image resampling (as for :class:`Resize`).
+        fill: the value of the pixels rotated in from outside.
+    """
 
     def __init__(self, degrees: float | tuple[float, float], *, interpolation: Interpolation = "bilinear",
                  fill: float = 0) -> None:
@@ -414,7 +469,15 @@ class RandomRotation(PairTransform):
 
 
 class PhotometricAugment(PairTransform):
-    """Colour jitter (and optional random grayscale) of the image only; points and labels are untouched."""
+    """Colour jitter (and optional random grayscale) of the image only; points and labels are untouched.
+
+    Args:
+        brightness: jitter factor, as in ``v2.ColorJitter``.
+        contrast: jitter factor, as in ``v2.ColorJitter``.
+        saturation: jitter factor, as in ``v2.ColorJitter``.
+        hue: jitter factor, as in ``v2.ColorJitter``.
+        grayscale: the probability of ``v2.RandomGrayscale`` (0: none).
+    """
 
     def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.0,
                  *, grayscale: float = 0.0) -> None:
@@ -426,7 +489,15 @@ class PhotometricAugment(PairTransform):
 
 
 class ToFloatImage(PairTransform):
-    """``uint8`` image -> ``float32`` in ``[0, 1]``, then ``(x - mean) / std`` when ``mean`` and ``std`` are given."""
+    """``uint8`` image -> ``float32`` in ``[0, 1]``, then ``(x - mean) / std`` when ``mean`` and ``std`` are given.
+
+    Args:
+        mean: per channel, in ``[0, 1]`` units; give both ``mean`` and ``std`` to normalise, or neither.
+        std: per channel, in ``[0, 1]`` units.
+
+    Raises:
+        ValueError: when only one of ``mean`` and ``std`` is given.
+    """
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         """Give both ``mean`` and ``std`` (per channel, in ``[0, 1]`` units) to normalise, or neither."""
@@ -445,18 +516,32 @@ CROPS = ("resized", "random")
 class TransformConfig:
     """Options of :func:`create_transform`.
 
-    ``size``: int (square crop when training; shorter side when evaluating) or ``(h, w)``.  ``crop`` (training):
-    ``"resized"``, a random resized crop (area fraction ``scale``, aspect ``ratio``, resampled to ``size``), or
-    ``"random"``, a plain random crop of ``size`` pixels at full resolution (no resampling: the cheapest, pixels
-    kept exactly; an image smaller than ``size`` is zero-padded first).  ``hflip``: flip probability.
-    ``rotation``: max absolute angle in degrees (0: none).  ``color_jitter``: brightness = contrast = saturation
-    factor, or a ``(brightness, contrast, saturation[, hue])`` tuple (0: none).  ``grayscale``: random-grayscale
-    probability.  ``normalize``: subtract ``mean`` / divide by ``std``.  ``interpolation``: image resampling.
-    ``antialias``: low-pass filter when downscaling (torchvision's antialiased resize; ``False`` samples like
-    ``cv2.resize`` / ``INTER_LINEAR`` and is a little faster).  ``center_crop``: evaluation with an int ``size``
-    also centre-crops to ``size x size``.  ``to_float``: end with ``float32`` in ``[0, 1]`` (normalised with
-    ``normalize``); ``False`` keeps the ``uint8`` image, as timm's prefetching loader does: a quarter of the bytes
-    between worker processes and to the GPU, converted there (``batch["image"].float().div_(255)``).
+    Args:
+        train: the training pipeline (random crop and augmentation) or the evaluation one (resize).
+        size: int (square crop when training; shorter side when evaluating) or ``(h, w)``.
+        crop: (training) ``"resized"``, a random resized crop (area fraction ``scale``, aspect ``ratio``,
+            resampled to ``size``), or ``"random"``, a plain random crop of ``size`` pixels at full resolution (no
+            resampling: the cheapest, pixels kept exactly; an image smaller than ``size`` is zero-padded first).
+        hflip: flip probability.
+        scale: the area-fraction range of the resized crop, ``0 < min <= max <= 1``.
+        ratio: the aspect-ratio range of the resized crop, ``0 < min <= max``.
+        rotation: max absolute angle in degrees, in ``[0, 180)`` (0: none).
+        color_jitter: brightness = contrast = saturation factor, or a ``(brightness, contrast, saturation[, hue])``
+            tuple (0: none).
+        grayscale: random-grayscale probability.
+        normalize: subtract ``mean`` / divide by ``std`` (needs ``to_float``).
+        mean: per-channel mean, in ``[0, 1]`` units (ImageNet's by default).
+        std: per-channel standard deviation, in ``[0, 1]`` units (ImageNet's by default).
+        interpolation: image resampling.
+        antialias: low-pass filter when downscaling (torchvision's antialiased resize; ``False`` samples like
+            ``cv2.resize`` / ``INTER_LINEAR`` and is a little faster).
+        center_crop: evaluation with an int ``size`` also centre-crops to ``size x size``.
+        to_float: end with ``float32`` in ``[0, 1]`` (normalised with ``normalize``); ``False`` keeps the ``uint8``
+            image, as timm's prefetching loader does: a quarter of the bytes between worker processes and to the
+            GPU, converted there (``batch["image"].float().div_(255)``).
+
+    Raises:
+        ValueError: with a one-line message, when an option is out of its range.
     """
 
     train: bool
@@ -501,7 +586,11 @@ class TransformConfig:
         _interpolation(self.interpolation)
 
     def jitter(self) -> tuple[float, float, float, float]:
-        """``(brightness, contrast, saturation, hue)`` from ``color_jitter``."""
+        """The colour-jitter factors.
+
+        Returns:
+            ``(brightness, contrast, saturation, hue)`` from ``color_jitter`` (hue 0 unless given).
+        """
         jitter = tuple(self.color_jitter) if isinstance(self.color_jitter, (tuple, list)) else (self.color_jitter,) * 3
         return (*jitter[:3], jitter[3] if len(jitter) == 4 else 0.0)
 
@@ -509,23 +598,31 @@ class TransformConfig:
 def create_transform(config: TransformConfig | None = None, /, **options: Any) -> PairTransform:
     """A ready item transform in the style of timm's ``create_transform``.
 
-    Call as ``create_transform(train=True, size=(256, 320), rotation=5)`` (keywords of :class:`TransformConfig`)
-    or ``create_transform(config, hflip=0.0)`` (overrides applied to a config).
-
     * ``train=True``: [rotation] -> random resized crop to ``size`` (``crop="resized"``) or random crop of
       ``size`` (``crop="random"``) -> [horizontal flip] -> [colour jitter, grayscale] -> [float (-> normalise)].
     * ``train=False``: resize to ``size`` (``(h, w)`` exactly; an int sets the shorter side, aspect kept, then
       [centre crop to ``size x size``]) -> [float (-> normalise)].
 
-    Output item: ``image`` ``float32 [3,h,w]`` in ``[0, 1]`` (or normalised; ``uint8`` with ``to_float=False``),
-    ``(h, w)`` = ``size`` (an int
-    ``size`` gives ``size x size`` when training; when evaluating without ``center_crop`` the shorter side is
-    ``size``, so batch such items only if the sources share an aspect ratio); ``pairs`` ``int64 [N',4]`` in that
-    image's pixels (pairs leaving the crop dropped whole), ``ordinal`` ``int64 [N']`` aligned, ``boundary``
-    transformed likewise, ``meta`` unchanged.  The image keeps the memory layout of the input (channels-last
-    strides for JPEGs decoded by ``torchvision.io.decode_jpeg``, the layout torchvision resizes fastest); stacked
-    by ``collate_pairs`` it gives a ``channels_last`` batch.  Every part is a stock v2 transform, so
-    :class:`PairTransform` runs them on its lean path.
+    Every part is a stock v2 transform, so :class:`PairTransform` runs them on its lean path.
+
+    Args:
+        config: a config to start from; call as ``create_transform(config, hflip=0.0)`` (overrides applied to it).
+        **options: keywords of :class:`TransformConfig`, e.g. ``create_transform(train=True, size=(256, 320),
+            rotation=5)``; without ``config``, ``train`` and ``size`` are needed.
+
+    Returns:
+        The item transform. Its output item: ``image`` ``float32 [3,h,w]`` in ``[0, 1]`` (or normalised; ``uint8``
+        with ``to_float=False``), ``(h, w)`` = ``size`` (an int ``size`` gives ``size x size`` when training; when
+        evaluating without ``center_crop`` the shorter side is ``size``, so batch such items only if the sources
+        share an aspect ratio); ``pairs`` ``int64 [N',4]`` in that image's pixels (pairs leaving the crop dropped
+        whole), ``ordinal`` ``int64 [N']`` aligned, ``boundary`` transformed likewise, ``meta`` unchanged. The
+        image keeps the memory layout of the input (channels-last strides for JPEGs decoded by
+        ``torchvision.io.decode_jpeg``, the layout torchvision resizes fastest); stacked by ``collate_pairs`` it
+        gives a ``channels_last`` batch.
+
+    Raises:
+        ValueError: when an option is out of its range (see :class:`TransformConfig`).
+        TypeError: for a keyword that is not a field of :class:`TransformConfig`.
     """
     cfg = dataclasses.replace(config, **options) if config is not None else TransformConfig(**options)
     mode = _interpolation(cfg.interpolation)

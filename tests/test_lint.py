@@ -47,6 +47,10 @@ CHECKED = [PACKAGE / name for name in (
     "format/files.py", "format/index.py", "format/sample.py", "format/tar.py",
     "generation/video.py", "generation/flow.py", "generation/writer.py", "generation/launch.py",
     "tools/viz.py", "tools/stats.py", "tools/demo.py", "tools/cli.py",
+    "collate.py", "losses.py", "datasets/youtube3d.py", "datasets/diw.py", "datasets/_common.py",
+    "datasets/loader.py", "sampling.py", "transforms.py",
+    "generation/boundaries.py", "generation/ordering.py", "generation/refine.py", "generation/cuts.py",
+    "generation/pipeline.py", "tools/synthetic.py",
 )]
 
 SECTION = re.compile(r"^(\s*)(Args|Arguments|Attributes|Returns|Yields|Raises):\s*$")

@@ -22,7 +22,15 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file into an RGB ``uint8`` tensor ``[3,H,W]``, choosing the decoder by content.
 
     The format is detected from the bytes, not the extension, because DIW ships JPEGs named ``*.thumb``.
-    Grey or palette images are converted to RGB; any failure raises :class:`InputError` naming the file.
+
+    Args:
+        path: the image file (any format torchvision decodes).
+
+    Returns:
+        The image, grey or palette images converted to RGB.
+
+    Raises:
+        InputError: naming the file, when it cannot be read, is empty, or does not decode.
     """
     try:
         raw = Path(path).read_bytes()
@@ -44,12 +52,27 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
 
 
 def resolve_path(root: Path, name: str) -> Path:
-    """Join a path read from an annotation file onto ``root`` (absolute paths are kept as they are)."""
+    """Join a path read from an annotation file onto ``root``.
+
+    Args:
+        root: the folder the annotation's paths are relative to.
+        name: the path as written in the annotation file.
+
+    Returns:
+        The normalised path; an absolute ``name`` is kept as it is.
+    """
     return Path(os.path.normpath(root / name))
 
 
 def relative_key(name: str) -> str:
-    """A stable sample key from a path as written in an annotation file: POSIX form without a leading ``./``."""
+    """A stable sample key from a path as written in an annotation file.
+
+    Args:
+        name: the path as written.
+
+    Returns:
+        Its POSIX form without leading ``./``.
+    """
     key = Path(name).as_posix()
     while key.startswith("./"):
         key = key[2:]

@@ -52,13 +52,21 @@ _RELATIONS = {">": 1, "<": -1, "=": 0}
 
 @dataclass(frozen=True)
 class DIWAnnotations:
-    """The parsed content of a DIW CSV, held in compact arrays (DIW_train has ~420k samples)."""
+    """The parsed content of a DIW CSV, held in compact arrays (DIW_train has ~420k samples).
 
-    paths: list[str]  # image paths as written in the CSV
-    coords: np.ndarray  # float64 [N,4]: y_A, x_A, y_B, x_B, 1-based, in the annotated image
-    ordinal: np.ndarray  # int8 [N]: +1 A farther, -1 A closer (0 equal, never in DIW itself)
-    sizes: np.ndarray  # int64 [N,2]: (height, width) of the annotated image
-    lines: np.ndarray  # int64 [N]: line number of each sample's image path
+    Attributes:
+        paths: image paths as written in the CSV.
+        coords: float64 ``[N,4]``: y_A, x_A, y_B, x_B, 1-based, in the annotated image.
+        ordinal: int8 ``[N]``: +1 A farther, -1 A closer (0 equal, never in DIW itself).
+        sizes: int64 ``[N,2]``: (height, width) of the annotated image.
+        lines: int64 ``[N]``: line number of each sample's image path.
+    """
+
+    paths: list[str]
+    coords: np.ndarray
+    ordinal: np.ndarray
+    sizes: np.ndarray
+    lines: np.ndarray
 
     def __len__(self) -> int:
         """Number of samples."""
@@ -107,9 +115,20 @@ def _path_line(text: str) -> tuple[str, int | None]:
 
 
 def iter_diw_rows(csv_path: str | os.PathLike) -> Iterator[DIWRow | InputError]:
-    """The samples of a DIW CSV in either layout (see the module docstring), a malformed one as its
-    :class:`InputError` (with the line number), reading on after it. Blank lines are ignored; a first line that
-    is followed by a ``path,idx,n_point`` line is taken as the YouTube3D code's header."""
+    """The samples of a DIW CSV in either layout (see the module docstring), reading on after a malformed one.
+
+    Blank lines are ignored; a first line that is followed by a ``path,idx,n_point`` line is taken as the
+    YouTube3D code's header.
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        An iterator of :class:`DIWRow`, or for a malformed sample its :class:`InputError` (with the line number).
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lists nothing.
+    """
     try:
         with open(csv_path, encoding="utf-8", newline="") as handle:
             lines = [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
@@ -161,7 +180,16 @@ def parse_diw_csv(csv_path: str | os.PathLike) -> DIWAnnotations:
     """Read a DIW CSV in either layout (see the module docstring) into compact arrays.
 
     ``'='`` is accepted as ordinal 0 for CSVs in the same layout from other sources (DIW itself has none).
-    The first malformed line raises :class:`InputError` with its line number.
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        The annotations, in the CSV's order.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lists no samples, and with the line number for any
+            malformed line.
     """
     rows = []
     for row in iter_diw_rows(csv_path):
@@ -188,10 +216,18 @@ def _looks_like_annotation(line: str) -> bool:
 def scale_diw_coordinates(
     coords: np.ndarray | torch.Tensor, annotated_size: tuple[int, int], image_size: tuple[int, int]
 ) -> torch.Tensor:
-    """1-based ``(y_A, x_A, y_B, x_B)`` in the annotated image to 0-based pixel indices in the decoded image.
+    """Map 1-based ``(y_A, x_A, y_B, x_B)`` in the annotated image to 0-based pixel indices in the decoded image.
 
     The rule of relative_depth's DataLoader_DIW.lua: ``min(S, max(1, floor(c / S_csv * S)))`` then ``- 1``,
     computed as ``floor(c * S / S_csv)`` so that equal sizes give exactly ``c - 1``.
+
+    Args:
+        coords: ``[4]`` or ``[N,4]`` 1-based coordinates.
+        annotated_size: ``(height, width)`` of the image the CSV annotates.
+        image_size: ``(height, width)`` of the decoded image.
+
+    Returns:
+        int64 ``[N,4]`` pixel indices inside the decoded image.
     """
     (csv_h, csv_w), (img_h, img_w) = annotated_size, image_size
     c = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 4)
@@ -204,17 +240,26 @@ def scale_diw_coordinates(
 class DIWDataset(Dataset[Item]):
     """Map-style dataset over a DIW CSV yielding items of the package's contract (one pair per image).
 
-    ``root`` is the folder the CSV's relative image paths start from (default: the CSV's folder); absolute
-    paths are used as they are. When the decoded image differs in size from the CSV's ``width,height`` the
-    coordinates are rescaled (:func:`scale_diw_coordinates`) and a warning says so once: the reference code
-    uses them as they are. ``meta`` also holds ``annotated_size`` and the CSV ``line``. ``transform`` maps an
-    item to an item.
+    When the decoded image differs in size from the CSV's ``width,height`` the coordinates are rescaled
+    (:func:`scale_diw_coordinates`) and a warning says so once: the reference code uses them as they are.
+    ``meta`` also holds ``annotated_size`` and the CSV ``line``.
 
     ``size=(240, 320)`` gives the items of the reference training loader (princeton-vl/YouTube3D
     src/DIWDataset.py without augmentation, relative_depth DataLoader_DIW.lua): the image resized with
     ``cv2.resize``, the pairs mapped by :func:`~dynocc_data.datasets.reference.diw_pairs_at` from the decoded
-    image's size; ``collapsed`` treats pairs whose points land on one pixel: ``"nudge"`` (the Lua loader,
-    default), ``"keep"`` (the Python loader) or ``"drop"``.
+    image's size.
+
+    Args:
+        csv_path: the DIW CSV, parsed on construction (:func:`parse_diw_csv`), in either layout.
+        root: the folder the CSV's relative image paths start from (default: the CSV's folder); absolute paths
+            are used as they are.
+        transform: maps an item to an item.
+        size: ``(height, width)`` of the network input, or ``None`` for the decoded image's own size.
+        collapsed: pairs whose points land on one pixel: ``"nudge"`` (the Lua loader, default), ``"keep"`` (the
+            Python loader) or ``"drop"``.
+
+    Raises:
+        InputError: when the CSV cannot be read or is malformed (see :func:`parse_diw_csv`).
     """
 
     def __init__(

@@ -43,6 +43,9 @@ def seed_worker(worker_id: int) -> None:
 
     torch seeds each worker with ``base_seed + worker_id`` (``base_seed`` drawn from the loader's generator), but
     leaves ``random`` and NumPy alone, so every worker would otherwise draw the same augmentations.
+
+    Args:
+        worker_id: the worker's index (unused: the torch seed already depends on it).
     """
     seed = torch.initial_seed()
     random.seed(seed)
@@ -93,14 +96,39 @@ def create_loader(
     multiprocessing_context: str | None = None,
     **dataset_kwargs: Any,
 ) -> DataLoader:
-    """A ``DataLoader`` over DynOcc shards (built from ``urls``) or over a given dataset.
+    """A ``DataLoader`` over DynOcc shards (built from URLs) or over a given dataset.
 
-    ``dataset_or_urls``: shard URLs (anything :class:`~dynocc_data.datasets.dynocc.DynOccDataset` accepts), in
-    which case ``strategy`` (default ``"stored"``), ``transform``, ``seed`` and ``dataset_kwargs`` build the dataset;
-    or a ready dataset (iterable, e.g. a ``mix``; a map-style one is wrapped with ``as_iterable`` so that it is split
-    and shuffled per rank, worker and epoch like the shards). ``collate_fn`` defaults to ``collate_pairs``.
     Workers get numpy/random seeded by :func:`seed_worker`; the loader's generator is seeded from
     ``(seed, rank)`` so runs are reproducible and ranks draw different augmentations.
+
+    Args:
+        dataset_or_urls: shard URLs (anything :class:`~dynocc_data.datasets.dynocc.DynOccDataset` accepts), from
+            which ``strategy``, ``transform``, ``seed`` and ``dataset_kwargs`` build the dataset; or a ready dataset
+            (iterable, e.g. a ``mix``; a map-style one is wrapped with ``as_iterable`` so that it is split and
+            shuffled per rank, worker and epoch like the shards).
+        batch_size: items per batch (>= 1).
+        num_workers: loader worker processes (>= 0); also given to the dataset, for an exact ``len()`` and an
+            early error when there are too few shards.
+        strategy: the pair strategy of a dataset built from URLs (default ``"stored"``).
+        transform: the transform of a dataset built from URLs.
+        collate_fn: default :func:`~dynocc_data.collate.collate_pairs`.
+        pin_memory: as for ``DataLoader``.
+        persistent_workers: as for ``DataLoader`` (only with workers).
+        prefetch_factor: as for ``DataLoader`` (only with workers).
+        drop_last: as for ``DataLoader``.
+        seed: seeds the dataset's shuffling and pair sampling, and the loader's generator.
+        worker_init_fn: called in each worker after :func:`seed_worker`.
+        multiprocessing_context: as for ``DataLoader`` (only with workers), e.g. ``"spawn"``.
+        **dataset_kwargs: more options of a dataset built from URLs.
+
+    Returns:
+        The loader.
+
+    Raises:
+        ValueError: when ``batch_size < 1`` or ``num_workers < 0``, or dataset options are given with a ready
+            dataset.
+        InputError: from a :class:`~dynocc_data.datasets.dynocc.DynOccDataset`, when its shards are unreadable or
+            too few for the ranks and workers (unless it resamples).
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")

@@ -94,8 +94,18 @@ def load_youtube3d_pkl(path: str | os.PathLike) -> np.ndarray:
     """Read a YouTube3D target (``5 x N`` array pickled by Python 2) with a restricted unpickler.
 
     Only numpy's array-reconstruction globals are admitted and Python 2 strings are decoded as latin-1 (what
-    numpy expects for py2 array data). Anything else, a non-numeric array, a shape other than ``(5, N)``,
-    non-finite values or ordinals outside {-1, 0, 1} raise :class:`InputError` naming the file.
+    numpy expects for py2 array data).
+
+    Args:
+        path: the ``.pkl`` file.
+
+    Returns:
+        A writable native-endian copy of the ``(5, N)`` array (integer arrays as float64).
+
+    Raises:
+        InputError: naming the file, when it cannot be read, names any other global, is not a readable pickle,
+            or holds a non-numeric array, a shape other than ``(5, N)``, non-finite values or ordinals outside
+            {-1, 0, 1}.
     """
     try:
         raw = Path(path).read_bytes()
@@ -125,6 +135,17 @@ def to_youtube3d_target(
     Coordinates are written as pixel centres, ``(p + 0.5) / H`` and ``(p + 0.5) / W``: the release's reader
     (see :func:`from_youtube3d_target`) multiplies by the size and truncates, which maps a centre back to its
     pixel exactly, with a half-pixel margin against rounding.
+
+    Args:
+        pairs: ``[N,4]`` integer ``(yA, xA, yB, xB)`` inside the image.
+        ordinal: ``[N]`` values -1, 0 or +1.
+        size: ``(H, W)`` of the image.
+
+    Returns:
+        The ``float32 [5,N]`` target: four coordinate rows, then the ordinal row.
+
+    Raises:
+        ValueError: when the counts differ, a pair lies outside the image, or an ordinal is not -1, 0 or +1.
     """
     height, width = (int(s) for s in size)
     pairs = torch.as_tensor(pairs).reshape(-1, 4).to(torch.int64)
@@ -148,6 +169,17 @@ def from_youtube3d_target(
     Mirrors ``YoutubeDatasetVal.__getitem__`` of princeton-vl/YouTube3D exactly: each coordinate row is
     multiplied by the image height (``y``) or width (``x``) in the array's own float type, values ``>= size``
     become ``size - 1``, negatives become 0, and ``astype(np.int64)`` truncates (no rounding, no ``-1``).
+
+    Args:
+        target: the ``[5,N]`` target (integer arrays are read as float64).
+        size: ``(H, W)`` of the image.
+
+    Returns:
+        ``(pairs, ordinal)``: ``int64 [N,4]`` inside the image and ``int64 [N]``.
+
+    Raises:
+        ValueError: when the target is not ``[5,N]``, holds non-finite values, or its ordinal row values other
+            than -1, 0, +1.
     """
     height, width = (int(s) for s in size)
     target = torch.as_tensor(target)
@@ -170,7 +202,17 @@ def parse_youtube3d_csv(csv_path: str | os.PathLike) -> list[tuple[str, str]]:
     """Read the ``image_path,pkl_path`` lines of a YouTube3D CSV (spaces after the comma are allowed).
 
     The release has no header; a first line whose second field does not end in ``.pkl`` is taken as one and
-    skipped. Malformed lines raise :class:`InputError` with the line number.
+    skipped.
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        ``(image_path, pkl_path)`` per sample, as written in the CSV.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lists no samples, and with the line number for any
+            malformed line.
     """
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
@@ -198,17 +240,26 @@ def parse_youtube3d_csv(csv_path: str | os.PathLike) -> list[tuple[str, str]]:
 class YouTube3DDataset(Dataset[Item]):
     """Map-style dataset over a YouTube3D CSV yielding items of the package's contract (docs/FORMAT.md).
 
-    ``root`` is the folder the CSV's relative paths start from (default: the CSV's folder); absolute paths in
-    the CSV are used as they are. ``loader`` decodes an image path to ``uint8 [3,H,W]`` RGB. ``transform``
-    maps an item to an item. Files are opened only in ``__getitem__``; a missing or bad file raises
-    :class:`InputError` naming it.
+    The CSV is parsed on construction; images and targets are opened only in ``__getitem__``, where a missing or
+    bad file raises :class:`InputError` naming it.
 
     ``size=(240, 320)`` (or ``(384, 384)``) gives the items of the reference training loader
     (princeton-vl/YouTube3D src/YT_DIWDataset.py): the image resized with ``cv2.resize`` and the pairs mapped from
     the normalised target straight to that size (see :mod:`dynocc_data.datasets.reference`), pixel for pixel the
-    same; ``collapsed`` says what happens to pairs whose two points land on one pixel: ``"keep"`` (the
-    reference), ``"nudge"`` (move A by a row) or ``"drop"``. Without ``size`` the pairs are in pixels of the
-    decoded image (the reference's validation loader).
+    same. Without ``size`` the pairs are in pixels of the decoded image (the reference's validation loader).
+
+    Args:
+        csv_path: the release's CSV (:func:`parse_youtube3d_csv`).
+        root: the folder the CSV's relative paths start from (default: the CSV's folder); absolute paths in the
+            CSV are used as they are.
+        transform: maps an item to an item.
+        loader: decodes an image path to ``uint8 [3,H,W]`` RGB.
+        size: ``(height, width)`` of the network input, or ``None`` for the decoded image's own size.
+        collapsed: pairs whose two points land on one pixel: ``"keep"`` (the reference, default), ``"nudge"``
+            (move A by a row, as the Lua DIW loader) or ``"drop"``.
+
+    Raises:
+        InputError: when the CSV cannot be read or is malformed.
     """
 
     def __init__(

@@ -18,6 +18,9 @@ Pipeline, every stage a pure function on batched tensors (same code on CPU and C
    (connected components by :func:`connected_components`).
 
 :func:`detect_boundaries` runs all of them on the two flows of a frame.
+
+Longer than 500 lines because the four stages and the point-set classes they hand to each other belong together
+(one stage's output is the next one's input), each documented with its Args and Returns.
 """
 
 from __future__ import annotations
@@ -49,22 +52,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BoundaryConfig:
-    """Parameters of boundary detection (pixels refer to the processed frame)."""
+    """Parameters of boundary detection (pixels refer to the processed frame).
+
+    Attributes:
+        sigma: Gaussian scale of the flow derivatives.
+        min_strength: dense pre-threshold on the diverging flow gradient (px/px) before the sparse stages.
+        min_cosine: keep edges whose flow change makes at most acos(min_cosine) with the normal (drops shear).
+        jump_radius: distance either side of an edge pixel at which the flow jump is measured.
+        low: hysteresis: weak edge when the sides separate by at least ``low`` px per flow gap.
+        high: hysteresis: strong edge at ``high`` px of separation.
+        min_length: drop connected segments with fewer pixels.
+    """
 
     sigma: float = 1.0
-    """Gaussian scale of the flow derivatives."""
     min_strength: float = 0.04
-    """Dense pre-threshold on the diverging flow gradient (px/px) before the sparse stages."""
     min_cosine: float = 0.25
-    """Keep edges whose flow change makes at most acos(min_cosine) with the normal (drops shear)."""
     jump_radius: float = 3.0
-    """Distance either side of an edge pixel at which the flow jump is measured."""
     low: float = 0.5
-    """Hysteresis: weak edge when the sides separate by at least ``low`` px per flow gap."""
     high: float = 1.0
-    """Hysteresis: strong edge at ``high`` px of separation."""
     min_length: int = 12
-    """Drop connected segments with fewer pixels."""
 
 
 class PointSet:
@@ -76,7 +82,14 @@ class PointSet:
         return int(getattr(self, self.POINT_FIELDS[0]).shape[0])
 
     def select(self, keep: torch.Tensor):
-        """The subset of points given by ``keep`` (bool mask [N] or indices)."""
+        """The subset of points given by ``keep``.
+
+        Args:
+            keep: bool mask [N] or int64 indices.
+
+        Returns:
+            A copy with the selected points (metadata unchanged).
+        """
         idx = torch.nonzero(keep).squeeze(1) if keep.dtype == torch.bool else keep
         return dataclasses.replace(self, **{f: getattr(self, f).index_select(0, idx) for f in self.POINT_FIELDS})
 
@@ -85,9 +98,18 @@ class PointSet:
 class EdgePoints(PointSet):
     """Candidate edge pixels of a batch of flows, kept sparse (a few percent of the pixels).
 
-    ``b, y, x``: int64 [N]; ``strength`` [N]: diverging strength; the normal's orientation as the doubled
-    angle ``cos2`` = cos 2θ, ``sin2`` = sin 2θ [N] (a normal has no sign, so 2θ describes it without
-    ambiguity or trigonometry); ``source`` [N]: index of the flow it came from; ``shape``: (B, H, W).
+    The normal's orientation is kept as the doubled angle 2θ: a normal has no sign, so 2θ describes it without
+    ambiguity or trigonometry.
+
+    Attributes:
+        b: int64 [N] batch index.
+        y: int64 [N] row.
+        x: int64 [N] column.
+        strength: [N] diverging strength.
+        cos2: [N] cos 2θ of the normal.
+        sin2: [N] sin 2θ of the normal.
+        source: [N] index of the flow it came from.
+        shape: (B, H, W).
     """
 
     b: torch.Tensor
@@ -101,18 +123,33 @@ class EdgePoints(PointSet):
     POINT_FIELDS = ("b", "y", "x", "strength", "cos2", "sin2", "source")
 
     def normal(self) -> torch.Tensor:
-        """Unit normals (ny, nx) [N,2] with nx >= 0."""
+        """The unit normals.
+
+        Returns:
+            (ny, nx) [N,2] with nx >= 0.
+        """
         nx = ((1 + self.cos2) * 0.5).clamp_min(0).sqrt()
         ny = ((1 - self.cos2) * 0.5).clamp_min(0).sqrt() * torch.where(self.sin2 < 0, -1.0, 1.0)
         return torch.stack([ny, nx], 1)
 
     def direction_bins(self) -> torch.Tensor:
-        """The normal quantised to 4 directions [N]: 0 along x, 1 diagonal (1,1), 2 along y, 3 (1,-1)."""
+        """The normal quantised to 4 directions.
+
+        Returns:
+            [N]: 0 along x, 1 diagonal (1,1), 2 along y, 3 (1,-1).
+        """
         c, s = self.cos2, self.sin2
         return torch.where(c.abs() >= s.abs(), torch.where(c > 0, 0, 2), torch.where(s > 0, 1, 3))
 
     def dense_strength(self, pad: int = 0) -> torch.Tensor:
-        """The strength as a dense map [B,H+2pad,W+2pad] (0 off the candidates)."""
+        """The strength as a dense map.
+
+        Args:
+            pad: zero border added on every side.
+
+        Returns:
+            [B,H+2pad,W+2pad], 0 off the candidates.
+        """
         B, H, W = self.shape
         out = torch.zeros(B, H + 2 * pad, W + 2 * pad, dtype=self.strength.dtype, device=self.b.device)
         out[self.b, self.y + pad, self.x + pad] = self.strength
@@ -120,7 +157,15 @@ class EdgePoints(PointSet):
 
     @staticmethod
     def merge(a: "EdgePoints", b: "EdgePoints") -> "EdgePoints":
-        """Per pixel, the stronger of two candidate sets (``a`` wins ties)."""
+        """Per pixel, the stronger of two candidate sets.
+
+        Args:
+            a: candidates of one flow; wins ties.
+            b: candidates of the other flow, same shape.
+
+        Returns:
+            The union, keeping one candidate per pixel.
+        """
         sa, sb = a.dense_strength(), b.dense_strength()
         keep_a = a.strength >= sb[a.b, a.y, a.x]
         keep_b = b.strength > sa[b.b, b.y, b.x]
@@ -132,11 +177,17 @@ class EdgePoints(PointSet):
 class Boundaries(PointSet):
     """Thin boundary pixels of a batch of frames, as flat lists of N points.
 
-    ``b, y, x``: int64 [N] batch index and pixel; ``normal``: float [N,2] (ny, nx), unit, sign arbitrary;
-    ``jump``: float [N,2] flow difference (dx, dy) from the ``-normal`` to the ``+normal`` side, measured
-    on the flow that found the edge; ``source``: int64 [N], 0 = found on the flow to the next frame,
-    1 = to the previous frame; ``segment``: int64 [N] connected-component label (index of the component's
-    first point); ``shape``: (B, H, W).
+    Attributes:
+        b: int64 [N] batch index.
+        y: int64 [N] row.
+        x: int64 [N] column.
+        normal: float [N,2] (ny, nx), unit, sign arbitrary.
+        jump: float [N,2] flow difference (dx, dy) from the ``-normal`` to the ``+normal`` side, measured on the
+            flow that found the edge.
+        source: int64 [N], 0 = found on the flow to the next frame, 1 = to the previous frame.
+        segment: int64 [N] connected-component label (index of the component's first point; 0..K-1 after
+            :func:`detect_boundaries`).
+        shape: (B, H, W).
     """
 
     b: torch.Tensor
@@ -150,19 +201,38 @@ class Boundaries(PointSet):
     POINT_FIELDS = ("b", "y", "x", "normal", "jump", "source", "segment")
 
     def mask(self) -> torch.Tensor:
-        """Dense bool mask [B,H,W] of the boundary pixels."""
+        """The boundary pixels as a dense mask.
+
+        Returns:
+            bool [B,H,W].
+        """
         m = torch.zeros(self.shape, dtype=torch.bool, device=self.b.device)
         m[self.b, self.y, self.x] = True
         return m
 
     def rebatch(self, index: int, batch_size: int) -> "Boundaries":
-        """The same points as batch item ``index`` of a batch of ``batch_size`` frames."""
+        """The same points as one item of a larger batch.
+
+        Args:
+            index: the batch index every point gets.
+            batch_size: the batch's size, in ``shape``.
+
+        Returns:
+            The relabelled boundaries.
+        """
         return Boundaries(torch.full_like(self.b, index), self.y, self.x, self.normal, self.jump, self.source,
                           self.segment, (batch_size, *self.shape[1:]))
 
     @staticmethod
     def cat(items: "list[Boundaries]") -> "Boundaries":
-        """Stack single-frame boundaries into one batch (item i becomes batch index i)."""
+        """Stack single-frame boundaries into one batch.
+
+        Args:
+            items: single-frame boundaries of one frame size (at least one).
+
+        Returns:
+            One batch, item i at batch index i, segment labels offset so that they stay unique.
+        """
         B = len(items)
         parts = [it.rebatch(i, B) for i, it in enumerate(items)]
         # segment labels are point indices: offset them so they stay unique in the batch
@@ -224,11 +294,20 @@ def flow_derivatives(flow: torch.Tensor, sigma: float) -> torch.Tensor:
 def flow_edges(flow: torch.Tensor, *, sigma: float = 1.0, min_strength: float = 0.0, source: int = 0) -> EdgePoints:
     """Diverging edge strength of a batch of flows, at the pixels where it exceeds ``min_strength``.
 
-    ``flow``: float [B,2,H,W] (dx, dy). The normal n is the direction in which the flow changes most
-    (top eigenvector of JᵀJ, J the flow Jacobian); the strength is ``n·(J n)``, the rate at which the
-    flow component along n grows along n: positive where the sides separate (diverging), negative where
-    they converge, zero across pure shear. Since the strength never exceeds ``|J|``, only pixels with
-    ``|J| > min_strength`` (a few percent) are examined after the dense derivative filters.
+    The normal n is the direction in which the flow changes most (top eigenvector of JᵀJ, J the flow Jacobian);
+    the strength is ``n·(J n)``, the rate at which the flow component along n grows along n: positive where the
+    sides separate (diverging), negative where they converge, zero across pure shear. Since the strength never
+    exceeds ``|J|``, only pixels with ``|J| > min_strength`` (a few percent) are examined after the dense
+    derivative filters.
+
+    Args:
+        flow: float [B,2,H,W] (dx, dy).
+        sigma: Gaussian scale of the derivatives.
+        min_strength: keep pixels whose strength exceeds this.
+        source: the index recorded in ``source`` of every point.
+
+    Returns:
+        The candidate edge pixels.
     """
     d = flow_derivatives(flow, sigma)  # [b, flow channel (u, v), derivative (x, y), H, W]
     mag2 = d[:, 0, 0] * d[:, 0, 0]  # |J|², accumulated in place: these maps are large, allocations cost
@@ -253,8 +332,16 @@ _NMS_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # neighbour along each directi
 
 
 def non_max_suppression(pts: EdgePoints) -> torch.Tensor:
-    """Canny-style thinning: which candidates [N] are maxima of the strength along the quantised normal
-    (``>=`` on one side and ``>`` on the other, so a plateau two pixels wide keeps exactly one)."""
+    """Canny-style thinning: the candidates that are maxima of the strength along the quantised normal.
+
+    ``>=`` on one side and ``>`` on the other, so a plateau two pixels wide keeps exactly one.
+
+    Args:
+        pts: the candidates.
+
+    Returns:
+        bool [N], True for the maxima.
+    """
     dense = pts.dense_strength(pad=1)
     off = torch.tensor(_NMS_OFFSETS, device=pts.b.device)[pts.direction_bins()]
     y, x = pts.y + 1, pts.x + 1
@@ -264,11 +351,20 @@ def non_max_suppression(pts: EdgePoints) -> torch.Tensor:
 
 
 def sample_bilinear(field: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``field`` [B,C,H,W] at float points (b, y, x) [N]; border-clamped. Returns [N,C].
+    """Bilinear samples of ``field`` at float points, border-clamped.
 
     Points grouped by item (as the stages produce them: ``b`` non-decreasing) are sampled with one
     ``grid_sample`` call per item; otherwise one call samples all B*C channels at every point and keeps each
     point's own C (B times the work, still correct).
+
+    Args:
+        field: [B,C,H,W].
+        b: int64 [N] batch index of each point.
+        y: [N] row, float.
+        x: [N] column, float.
+
+    Returns:
+        [N,C].
     """
     B, C, H, W = field.shape
     n = b.numel()
@@ -290,7 +386,19 @@ def sample_bilinear(field: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: to
 
 def measure_jumps(flow: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                   normal: torch.Tensor, *, radius: float) -> torch.Tensor:
-    """Flow difference (dx, dy) across edge points: ``F(p + r n) - F(p - r n)``, [N,2] in pixels."""
+    """Flow difference (dx, dy) across edge points: ``F(p + r n) - F(p - r n)``.
+
+    Args:
+        flow: [B,2,H,W].
+        b: int64 [N] batch index.
+        y: [N] row.
+        x: [N] column.
+        normal: [N,2] unit normals (ny, nx).
+        radius: ``r``, the distance either side, in pixels.
+
+    Returns:
+        [N,2] in pixels.
+    """
     yf, xf = y.to(flow.dtype), x.to(flow.dtype)
     ny, nx = normal[:, 0], normal[:, 1]
     plus = sample_bilinear(flow, b, yf + radius * ny, xf + radius * nx)
@@ -305,10 +413,18 @@ def connected_components(b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                          shape: tuple[int, int, int]) -> torch.Tensor:
     """8-connected components of a sparse set of pixels.
 
-    Returns int64 [N] labels: the index (into the inputs) of the first point of each component, so the
-    labelling is canonical and identical on every device. Hook-and-shortcut iterations (as in GPU
-    connected-component algorithms) on the graph of neighbouring points: O(log N) rounds, no Python loop
-    over points.
+    Hook-and-shortcut iterations (as in GPU connected-component algorithms) on the graph of neighbouring points:
+    O(log N) rounds, no Python loop over points.
+
+    Args:
+        b: int64 [N] batch index.
+        y: int64 [N] row.
+        x: int64 [N] column.
+        shape: (B, H, W).
+
+    Returns:
+        int64 [N] labels: the index (into the inputs) of the first point of each component, so the labelling is
+        canonical and identical on every device.
     """
     n = b.numel()
     device = b.device
@@ -345,8 +461,24 @@ def connected_components(b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
 def hysteresis(b: torch.Tensor, y: torch.Tensor, x: torch.Tensor, value: torch.Tensor,
                shape: tuple[int, int, int], *, low: float, high: float,
                min_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep points with ``value >= low`` whose 8-connected segment has a point ``>= high`` and at least
-    ``min_length`` points. Returns (keep bool [N], segment label int64 [N]; labels valid where kept)."""
+    """Hysteresis on a sparse set of points.
+
+    Keeps the points with ``value >= low`` whose 8-connected segment of such points has a point ``>= high`` and
+    at least ``min_length`` points.
+
+    Args:
+        b: int64 [N] batch index.
+        y: int64 [N] row.
+        x: int64 [N] column.
+        value: [N] the thresholded value.
+        shape: (B, H, W).
+        low: the weak threshold.
+        high: the strong threshold.
+        min_length: the fewest points a kept segment has.
+
+    Returns:
+        ``(keep bool [N], segment label int64 [N])``; labels are valid where kept.
+    """
     weak = value >= low
     labels = torch.full_like(b, -1)
     idx = torch.nonzero(weak).squeeze(1)
@@ -368,8 +500,18 @@ def detect_boundaries(flow_next: torch.Tensor, flow_prev: torch.Tensor,
                       config: BoundaryConfig = BoundaryConfig()) -> Boundaries:
     """Thin, confident, diverging occlusion boundaries of a batch of frames.
 
-    ``flow_next``: [B,2,H,W] flow from each frame to the frame ``gap`` later, ``flow_prev`` to the frame
-    ``gap`` earlier (either may be ``None``). Each pixel keeps the more diverging of the two.
+    Each pixel keeps the more diverging of the two flows.
+
+    Args:
+        flow_next: [B,2,H,W] flow from each frame to the frame ``gap`` later, or ``None``.
+        flow_prev: [B,2,H,W] flow to the frame ``gap`` earlier, or ``None``.
+        config: the detection parameters.
+
+    Returns:
+        The boundaries, segments labelled 0..K-1.
+
+    Raises:
+        ValueError: when both flows are ``None``.
     """
     flows = [f for f in (flow_next, flow_prev) if f is not None]
     if not flows:
@@ -396,9 +538,18 @@ def detect_boundaries(flow_next: torch.Tensor, flow_prev: torch.Tensor,
 
 
 def truncated_distance(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Euclidean distance to the nearest true pixel of ``mask`` [B,H,W], exact up to ``radius`` and
-    clipped there. On CPU, OpenCV's exact distance transform; elsewhere separable min-plus passes (as in
-    Felzenszwalb-Huttenlocher, truncated). Both give the same numbers."""
+    """Euclidean distance to the nearest true pixel of ``mask``, exact up to ``radius`` and clipped there.
+
+    On CPU, OpenCV's exact distance transform; elsewhere separable min-plus passes (as in
+    Felzenszwalb-Huttenlocher, truncated). Both give the same numbers.
+
+    Args:
+        mask: bool [B,H,W].
+        radius: the clipping distance, in pixels.
+
+    Returns:
+        float32 [B,H,W].
+    """
     if _use_opencv(mask):
         free = (~mask).to(torch.uint8).numpy()
         out = np.empty(free.shape, np.float32)

@@ -20,20 +20,31 @@ __all__ = ["ReliabilityConfig", "warp", "check_grey", "photometric_error", "blan
 
 @dataclass(frozen=True)
 class ReliabilityConfig:
-    """Thresholds of the flow reliability test."""
+    """Thresholds of the flow reliability test.
+
+    Attributes:
+        pixel_threshold: a pixel disagrees when its warped grey level differs by more than this (0..1 scale).
+        max_bad_fraction: a flow is unreliable when more than this fraction of pixels disagree.
+        min_contrast: a frame whose grey-level standard deviation (0..255) is below this is blank (single colour).
+    """
 
     pixel_threshold: float = 0.12
-    """A pixel disagrees when its warped grey level differs by more than this (0..1 scale)."""
     max_bad_fraction: float = 0.25
-    """A flow is unreliable when more than this fraction of pixels disagree."""
     min_contrast: float = 3.0
-    """A frame whose grey-level standard deviation (0..255) is below this is blank (single colour)."""
 
 
 def check_grey(frames: torch.Tensor) -> torch.Tensor:
-    """RGB [B,3,H,W] (uint8, or float in 0..1) -> float grey [B,1,h,w] in [0, 1] at quarter resolution when
-    the frame is large enough (a cut or a failed flow shows at any scale): what :func:`photometric_error`
-    compares. Make it once per frame when a frame takes part in several checks."""
+    """The grey image :func:`photometric_error` compares.
+
+    Make it once per frame when a frame takes part in several checks.
+
+    Args:
+        frames: RGB [B,3,H,W], uint8 or float in 0..1.
+
+    Returns:
+        float grey [B,1,h,w] in [0, 1], at quarter resolution when the frame's shorter side is at least 128 (a
+        cut or a failed flow shows at any scale).
+    """
     x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
     k = 4 if min(frames.shape[-2:]) >= 128 else 1
     g = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
@@ -42,7 +53,15 @@ def check_grey(frames: torch.Tensor) -> torch.Tensor:
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``image`` [B,C,H,W] at ``p + flow(p)`` (flow [B,2,H,W] as dx, dy; border padding)."""
+    """Sample ``image`` at ``p + flow(p)`` (bilinear, border padding).
+
+    Args:
+        image: [B,C,H,W].
+        flow: [B,2,H,W] as dx, dy.
+
+    Returns:
+        The warped image, [B,C,H,W].
+    """
     B, _, H, W = flow.shape
     ys, xs = torch.meshgrid(torch.arange(H, device=flow.device, dtype=flow.dtype),
                             torch.arange(W, device=flow.device, dtype=flow.dtype), indexing="ij")
@@ -56,9 +75,16 @@ def photometric_error(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor, 
                       pixel_threshold: float = ReliabilityConfig.pixel_threshold) -> torch.Tensor:
     """Fraction [B] of pixels whose grey level disagrees after warping ``dst`` onto ``src`` with ``flow``.
 
-    ``src``, ``dst``: RGB [B,3,H,W], uint8 or float in 0..1, or their :func:`check_grey` images (one channel);
-    ``flow`` [B,2,H,W] from src to dst at full resolution. Pixels whose target falls outside the frame are not
-    counted.
+    Pixels whose target falls outside the frame are not counted.
+
+    Args:
+        src: RGB [B,3,H,W], uint8 or float in 0..1, or its :func:`check_grey` image (one channel).
+        dst: as ``src``.
+        flow: [B,2,H,W] from src to dst at full resolution.
+        pixel_threshold: a pixel disagrees when its grey levels differ by more than this.
+
+    Returns:
+        The fraction of disagreeing pixels, [B].
     """
     gs, gd = (x if x.shape[1] == 1 else check_grey(x) for x in (src, dst))
     h, w = gs.shape[-2:]
@@ -76,21 +102,40 @@ def photometric_error(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor, 
 
 
 def blank_frames(frames: torch.Tensor, *, min_contrast: float = ReliabilityConfig.min_contrast) -> torch.Tensor:
-    """bool [B]: frames (uint8 [B,3,H,W]) of a single colour, which carry no usable motion.
+    """Which frames are of a single colour, which carry no usable motion.
 
     The standard deviation over every 4th row and column, per channel (a frame of one non-grey colour
-    differs between channels), is plenty to tell a blank frame."""
+    differs between channels), is plenty to tell a blank frame.
+
+    Args:
+        frames: uint8 [B,3,H,W].
+        min_contrast: a frame is blank when every channel's standard deviation (0..255) is below this.
+
+    Returns:
+        bool [B].
+    """
     return frames[..., ::4, ::4].float().flatten(2).std(2).amax(1) < min_contrast
 
 
 def patch_residuals(image: torch.Tensor, target: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                     motions: list[torch.Tensor], *, patch: int = 1, step: float = 1.0) -> list[torch.Tensor]:
-    """Mean absolute RGB difference [N] between a patch of ``image`` centred on (b, y, x) [N] and the same
-    patch of ``target`` moved by each of ``motions`` ([N,2] as dx, dy); images float [B,3,H,W] in 0..1.
+    """Mean absolute RGB difference between a patch of ``image`` and the same patch of ``target``, moved.
 
-    The patch is a (2·patch+1)² grid of samples ``step`` pixels apart. A residual is low when the motion
-    carries the patch onto matching pixels; on a flat region every motion scores low, so compare
-    residuals rather than trusting one alone.
+    A residual is low when the motion carries the patch onto matching pixels; on a flat region every motion
+    scores low, so compare residuals rather than trusting one alone.
+
+    Args:
+        image: float [B,3,H,W] in 0..1.
+        target: as ``image``.
+        b: int64 [N] batch index of each patch centre.
+        y: [N] row of each centre.
+        x: [N] column of each centre.
+        motions: [N,2] displacements (dx, dy) of the patch in ``target``.
+        patch: the patch is a (2·patch+1)² grid of samples...
+        step: ...this many pixels apart.
+
+    Returns:
+        One residual [N] per motion.
     """
     r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
     oy, ox = torch.meshgrid(r, r, indexing="ij")

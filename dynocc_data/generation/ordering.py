@@ -25,36 +25,45 @@ __all__ = ["OrderConfig", "OrderedBoundaries", "landing_votes", "pool_votes", "o
 
 @dataclass(frozen=True)
 class OrderConfig:
-    """Parameters of the depth-order test (pixels of the processed frame)."""
+    """Parameters of the depth-order test (pixels of the processed frame).
+
+    Attributes:
+        side_offset: distance off the boundary at which each side's flow is sampled: beyond the band where flow
+            estimators spread the occluder's motion onto its surroundings.
+        landing_radius: distances to the neighbour frame's boundaries are measured up to this radius.
+        min_relative_motion: a direction votes only where the two sides' displacements differ by at least this
+            many pixels...
+        max_residual: ...and where each side's motion carries its pixels onto matching ones (mean absolute RGB
+            difference of a patch, 0..1, at most this; None: no check).
+        residual_patch: half-size of that patch (0: the pixel itself).
+        pool_radius: votes are pooled over points of the same segment about this far apart.
+        min_confidence: points whose pooled vote margin is below this are dropped.
+        min_votes: points with less total vote weight around them than this are dropped.
+    """
 
     side_offset: float = 10.0
-    """Distance off the boundary at which each side's flow is sampled: beyond the band where flow
-    estimators spread the occluder's motion onto its surroundings."""
     landing_radius: int = 6
-    """Distances to the neighbour frame's boundaries are measured up to this radius."""
     min_relative_motion: float = 1.0
-    """A direction votes only where the two sides' displacements differ by at least this many pixels."""
     max_residual: float | None = 0.08
-    """...and where each side's motion carries its pixels onto matching ones (mean absolute RGB
-    difference of a patch, 0..1, at most this; None: no check)."""
     residual_patch: int = 0
-    """Half-size of that patch (0: the pixel itself)."""
 
     pool_radius: int = 8
-    """Votes are pooled over points of the same segment about this far apart."""
     min_confidence: float = 0.8
-    """Points whose pooled vote margin is below this are dropped."""
     min_votes: float = 2.0
-    """Points with less total vote weight around them than this are dropped."""
 
 
 @dataclass
 class OrderedBoundaries(PointSet):
     """Boundary points with a depth order: the dense annotation of a batch of frames.
 
-    ``b, y, x``: int64 [N]; ``normal``: float [N,2] (ny, nx) unit, pointing from the back (farther) side
-    to the front (closer) side; ``confidence``: float [N] in [0, 1]; ``segment``: int64 [N];
-    ``jump``: float [N] relative motion of the sides (px per gap).
+    Attributes:
+        b: int64 [N] batch index.
+        y: int64 [N] row (float after :meth:`shifted`).
+        x: int64 [N] column (float after :meth:`shifted`).
+        normal: float [N,2] (ny, nx) unit, pointing from the back (farther) side to the front (closer) side.
+        confidence: float [N] in [0, 1].
+        segment: int64 [N] segment label.
+        jump: float [N] relative motion of the sides (px per gap).
     """
 
     b: torch.Tensor
@@ -67,15 +76,30 @@ class OrderedBoundaries(PointSet):
     POINT_FIELDS = ("b", "y", "x", "normal", "confidence", "segment", "jump")
 
     def shifted(self, offset: torch.Tensor, keep: torch.Tensor | None = None) -> "OrderedBoundaries":
-        """Points moved by ``offset`` [N] pixels along their normals (positions become float),
-        optionally keeping only ``keep`` (bool [N])."""
+        """Points moved along their normals.
+
+        Args:
+            offset: [N] pixels along each normal (towards the front side when positive).
+            keep: bool [N]: keep only these points; ``None`` for all.
+
+        Returns:
+            The moved points; their positions become float.
+        """
         y = self.y.to(self.normal.dtype) + offset * self.normal[:, 0]
         x = self.x.to(self.normal.dtype) + offset * self.normal[:, 1]
         out = dataclasses.replace(self, y=y, x=x)
         return out if keep is None else out.select(keep)
 
     def frame(self, i: int) -> dict[str, torch.Tensor]:
-        """The annotation of batch item ``i`` as a dict of CPU tensors (the ``boundary`` item field)."""
+        """The annotation of one batch item (the ``boundary`` item field).
+
+        Args:
+            i: the batch index.
+
+        Returns:
+            CPU tensors ``y``, ``x``, ``ny``, ``nx``, ``confidence``, ``jump`` (float32) and ``segment`` (int64,
+            compacted to 0..K-1 in order of the labels).
+        """
         sel = self.b == i
         seg = self.segment[sel]
         # compact segment ids 0..K-1 per frame, in order of first appearance
@@ -93,11 +117,18 @@ def landing_votes(bnd: Boundaries, flow: torch.Tensor, target_distance: torch.Te
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Votes of one flow direction for "the ``+normal`` side is in front".
 
-    ``flow`` [B,2,H,W] from the frames of ``bnd`` to their neighbours; ``target_distance`` [B,H,W]: the
-    truncated distance to the neighbours' boundaries. With ``images`` (the frames and their neighbours,
-    float RGB in 0..1), a direction abstains where a side's motion does not carry that side's pixels onto
-    matching pixels: a flow failure (fast or small objects), not evidence. Returns (vote [N] in [-1, 1],
-    relative motion [N,2] = displacement of the + side minus the - side, (dx, dy)).
+    Args:
+        bnd: the boundaries of the frames.
+        flow: [B,2,H,W] from the frames of ``bnd`` to their neighbours.
+        target_distance: [B,H,W] the truncated distance to the neighbours' boundaries.
+        config: the test's parameters.
+        images: the frames and their neighbours, float RGB in 0..1: a direction then abstains where a side's
+            motion does not carry that side's pixels onto matching pixels (a flow failure on fast or small
+            objects, not evidence).
+
+    Returns:
+        ``(vote [N] in [-1, 1], relative motion [N,2])``: the displacement of the + side minus the - side,
+        (dx, dy).
     """
     yf, xf = bnd.y.to(flow.dtype), bnd.x.to(flow.dtype)
     ny, nx = bnd.normal[:, 0], bnd.normal[:, 1]
@@ -137,7 +168,15 @@ def pool_votes(bnd: Boundaries, vote: torch.Tensor, rel: torch.Tensor,
     by a grid of ``2 * pool_radius`` cells, and by the same grid shifted by half a cell, so every point
     pools with neighbours on both sides), and projected back on each point's own ``rel``: points between
     other surfaces (past a junction) move differently and count little. O(N) scatter sums.
-    Returns (score [N] in [-1, 1], > 0 means the + side is in front; vote mass [N]).
+
+    Args:
+        bnd: the boundaries.
+        vote: [N] the (direction-averaged) votes.
+        rel: [N,2K] the relative motions of the sides in every direction.
+        config: the pooling parameters (``pool_radius``).
+
+    Returns:
+        ``(score [N] in [-1, 1], vote mass [N])``; a score > 0 means the + side is in front.
     """
     n = len(bnd)
     if n == 0:
@@ -164,10 +203,19 @@ def order_boundaries(bnd: Boundaries, flows: list[torch.Tensor], target_distance
                      targets: list[torch.Tensor] | None = None) -> OrderedBoundaries:
     """Depth order of boundary points from one or more (flow, neighbour boundary distance) directions.
 
-    ``flows[k]`` [B,2,H,W] goes from the frames of ``bnd`` to neighbour k; ``target_distances[k]``
-    [B,H,W] is the truncated distance to that neighbour's boundaries. Keeps points whose pooled margin is
-    at least ``min_confidence`` and whose vote mass is at least ``min_votes``; normals are oriented to
-    point into the front side.
+    Keeps points whose pooled margin is at least ``min_confidence`` and whose vote mass is at least
+    ``min_votes``.
+
+    Args:
+        bnd: the boundaries of the frames.
+        flows: ``flows[k]`` [B,2,H,W] goes from the frames of ``bnd`` to neighbour k.
+        target_distances: ``target_distances[k]`` [B,H,W] is the truncated distance to neighbour k's boundaries.
+        config: the test's parameters.
+        images: the frames, float RGB in 0..1, for the residual check (with ``targets``).
+        targets: ``targets[k]``: neighbour k's frames, as ``images``.
+
+    Returns:
+        The kept points, normals oriented to point into the front side, ``confidence`` the pooled margin.
     """
     votes, rels = [], []
     for k, (flow, dist) in enumerate(zip(flows, target_distances)):

@@ -13,6 +13,9 @@ For every selected frame t of a video (every ``stride``-th frame with t-gap and 
 
 Frames whose flow cannot be trusted (shot cuts, flow failures: :mod:`dynocc_data.generation.cuts`) and blank
 frames make no pairs. Everything after decoding runs as batched torch code on the chosen device.
+
+Longer than 500 lines because the frame processor's window of decoded frames, flows and maps and the run loop
+that feeds it share one chunking and eviction contract; a good part of the length is their Args documentation.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-
 from torchvision.io import encode_jpeg
 from tqdm.auto import tqdm
 
@@ -52,7 +54,17 @@ __all__ = ["FrameProcessor", "FrameResult", "resolve_device", "run_videos"]
 log = logging.getLogger(__name__)
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    """The device a run uses.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU) or any device ``torch.device`` accepts.
+
+    Returns:
+        The device.
+
+    Raises:
+        DynOccError: when a CUDA device is asked for and none is available.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -83,11 +95,23 @@ class StageTimer:
 
 @dataclass
 class FrameResult:
-    """The outcome of one selected frame: a sample to write (its pieces) or the reason it was rejected."""
+    """The outcome of one selected frame: a sample to write (its pieces) or the reason it was rejected.
+
+    Attributes:
+        frame: the frame index.
+        key: the sample key ``<video_id>_<frame:06d>`` (``None`` when rejected).
+        image: uint8 [3,H,W] on the CPU.
+        info: the sample's JSON metadata.
+        pairs: int64 [N,4] pairs drawn by the config's sampler.
+        ordinal: int64 [N] their ordinals.
+        boundary: the dense boundary annotation (the ``boundary`` item field).
+        num_boundary: the number of boundary points.
+        rejected: why the frame was not written (``None`` when it is a sample).
+    """
 
     frame: int
     key: str | None = None
-    image: torch.Tensor | None = None  # uint8 [3,H,W] on the CPU
+    image: torch.Tensor | None = None
     info: dict[str, Any] | None = None
     pairs: torch.Tensor | None = None
     ordinal: torch.Tensor | None = None
@@ -97,10 +121,18 @@ class FrameResult:
 
     @property
     def num_pairs(self) -> int:
+        """The number of pairs (0 without any)."""
         return 0 if self.pairs is None else len(self.pairs)
 
     def encode(self, jpeg_quality: int) -> dict[str, Any]:
-        """The shard sample (JPEG-encoded frame, npy arrays, JSON metadata)."""
+        """The shard sample (JPEG-encoded frame, npy arrays, JSON metadata).
+
+        Args:
+            jpeg_quality: the JPEG quality, 1..100.
+
+        Returns:
+            The sample of :func:`~dynocc_data.format.sample.encode_sample`.
+        """
         jpeg = encode_jpeg(self.image, quality=jpeg_quality).numpy().tobytes()
         return encode_sample(self.key, jpeg, self.info, self.pairs, self.ordinal, self.boundary)
 
@@ -109,12 +141,22 @@ class FrameProcessor:
     """Runs steps 2-6 on the frames of one video at a time, in chunks of ``batch_size`` selected frames.
 
     Holds the flow estimator and a bounded window of decoded frames, flows and boundary maps; frames,
-    flows and maps that no later frame needs are dropped after each chunk.
+    flows and maps that no later frame needs are dropped after each chunk. When the device runs out of memory a
+    chunk is retried in halves, and later chunks use the smaller batch size.
+
+    Args:
+        config: what is generated.
+        device: where flow (except DIS, always on the CPU) and post-processing run; ``"auto"``: CUDA when
+            available.
+        batch_size: selected frames processed together (at least 1).
+        timer: collects the seconds per stage; default a new :class:`StageTimer`.
+
+    Raises:
+        DynOccError: when a CUDA device is asked for and none is available.
     """
 
     def __init__(self, config: GenerateConfig, *, device: str | torch.device = "auto", batch_size: int = 4,
                  timer: StageTimer | None = None):
-
         self.config = config
         self.device = resolve_device(device)
         self.batch_size = max(1, int(batch_size))
@@ -203,11 +245,18 @@ class FrameProcessor:
     # ------------------------------------------------------------------ public
     def process(self, frames: Iterator[tuple[int, torch.Tensor]], selected: Sequence[int], num_frames: int,
                 *, video_id: str, meta: dict[str, Any]) -> Iterator[FrameResult]:
-        """Yield one :class:`FrameResult` per selected frame, in order.
+        """Process the selected frames of one video.
 
-        ``frames`` yields (index, uint8 RGB [3,H,W]) for every index the selected frames need
-        (``video.frames_needed``), in increasing order; ``meta`` holds the video-level metadata
-        (video, orig_size, size, scale, fps).
+        Args:
+            frames: yields (index, uint8 RGB [3,H,W]) for every index the selected frames need
+                (``video.frames_needed``), in increasing order.
+            selected: the selected frames (``video.select_frames``), increasing.
+            num_frames: the frames of the video that decode.
+            video_id: the video's id, the prefix of the sample keys.
+            meta: the video-level metadata (video, orig_size, size, scale, fps).
+
+        Yields:
+            One :class:`FrameResult` per selected frame, in order.
         """
         g = self.config.gap
         self._reset()
@@ -232,8 +281,11 @@ class FrameProcessor:
 
     def _process_chunk(self, chunk: list[int], num_frames: int, video_id: str, meta: dict[str, Any],
                        sample_generator) -> list[FrameResult]:
-        """Steps 2-5 for one chunk of selected frames (already decoded). When the device runs out of memory the
-        chunk is retried in halves, and later chunks use the smaller batch size."""
+        """Steps 2-5 for one chunk of selected frames (already decoded).
+
+        When the device runs out of memory the chunk is retried in halves, and later chunks use the smaller batch
+        size.
+        """
         g = self.config.gap
         try:
             self._compute_maps(sorted({t + s for t in chunk for s in (-g, 0, g)}), num_frames)
@@ -285,9 +337,11 @@ _DONE = object()
 
 
 def prefetch(items: Iterator, depth: int = 8) -> Iterator:
-    """Run ``items`` in a background thread, at most ``depth`` ahead: decoding then overlaps the flow
-    and post-processing of earlier frames (both release the GIL in their native code). Exceptions of the
-    producer are re-raised in the consumer; closing the consumer stops the producer."""
+    """Run ``items`` in a background thread, at most ``depth`` ahead.
+
+    Decoding then overlaps the flow and post-processing of earlier frames (both release the GIL in their native
+    code). Exceptions of the producer are re-raised in the consumer; closing the consumer stops the producer.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -322,9 +376,11 @@ def prefetch(items: Iterator, depth: int = 8) -> Iterator:
 
 
 class BackgroundWriter:
-    """Encodes (JPEG, npy) and writes samples in a worker thread, in order, so that the main thread goes
-    on with the next frames (on a GPU, the CPU work then overlaps the GPU's). A failure in the thread is
-    raised in the main thread at the next call; :meth:`close` waits for everything queued."""
+    """Encodes (JPEG, npy) and writes samples in a worker thread, in order.
+
+    The main thread then goes on with the next frames (on a GPU, the CPU work then overlaps the GPU's). A failure
+    in the thread is raised in the main thread at the next call; :meth:`close` waits for everything queued.
+    """
 
     def __init__(self, writer: ShardWriter, jpeg_quality: int, depth: int = 16):
         self.writer, self.jpeg_quality = writer, jpeg_quality
@@ -374,12 +430,28 @@ class BackgroundWriter:
 def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options: RunOptions, *, rank: int = 0,
                device: str | torch.device | None = None, state: RunState | None = None,
                timer: StageTimer | None = None, summary: GenerateSummary | None = None) -> GenerateSummary:
-    """Process ``sources`` (``video.VideoSource``) into shards of one rank; returns its summary.
+    """Process ``sources`` into shards of one rank.
 
-    ``options`` is the run's :class:`RunOptions`, passed whole (batch size, resume, shard naming and size, upload,
-    progress); ``device`` overrides ``options.device`` (the launcher gives each rank its GPU). With
-    ``options.resume``, ``state`` is what the ledgers say is done (default: read and repair ``out`` here, which
-    only one process may do at a time)."""
+    Args:
+        sources: the rank's videos (``video.VideoSource``).
+        out: the output folder.
+        config: what is generated.
+        options: the run's :class:`RunOptions`, passed whole (batch size, resume, shard naming and size, upload,
+            progress).
+        rank: this rank, in shard and ledger names.
+        device: overrides ``options.device`` (the launcher gives each rank its GPU).
+        state: with ``options.resume``, what the ledgers say is done (default: read and repair ``out`` here,
+            which only one process may do at a time).
+        timer: collects the seconds per stage.
+        summary: a summary to add to (default a new one).
+
+    Returns:
+        The rank's summary.
+
+    Raises:
+        DynOccError: when ``out`` already holds shards without ``resume``, or holds a run with other parameters
+            with it; and as the shard writer raises (unwritable output, failed upload).
+    """
     device = options.device if device is None else device
     resume, progress = options.resume, options.progress
     out = Path(out)

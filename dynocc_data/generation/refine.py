@@ -30,24 +30,27 @@ __all__ = ["RefineConfig", "side_margins", "refine_boundaries"]
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Placement and verification of ordered boundary points (pixels of the processed frame)."""
+    """Placement and verification of ordered boundary points (pixels of the processed frame).
+
+    Attributes:
+        shift: move every point this far towards its front side (the bias of flow edges, see module doc).
+        pair_offset: verify the pixels this far either side of the (shifted) boundary: where pairs are sampled.
+        motion_offset: each side's motion is the flow this far off the boundary, beyond the smeared band.
+        min_margin: keep points whose two pair pixels are explained better by their own side's motion than by the
+            other's by at least this mean absolute RGB difference (0..1); None keeps every point.
+        patch: the patch compared is a (2·patch+1)² grid of samples...
+        patch_step: ...``patch_step`` pixels apart (1, 2: nine samples spread over 5x5 pixels).
+        min_segment: finally drop segments with fewer surviving points: real occlusion boundaries are long and
+            coherent, flow artefacts are short fragments.
+    """
 
     shift: float = 2.0
-    """Move every point this far towards its front side (the bias of flow edges, see module doc)."""
     pair_offset: float = 6.0
-    """Verify the pixels this far either side of the (shifted) boundary: where pairs are sampled."""
     motion_offset: float = 10.0
-    """Each side's motion is the flow this far off the boundary, beyond the smeared band."""
     min_margin: float = 0.0075
-    """Keep points whose two pair pixels are explained better by their own side's motion than by the
-    other's by at least this mean absolute RGB difference (0..1); None keeps every point."""
     patch: int = 1
-    """The patch compared is a (2·patch+1)² grid of samples..."""
     patch_step: float = 2.0
-    """...``patch_step`` pixels apart (1, 2: nine samples spread over 5x5 pixels)."""
     min_segment: int = 20
-    """Finally drop segments with fewer surviving points: real occlusion boundaries are long and
-    coherent, flow artefacts are short fragments."""
 
 
 def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
@@ -56,9 +59,21 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
 
     For the front point p + offset·n and the back point p - offset·n, warp a small patch to every
     neighbour with the front motion (flow sampled at p + motion_offset·n) and with the back motion, and take
-    ``residual(other motion) - residual(own motion)``, the best over the neighbours. Returns the smaller of
-    the two sides' margins [N]: near 0 where the pixels cannot tell the motions apart (no texture),
-    negative where a point sits on the wrong surface.
+    ``residual(other motion) - residual(own motion)``, the best over the neighbours.
+
+    Args:
+        ordered: :class:`~dynocc_data.generation.ordering.OrderedBoundaries` (normals point to the front).
+        image: the frames, float RGB [B,3,H,W] in 0..1.
+        flows: ``flows[k]`` [B,2,H,W] leads to the frames ``targets[k]``.
+        targets: the neighbour frames, as ``image``.
+        offset: distance of the pair points from the boundary.
+        motion_offset: distance off the boundary at which each side's motion is sampled.
+        patch: the patch is a (2·patch+1)² grid of samples...
+        step: ...this many pixels apart.
+
+    Returns:
+        The smaller of the two sides' margins [N]: near 0 where the pixels cannot tell the motions apart (no
+        texture), negative where a point sits on the wrong surface.
     """
     n = len(ordered)
     if n == 0:
@@ -84,8 +99,17 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
                       config: RefineConfig = RefineConfig()):
     """Shift ordered points towards their front side, then keep those whose pair pixels verify.
 
-    ``ordered``: :class:`~dynocc_data.generation.ordering.OrderedBoundaries` (normals point to the front) of the frames
-    ``image`` (float RGB [B,3,H,W] in 0..1); ``flows[k]`` [B,2,H,W] lead to the frames ``targets[k]``.
+    Args:
+        ordered: :class:`~dynocc_data.generation.ordering.OrderedBoundaries` (normals point to the front) of the
+            frames ``image``.
+        image: the frames, float RGB [B,3,H,W] in 0..1.
+        flows: ``flows[k]`` [B,2,H,W] leads to the frames ``targets[k]``.
+        targets: the neighbour frames, as ``image``.
+        config: the placement and verification parameters.
+
+    Returns:
+        The shifted points that pass the margin check (with ``min_margin``), in segments of at least
+        ``min_segment`` points.
     """
     out = ordered.shifted(torch.full((len(ordered),), float(config.shift), device=ordered.normal.device))
     if config.min_margin is not None and len(out):

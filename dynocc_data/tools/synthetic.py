@@ -96,41 +96,79 @@ class SceneConfig:
 
     Pixel speeds are for a 640-pixel-wide frame and scale with ``width``; sizes and texture scales are in world
     units and reach the image through ``focal * width / depth``, so apparent size falls off as 1/depth.
+
+    Attributes:
+        height: frame height in pixels (even if the scene is to be written as yuv420p video)
+        width: frame width in pixels (even for video)
+        num_frames: frames per clip
+        fps: frame rate written to the video
+        num_objects: number of independently moving objects
+        num_static_occluders: posts, bars and blobs fixed in the world
+        speed: own image speed of a moving object, px/frame at 640 px width
+        rotation: largest rotation rate of a moving object, degrees/frame
+        scale_change: largest rate of apparent scale change of a moving object, log-scale/frame
+        camera_pan: camera pan, px/frame of the nearest ground row at 640 px
+        static_camera_prob: chance that the camera does not move at all
+        pan_tilt: largest angle of the pan direction away from horizontal, degrees
+        background_depth: ground-plane depth at the bottom and top rows
+        object_depth: depth of moving objects (nearer than the ground)
+        occluder_depth: depth of static occluders
+        object_size: world radius of moving objects and blob occluders
+        occluder_width: world width of posts and bars
+        focal: focal length as a fraction of the frame width
+        texture_scale: world size of the coarsest texture features
+        texture_detail: amplitude ratio between successive texture octaves
+        texture_contrast: texture standard deviation, grey levels (pre-haze)
+        low_texture_prob: chance that a layer is nearly uniform (hard for optical flow)
+        low_texture_contrast: texture standard deviation of such layers, grey levels
+        intensity_edges: paint stripes, rectangles and text (edges that are not depth edges)
+        edge_prob: chance that an object or occluder gets painted marks (the ground always does)
+        haze_distance: depth at which 63% of a surface's colour is replaced by the haze colour
+        noise_sigma: Gaussian sensor noise, grey levels
+        cast_shadows: moving objects cast soft shadows on the ground (not depth edges)
+        shadow_strength: share of the light a shadow's core takes away
+        shadow_offset: shadow displacement from its object, in object radii
+        shadow_softness: Gaussian blur of a shadow's outline, px at 640 width
+        crf: H.264 constant rate factor used by :func:`write_scene` (0 = lossless, 51 = worst)
+        preset: x264 speed preset used by :func:`write_scene`
+
+    Raises:
+        ValueError: with a one-line message, when a value is out of range or inconsistent.
     """
 
-    height: int = 360  #: frame height in pixels (even if the scene is to be written as yuv420p video)
-    width: int = 640  #: frame width in pixels (even for video)
-    num_frames: int = 40  #: frames per clip
-    fps: float = 25.0  #: frame rate written to the video
-    num_objects: tuple[int, int] = (2, 4)  #: number of independently moving objects
-    num_static_occluders: tuple[int, int] = (0, 2)  #: posts, bars and blobs fixed in the world
-    speed: tuple[float, float] = (0.5, 4.0)  #: own image speed of a moving object, px/frame at 640 px width
-    rotation: float = 0.4  #: largest rotation rate of a moving object, degrees/frame
-    scale_change: float = 0.002  #: largest rate of apparent scale change of a moving object, log-scale/frame
-    camera_pan: tuple[float, float] = (0.0, 1.5)  #: camera pan, px/frame of the nearest ground row at 640 px
-    static_camera_prob: float = 0.25  #: chance that the camera does not move at all
-    pan_tilt: float = 20.0  #: largest angle of the pan direction away from horizontal, degrees
-    background_depth: tuple[float, float] = (20.0, 60.0)  #: ground-plane depth at the bottom and top rows
-    object_depth: tuple[float, float] = (5.0, 18.0)  #: depth of moving objects (nearer than the ground)
-    occluder_depth: tuple[float, float] = (7.0, 16.0)  #: depth of static occluders
-    object_size: tuple[float, float] = (0.4, 1.0)  #: world radius of moving objects and blob occluders
-    occluder_width: tuple[float, float] = (0.15, 0.5)  #: world width of posts and bars
-    focal: float = 1.0  #: focal length as a fraction of the frame width
-    texture_scale: tuple[float, float] = (0.3, 1.5)  #: world size of the coarsest texture features
-    texture_detail: tuple[float, float] = (0.5, 0.75)  #: amplitude ratio between successive texture octaves
-    texture_contrast: tuple[float, float] = (20.0, 55.0)  #: texture standard deviation, grey levels (pre-haze)
-    low_texture_prob: float = 0.2  #: chance that a layer is nearly uniform (hard for optical flow)
-    low_texture_contrast: float = 3.0  #: texture standard deviation of such layers, grey levels
-    intensity_edges: bool = True  #: paint stripes, rectangles and text (edges that are not depth edges)
-    edge_prob: float = 0.5  #: chance that an object or occluder gets painted marks (the ground always does)
-    haze_distance: float = 80.0  #: depth at which 63% of a surface's colour is replaced by the haze colour
-    noise_sigma: float = 2.0  #: Gaussian sensor noise, grey levels
-    cast_shadows: bool = False  #: moving objects cast soft shadows on the ground (not depth edges)
-    shadow_strength: tuple[float, float] = (0.3, 0.6)  #: share of the light a shadow's core takes away
-    shadow_offset: tuple[float, float] = (0.3, 0.9)  #: shadow displacement from its object, in object radii
-    shadow_softness: tuple[float, float] = (1.5, 5.0)  #: Gaussian blur of a shadow's outline, px at 640 width
-    crf: int = 23  #: H.264 constant rate factor used by :func:`write_scene` (0 = lossless, 51 = worst)
-    preset: str = "medium"  #: x264 speed preset used by :func:`write_scene`
+    height: int = 360
+    width: int = 640
+    num_frames: int = 40
+    fps: float = 25.0
+    num_objects: tuple[int, int] = (2, 4)
+    num_static_occluders: tuple[int, int] = (0, 2)
+    speed: tuple[float, float] = (0.5, 4.0)
+    rotation: float = 0.4
+    scale_change: float = 0.002
+    camera_pan: tuple[float, float] = (0.0, 1.5)
+    static_camera_prob: float = 0.25
+    pan_tilt: float = 20.0
+    background_depth: tuple[float, float] = (20.0, 60.0)
+    object_depth: tuple[float, float] = (5.0, 18.0)
+    occluder_depth: tuple[float, float] = (7.0, 16.0)
+    object_size: tuple[float, float] = (0.4, 1.0)
+    occluder_width: tuple[float, float] = (0.15, 0.5)
+    focal: float = 1.0
+    texture_scale: tuple[float, float] = (0.3, 1.5)
+    texture_detail: tuple[float, float] = (0.5, 0.75)
+    texture_contrast: tuple[float, float] = (20.0, 55.0)
+    low_texture_prob: float = 0.2
+    low_texture_contrast: float = 3.0
+    intensity_edges: bool = True
+    edge_prob: float = 0.5
+    haze_distance: float = 80.0
+    noise_sigma: float = 2.0
+    cast_shadows: bool = False
+    shadow_strength: tuple[float, float] = (0.3, 0.6)
+    shadow_offset: tuple[float, float] = (0.3, 0.9)
+    shadow_softness: tuple[float, float] = (1.5, 5.0)
+    crf: int = 23
+    preset: str = "medium"
 
     def __post_init__(self) -> None:
         """Turn JSON lists back into tuples and reject inconsistent values with a one-line message."""
@@ -170,12 +208,26 @@ class SceneConfig:
             raise ValueError(f"SceneConfig: crf must be in 0..51, got {self.crf}")
 
     def to_json(self) -> str:
-        """The config as a JSON object string."""
+        """The config as JSON.
+
+        Returns:
+            A JSON object string, keys sorted.
+        """
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SceneConfig:
-        """Rebuild a config from :meth:`to_json` output; unknown keys (newer versions) are ignored."""
+        """Rebuild a config from :meth:`to_json` output.
+
+        Args:
+            text: the JSON object; unknown keys (newer versions) are ignored with a warning.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: when ``text`` is not a JSON object, or a value is out of range.
+        """
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("scene config is not a JSON object")
@@ -228,14 +280,25 @@ class SceneGT:
 
     ``transforms[t, l]`` maps layer ``l``'s texture coordinates ``(u, v, 1)`` to image ``(x, y)`` in frame ``t``;
     layer ids are ordered far to near (0 is the ground), so a larger id always occludes a smaller one.
+
+    Attributes:
+        depth: float32 [T,H,W], depth of the visible surface (+ = farther)
+        labels: int16 [T,H,W], visible layer id (0 = background)
+        transforms: float64 [T,L,2,3], texture -> image affine per frame and layer
+        layer_depth: float32 [L], depth of each layer (background: mean visible depth in frame 0)
+        layer_kind: int8 [L], :class:`LayerKind`
+        layer_plane: float64 [L,3], inverse depth ``a + b*u + c*v`` in texture coordinates
+        fps: the frame rate.
+        config: the config the scene was made from.
+        seed: the seed it was made with.
     """
 
-    depth: np.ndarray  #: float32 [T,H,W], depth of the visible surface (+ = farther)
-    labels: np.ndarray  #: int16 [T,H,W], visible layer id (0 = background)
-    transforms: np.ndarray  #: float64 [T,L,2,3], texture -> image affine per frame and layer
-    layer_depth: np.ndarray  #: float32 [L], depth of each layer (background: mean visible depth in frame 0)
-    layer_kind: np.ndarray  #: int8 [L], :class:`LayerKind`
-    layer_plane: np.ndarray  #: float64 [L,3], inverse depth ``a + b*u + c*v`` in texture coordinates
+    depth: np.ndarray
+    labels: np.ndarray
+    transforms: np.ndarray
+    layer_depth: np.ndarray
+    layer_kind: np.ndarray
+    layer_plane: np.ndarray
     fps: float
     config: SceneConfig
     seed: int
@@ -274,8 +337,20 @@ class SceneGT:
     def displacement(self, layer: int | np.ndarray, t0: int, t1: int, yx: Any) -> np.ndarray:
         """Exact image displacement ``(dy, dx)`` from frame t0 to t1 of the points of ``layer`` at ``yx`` in t0.
 
-        ``yx`` is ``[..., 2]`` (y, x) pixel coordinates; ``layer`` is an id or an integer array broadcastable to
-        ``yx.shape[:-1]``. The layer need not be visible there (its motion extends over the whole plane).
+        The layer need not be visible there (its motion extends over the whole plane).
+
+        Args:
+            layer: a layer id, or an integer array broadcastable to ``yx.shape[:-1]``.
+            t0: the frame the points are in.
+            t1: the frame they move to.
+            yx: ``[..., 2]`` (y, x) pixel coordinates.
+
+        Returns:
+            float64 ``[..., 2]`` displacements ``(dy, dx)``.
+
+        Raises:
+            ValueError: when ``yx`` is not ``[..., 2]``.
+            IndexError: for a layer or frame outside the scene.
         """
         yx = np.asarray(yx, np.float64)
         if yx.shape[-1:] != (2,):
@@ -289,7 +364,15 @@ class SceneGT:
         return np.stack(np.broadcast_arrays(ny - y, nx - x), axis=-1)
 
     def flow(self, t0: int, t1: int) -> np.ndarray:
-        """Dense ground-truth motion ``(dy, dx)`` float32 [H,W,2] of the surface visible in frame t0 to frame t1."""
+        """Dense ground-truth motion of the surface visible in frame t0 to frame t1.
+
+        Args:
+            t0: the source frame.
+            t1: the target frame.
+
+        Returns:
+            ``(dy, dx)`` float32 [H,W,2].
+        """
         m = self._motion(t0, t1) - np.eye(3)
         h, w = self.size
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -306,6 +389,19 @@ class SceneGT:
         frames exist), is at least ``min_motion`` pixels: in any direction with ``motion="any"``, or across
         the outline with ``motion="across"`` (the component along the outline's normal, i.e. where the front
         layer covers or uncovers the back one; an outline whose sides only slide along it is left out).
+
+        Args:
+            t: the frame.
+            gap: the frame distance over which motion is measured (>= 1).
+            min_motion: the least relative displacement, in pixels.
+            motion: ``"any"`` or ``"across"``.
+
+        Returns:
+            bool [H,W].
+
+        Raises:
+            ValueError: for a bad ``gap`` or ``motion``, or when no frame is ``gap`` away from ``t``.
+            IndexError: when ``t`` is not a frame of the scene.
         """
         t = self._check_frame(t)
         if gap < 1:
@@ -342,8 +438,11 @@ class SceneGT:
 
 def _outline_normals(labels: np.ndarray, front: np.ndarray, ya: np.ndarray, xa: np.ndarray, yb: np.ndarray,
                      xb: np.ndarray, cache: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Unit normals ``(ny, nx)`` of the outline of layer ``front`` between 4-neighbours a and b: the gradient of
-    the layer's mask smoothed over a few pixels (so that a staircase outline gets its true direction)."""
+    """Unit normals ``(ny, nx)`` of the outline of layer ``front`` between 4-neighbours a and b.
+
+    The gradient of the layer's mask smoothed over a few pixels (so that a staircase outline gets its true
+    direction).
+    """
     gy = np.zeros(ya.shape, np.float64)
     gx = np.zeros(ya.shape, np.float64)
     for layer in np.unique(front):
@@ -360,12 +459,20 @@ def _outline_normals(labels: np.ndarray, front: np.ndarray, ya: np.ndarray, xa: 
 
 @dataclass(eq=False, repr=False, kw_only=True)
 class Scene(SceneGT):
-    """A rendered scene: :class:`SceneGT` plus the frames (uint8 [T,H,W,3] RGB, sensor noise included)."""
+    """A rendered scene: :class:`SceneGT` plus the frames (uint8 [T,H,W,3] RGB, sensor noise included).
 
-    frames: np.ndarray  #: uint8 [T,H,W,3] RGB
+    Attributes:
+        frames: uint8 [T,H,W,3] RGB
+    """
+
+    frames: np.ndarray
 
     def ground_truth(self) -> SceneGT:
-        """The same scene without its frames."""
+        """The same scene without its frames.
+
+        Returns:
+            The ground truth (arrays shared, not copied).
+        """
         return SceneGT(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SceneGT)})
 
 
@@ -855,7 +962,15 @@ def _add_shadows(layers: list[_Layer], cfg: SceneConfig, seed: int) -> None:
 
 
 def make_scene(config: SceneConfig | None = None, seed: int = 0) -> Scene:
-    """Render a random layered dynamic scene; the same ``(config, seed)`` always gives the same scene."""
+    """Render a random layered dynamic scene; the same ``(config, seed)`` always gives the same scene.
+
+    Args:
+        config: the scene parameters; default :class:`SceneConfig()`.
+        seed: the random seed.
+
+    Returns:
+        The scene.
+    """
     cfg = config if config is not None else SceneConfig()
     rng = np.random.default_rng(seed)
     haze = np.array([rng.uniform(170, 215), rng.uniform(180, 225), rng.uniform(195, 240)], np.float32)
@@ -907,10 +1022,24 @@ def _translations(offset: tuple[float, float], velocity: tuple[float, float], nu
 def moving_square_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
                         velocity: tuple[float, float] = (0.0, 3.0), seed: int = 0, side: int | None = None,
                         noise_sigma: float = 0.0, shadow: tuple[float, float, float, float] | None = None) -> Scene:
-    """A textured square (depth 10, layer 1) moving by ``velocity`` (dy, dx) px/frame over a static textured
-    background (depth 20, layer 0). The square is centred in the middle frame; with integer velocities its
-    labels form an exact ``side`` x ``side`` block. ``shadow = (dy, dx, strength, sigma)`` makes the square cast
-    a shadow: its silhouette shifted by (dy, dx), blurred by ``sigma`` px, taking ``strength`` of the light."""
+    """A textured square (depth 10, layer 1) moving over a static textured background (depth 20, layer 0).
+
+    The square is centred in the middle frame; with integer velocities its labels form an exact ``side`` x
+    ``side`` block.
+
+    Args:
+        size: ``(H, W)``.
+        num_frames: the number of frames.
+        velocity: ``(dy, dx)`` px/frame.
+        seed: the seed of the textures.
+        side: the square's side in pixels; default 35% of the shorter frame side (at least 8).
+        noise_sigma: Gaussian sensor noise, grey levels.
+        shadow: ``(dy, dx, strength, sigma)`` makes the square cast a shadow: its silhouette shifted by (dy, dx),
+            blurred by ``sigma`` px, taking ``strength`` of the light.
+
+    Returns:
+        The scene.
+    """
     h, w = size
     rng = np.random.default_rng(seed)
     side = side if side is not None else max(8, int(round(0.35 * min(h, w))))
@@ -933,7 +1062,17 @@ def moving_square_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
 
 def static_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6, seed: int = 0,
                  noise_sigma: float = 0.0) -> Scene:
-    """A random layered scene (ground, one occluder, two or three objects) in which nothing moves at all."""
+    """A random layered scene (ground, one occluder, two or three objects) in which nothing moves at all.
+
+    Args:
+        size: ``(H, W)``.
+        num_frames: the number of frames.
+        seed: the random seed.
+        noise_sigma: Gaussian sensor noise, grey levels.
+
+    Returns:
+        The scene.
+    """
     config = _plain_config(size, num_frames, noise_sigma, num_objects=(2, 3), num_static_occluders=(1, 1),
                            speed=(0.0, 0.0), rotation=0.0, scale_change=0.0)
     return make_scene(config, seed)
@@ -942,8 +1081,20 @@ def static_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6, seed: i
 def intensity_edges_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6,
                           velocity: tuple[float, float] = (0.0, 2.0), seed: int = 0,
                           noise_sigma: float = 0.0) -> Scene:
-    """One flat textured plane with strong painted stripes, boxes and text, translating rigidly by ``velocity``
-    (dy, dx) px/frame: plenty of intensity edges, no depth edge at all."""
+    """One flat textured plane with strong painted stripes, boxes and text, translating rigidly.
+
+    Plenty of intensity edges, no depth edge at all.
+
+    Args:
+        size: ``(H, W)``.
+        num_frames: the number of frames.
+        velocity: ``(dy, dx)`` px/frame.
+        seed: the seed of the texture and marks.
+        noise_sigma: Gaussian sensor noise, grey levels.
+
+    Returns:
+        The scene.
+    """
     h, w = size
     rng = np.random.default_rng(seed)
     my = int(np.ceil(abs(velocity[0]) * (num_frames - 1))) + 2
@@ -959,7 +1110,14 @@ def intensity_edges_scene(size: tuple[int, int] = (96, 128), num_frames: int = 6
 
 
 def scene_gt_path(video: str | os.PathLike) -> Path:
-    """The ground-truth file that :func:`write_scene` puts next to ``video`` (``<name>.gt.npz``)."""
+    """The ground-truth file that :func:`write_scene` puts next to a video.
+
+    Args:
+        video: the video's path.
+
+    Returns:
+        ``<name>.gt.npz`` in the video's folder.
+    """
     video = Path(video)
     return video.with_name(video.stem + GT_SUFFIX)
 
@@ -1011,7 +1169,19 @@ def write_scene(scene: Scene, out_dir: str | os.PathLike, name: str,
 
     Both are written under temporary names in ``out_dir`` and renamed only once complete (ground truth first,
     so a video never exists without its ground truth); on failure nothing is left behind.
-    Returns ``(video_path, gt_path)``.
+
+    Args:
+        scene: the scene (even frame size).
+        out_dir: the folder (created when missing).
+        name: a plain file stem.
+        depth_dtype: ``"float16"`` or ``"float32"``.
+        lossless: ``qp 0`` encoding of OpenCV-converted YUV frames: decodes to the same frames on every run.
+
+    Returns:
+        ``(video_path, gt_path)``.
+
+    Raises:
+        ValueError: for a bad ``name`` or ``depth_dtype``, or an odd frame size.
     """
     if not name or Path(name).name != name or name.startswith("."):
         raise ValueError(f"scene name must be a plain file stem, got {name!r}")
@@ -1043,7 +1213,17 @@ _GT_FIELDS = ("format", "depth", "labels", "transforms", "layer_depth", "layer_k
 
 
 def load_scene_gt(path: str | os.PathLike) -> SceneGT:
-    """Read a ``.gt.npz`` written by :func:`write_scene` (never unpickles); bad files raise :class:`InputError`."""
+    """Read a ``.gt.npz`` written by :func:`write_scene` (never unpickles).
+
+    Args:
+        path: the ground-truth file.
+
+    Returns:
+        The ground truth.
+
+    Raises:
+        InputError: naming the file, when it is missing, unreadable, of another format, or inconsistent.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such ground-truth file")
@@ -1079,7 +1259,17 @@ def load_scene_gt(path: str | os.PathLike) -> SceneGT:
 
 
 def make_scenes(out_dir: str | os.PathLike, n: int, seed: int = 0, config: SceneConfig | None = None) -> list[Path]:
-    """Render and write ``n`` random scenes ``scene_<seed+i>`` (scene i uses seed ``seed + i``); returns videos."""
+    """Render and write ``n`` random scenes ``scene_<seed+i>`` (scene i uses seed ``seed + i``).
+
+    Args:
+        out_dir: the folder.
+        n: the number of scenes.
+        seed: the seed of the first scene.
+        config: the scene parameters; default :class:`SceneConfig()`.
+
+    Returns:
+        The video paths.
+    """
     videos = []
     for i in range(n):
         scene = make_scene(config, seed + i)
@@ -1093,7 +1283,14 @@ _DEMO_SEEDS = (7, 11)
 
 
 def demo_scenes(out_dir: str | os.PathLike) -> list[Path]:
-    """Write the two small built-in demo scenes (240x320, 24 frames) into ``out_dir``, losslessly so that every run
-    gives the same pairs; returns their videos."""
+    """Write the two small built-in demo scenes (240x320, 24 frames), losslessly so that every run gives the same
+    pairs.
+
+    Args:
+        out_dir: the folder (created when missing).
+
+    Returns:
+        Their video paths.
+    """
     return [write_scene(make_scene(_DEMO_CONFIG, s), out_dir, f"demo_{i}", lossless=True)[0]
             for i, s in enumerate(_DEMO_SEEDS)]
