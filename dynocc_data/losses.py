@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NYU_THRESHOLDS", "YOUTUBE3D_THRESHOLDS", "RankingLoss", "SweepRow", "WHDRResult", "WHDRSweep", "ranking_loss", "whdr"]
+__all__ = ["NYU_THRESHOLDS", "YOUTUBE3D_THRESHOLDS", "RankingLoss", "SweepRow", "WHDRResult", "WHDRSweep",
+           "ranking_loss", "whdr"]
 
 PairsLike = torch.Tensor | Sequence[torch.Tensor]
 Reduction = Literal["mean", "sum", "none"]
@@ -184,8 +185,10 @@ def ranking_loss(
     kept = g.valid
     if keep_largest is not None:  # the n_keep largest losses of each image (invalid pairs sort last)
         n_keep = (g.valid.sum(1) * keep_largest).floor().long()  # int() of the reference: floor of a positive
-        order = torch.where(g.valid, per_pair.detach(), torch.full_like(per_pair, -math.inf)).argsort(1, descending=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+        ranked = torch.where(g.valid, per_pair.detach(), torch.full_like(per_pair, -math.inf))
+        order = ranked.argsort(1, descending=True)
+        positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, positions)
         kept = g.valid & (rank < n_keep[:, None])
         per_pair = torch.where(kept, per_pair, torch.zeros_like(per_pair))
     if reduction == "none":
@@ -373,7 +376,14 @@ NYU_THRESHOLDS = tuple(0.1 + i * 0.01 for i in range(1, 141))
 
 @dataclass(frozen=True)
 class SweepRow:
-    """WHDR at one threshold of a sweep (fractions in [0, 1]; ``nan`` for a part without pairs)."""
+    """WHDR at one threshold of a sweep (fractions in [0, 1]; ``nan`` for a part without pairs).
+
+    Args:
+        threshold: the difference threshold ``t``.
+        whdr: the rate over all pairs.
+        whdr_equal: the rate over the ``r = 0`` pairs.
+        whdr_unequal: the rate over the ``r = ±1`` pairs.
+    """
 
     threshold: float
     whdr: float
@@ -398,6 +408,9 @@ class WHDRSweep:
     Args:
         thresholds: the sweep (default :data:`YOUTUBE3D_THRESHOLDS`).
         inverse: the prediction grows as things get closer (disparity): the difference is negated.
+
+    Raises:
+        ValueError: for an empty sweep or a negative threshold.
     """
 
     def __init__(self, thresholds: Sequence[float] = YOUTUBE3D_THRESHOLDS, *, inverse: bool = False) -> None:
@@ -418,7 +431,14 @@ class WHDRSweep:
     def update(
         self, depth: torch.Tensor, pairs: PairsLike, ordinal: PairsLike, mask: PairsLike | None = None
     ) -> None:
-        """Add the images of one batch (arguments as :func:`ranking_loss`)."""
+        """Add the images of one batch.
+
+        Args:
+            depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]``.
+            pairs: the pairs, padded or a list, as in :func:`ranking_loss`.
+            ordinal: the ground-truth labels, as in :func:`ranking_loss`.
+            mask: ``[B,N]`` bool marking the real pairs of a padded batch.
+        """
         depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
         g = _gather(depth, pairs_t, ordinal_t, valid)
         diff = g.z_a - g.z_b
@@ -436,7 +456,17 @@ class WHDRSweep:
             self._neq_count.append(int((~equal).sum()))
 
     def table(self, *, average: Literal["pooled", "per_image"] = "pooled") -> list[SweepRow]:
-        """The rates at every threshold."""
+        """The rates at every threshold.
+
+        Args:
+            average: ``"pooled"`` over all pairs, or the mean of the ``"per_image"`` rates.
+
+        Returns:
+            One :class:`SweepRow` per threshold, in the sweep's order.
+
+        Raises:
+            ValueError: for an unknown ``average``, or before any :meth:`update`.
+        """
         if average not in ("pooled", "per_image"):
             raise ValueError(f"average must be 'pooled' or 'per_image', got {average!r}")
         if not self._eq_count:
@@ -457,7 +487,14 @@ class WHDRSweep:
                 for t, a, e, u in zip(self.thresholds, overall, equal, unequal, strict=True)]
 
     def best(self, *, average: Literal["pooled", "per_image"] = "pooled") -> SweepRow:
-        """The row of the threshold the references would pick (max-min rule, first one on ties)."""
+        """The row of the threshold the references would pick (max-min rule, first one on ties).
+
+        Args:
+            average: as in :meth:`table`.
+
+        Returns:
+            The chosen :class:`SweepRow`.
+        """
         rows = self.table(average=average)
 
         def worse(row: SweepRow) -> float:

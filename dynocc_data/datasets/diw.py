@@ -96,14 +96,23 @@ def _parse_coordinate_line(csv_path: os.PathLike | str, line_no: int, text: str)
 
 @dataclass(frozen=True)
 class DIWRow:
-    """One sample of a DIW CSV: its image path as written, one annotated pair, and where it was read."""
+    """One sample of a DIW CSV: its image path as written, one annotated pair, and where it was read.
 
-    line: int  # line number of the image path
+    Args:
+        line: line number of the image path.
+        image: the image path as written.
+        coord_line: the annotation line as written.
+        coords: ``y_A, x_A, y_B, x_B``, 1-based.
+        ordinal: +1 A farther, -1 A closer (0 equal).
+        size: ``(height, width)`` of the annotated image.
+    """
+
+    line: int
     image: str
-    coord_line: str  # the annotation line as written
-    coords: list[float]  # y_A, x_A, y_B, x_B, 1-based
+    coord_line: str
+    coords: list[float]
     ordinal: int
-    size: tuple[int, int]  # (height, width) of the annotated image
+    size: tuple[int, int]
 
 
 def _path_line(text: str) -> tuple[str, int | None]:
@@ -123,8 +132,8 @@ def iter_diw_rows(csv_path: str | os.PathLike) -> Iterator[DIWRow | InputError]:
     Args:
         csv_path: the CSV file.
 
-    Returns:
-        An iterator of :class:`DIWRow`, or for a malformed sample its :class:`InputError` (with the line number).
+    Yields:
+        A :class:`DIWRow` per sample, or for a malformed sample its :class:`InputError` (with the line number).
 
     Raises:
         InputError: naming the file, when it cannot be read or lists nothing.

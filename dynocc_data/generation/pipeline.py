@@ -24,8 +24,8 @@ import contextlib
 import logging
 import os
 import queue
-import threading
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass

@@ -1130,7 +1130,6 @@ def _encode(frames: np.ndarray, fps: float, crf: int, preset: str, path: Path, *
     (``qp 0`` on frames converted to YUV 4:2:0 by OpenCV, a fixed conversion) decodes to the very same frames
     every time, whatever bytes the encoder writes: what the demo uses.
     """
-
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames.shape[1:3]
@@ -1164,8 +1163,7 @@ def _gt_arrays(gt: SceneGT, depth_dtype: str) -> dict[str, np.ndarray]:
 
 def write_scene(scene: Scene, out_dir: str | os.PathLike, name: str,
                 depth_dtype: str = "float32", *, lossless: bool = False) -> tuple[Path, Path]:
-    """Write ``<name>.mp4`` (H.264 via PyAV, crf and preset from the scene's config; ``lossless``: ``qp 0``,
-    frames reproducible from run to run) and ``<name>.gt.npz``.
+    """Write ``<name>.mp4`` (H.264 via PyAV, crf and preset from the scene's config) and ``<name>.gt.npz``.
 
     Both are written under temporary names in ``out_dir`` and renamed only once complete (ground truth first,
     so a video never exists without its ground truth); on failure nothing is left behind.
@@ -1283,8 +1281,7 @@ _DEMO_SEEDS = (7, 11)
 
 
 def demo_scenes(out_dir: str | os.PathLike) -> list[Path]:
-    """Write the two small built-in demo scenes (240x320, 24 frames), losslessly so that every run gives the same
-    pairs.
+    """Write the two small built-in demo scenes (240x320, 24 frames), losslessly: every run gives the same pairs.
 
     Args:
         out_dir: the folder (created when missing).
