@@ -1,5 +1,8 @@
 """Ordinal-depth training loss and evaluation metric for point pairs.
 
+Longer than 500 lines because the loss, the metric and the reference threshold sweep share one input
+normalisation and one gather, and keeping them together keeps their conventions in one place.
+
 Conventions (docs/FORMAT.md): ``pairs`` are integer pixel indices ``(yA, xA, yB, xB)`` into the prediction and
 ``ordinal`` is ``+1`` when A is farther (depth_A > depth_B), ``-1`` when A is closer and ``0`` when equal.
 
