@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,9 @@ class World:
         world_size: number of ranks (1 without DDP).
         worker: this DataLoader worker's id (0 in the main process).
         num_workers: DataLoader workers per rank (1 in the main process).
+
+    Raises:
+        ValueError: when the rank or worker is not inside its world.
     """
 
     rank: int = 0
@@ -45,7 +47,15 @@ class World:
 
     @classmethod
     def detect(cls, rank: int | None = None, world_size: int | None = None) -> "World":
-        """The current world: explicit rank/world size, else :func:`distributed_info`; workers from torch."""
+        """The current world; workers from torch.
+
+        Args:
+            rank: an explicit rank, else from :func:`distributed_info`.
+            world_size: an explicit world size, else from :func:`distributed_info`.
+
+        Returns:
+            The world.
+        """
         rank, world_size = distributed_info(rank, world_size)
         worker, num_workers = worker_info()
         return cls(rank, world_size, worker, num_workers)
@@ -62,26 +72,52 @@ class World:
 
 
 class SharedEpoch:
-    """An epoch number in shared memory, so ``set_epoch`` reaches persistent DataLoader workers too."""
+    """An epoch number in shared memory, so ``set_epoch`` reaches persistent DataLoader workers too.
+
+    Args:
+        epoch: the initial epoch.
+    """
 
     def __init__(self, epoch: int = 0) -> None:
         """Allocate the shared counter (a shared-memory tensor survives fork and spawn alike)."""
         self._value = torch.full((), int(epoch), dtype=torch.int64).share_memory_()
 
     def set(self, epoch: int) -> None:
-        """Set the epoch (visible to every worker of this dataset)."""
+        """Set the epoch (visible to every worker of this dataset).
+
+        Args:
+            epoch: the epoch (>= 0).
+
+        Raises:
+            ValueError: for a negative epoch.
+        """
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self._value.fill_(int(epoch))
 
     def get(self) -> int:
-        """The current epoch."""
+        """The current epoch.
+
+        Returns:
+            The epoch last set.
+        """
         return int(self._value.item())
 
 
 def distributed_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """``(rank, world_size)``: explicit values, else ``torch.distributed`` when initialised, else the
-    ``RANK``/``WORLD_SIZE`` environment variables, else ``(0, 1)``."""
+    """This process's rank and world size.
+
+    Args:
+        rank: an explicit rank; ``None`` to detect it.
+        world_size: an explicit world size; ``None`` to detect it.
+
+    Returns:
+        ``(rank, world_size)``: explicit values, else ``torch.distributed`` when initialised, else the
+        ``RANK``/``WORLD_SIZE`` environment variables, else ``(0, 1)``.
+
+    Raises:
+        ValueError: when the rank is not inside the world.
+    """
     if rank is None or world_size is None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             found = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -97,19 +133,39 @@ def distributed_info(rank: int | None = None, world_size: int | None = None) -> 
 
 
 def worker_info() -> tuple[int, int]:
-    """``(worker id, number of workers)`` of the current DataLoader worker; ``(0, 1)`` in the main process."""
+    """The current DataLoader worker.
+
+    Returns:
+        ``(worker id, number of workers)``; ``(0, 1)`` in the main process.
+    """
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (int(info.id), int(info.num_workers))
 
 
 def mix_seed(*values: int) -> int:
-    """A 63-bit seed from integers, stable across processes and runs (unlike ``hash`` of a string)."""
+    """A 63-bit seed from integers, stable across processes and runs (unlike ``hash`` of a string).
+
+    Args:
+        *values: the integers (taken modulo 2**64).
+
+    Returns:
+        The seed, ``0 <= seed < 2**63``.
+    """
     state = np.random.SeedSequence([int(v) & 0xFFFFFFFFFFFFFFFF for v in values]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
 
 
 def share_of(total: int, part: int, parts: int) -> int:
-    """Items of ``total`` given to ``part`` when split as evenly as possible into ``parts`` (first ones get more)."""
+    """The size of one part of ``total`` items split as evenly as possible.
+
+    Args:
+        total: the number of items.
+        part: the part's index, ``0 <= part < parts``.
+        parts: the number of parts.
+
+    Returns:
+        The items given to ``part`` (the first parts get one more).
+    """
     return total // parts + (1 if part < total % parts else 0)
 
 
@@ -133,7 +189,11 @@ class DistributedStream(IterableDataset):
         self._epoch = SharedEpoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (visible to persistent DataLoader workers too); it seeds every per-epoch draw."""
+        """Set the epoch (visible to persistent DataLoader workers too); it seeds every per-epoch draw.
+
+        Args:
+            epoch: the epoch (>= 0).
+        """
         self._epoch.set(epoch)
 
     @property
@@ -147,7 +207,11 @@ class DistributedStream(IterableDataset):
         return (rank, world) if self.split_by_node else (0, 1)
 
     def world(self) -> World:
-        """The reader this code runs as: the split's rank and world size, and the current DataLoader worker."""
+        """The reader this code runs as.
+
+        Returns:
+            The split's rank and world size, and the current DataLoader worker.
+        """
         rank, world_size = self._node()
         worker, num_workers = worker_info()
         return World(rank, world_size, worker, num_workers)

@@ -79,10 +79,10 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from ..errors import InputError, InputNotFoundError, ShardFormatError
-from ..sampling import create_sampler, sample_generator
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
 from ..format.tar import expand_tars
+from ..sampling import create_sampler, sample_generator
 from ._distributed import DistributedStream, mix_seed, share_of
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,20 @@ def _describe(urls: UrlSpec) -> str:
 def resolve_shards(
     urls: UrlSpec, *, index: str | os.PathLike | Mapping[str, Any] | None = "auto"
 ) -> list[ShardInfo]:
-    """The shard list of ``urls`` with sample counts from ``index``; local shards must exist (:class:`InputError`)."""
+    """The shard list of ``urls`` with sample counts from ``index``.
+
+    Args:
+        urls: as for :class:`DynOccDataset` (see the module docstring).
+        index: ``"auto"`` (the ``index.json`` next to local shards), a path, an URL or the parsed dict; ``None``
+            for no counts.
+
+    Returns:
+        One :class:`ShardInfo` per shard, in order.
+
+    Raises:
+        InputError: when there are no shards, or the index cannot be read.
+        InputNotFoundError: when a local shard does not exist.
+    """
     shards = _with_counts(_expand(urls), index)
     if not shards:
         raise InputError(str(urls), "no shards")
@@ -191,9 +204,11 @@ def resolve_shards(
 class EpochPlan:
     """Which shards each (rank, worker) reader reads in one epoch, and how many samples it yields.
 
-    ``readers[rank * num_workers + worker]`` lists shard indices in reading order; ``quota`` is the number of
-    samples every reader yields when equalizing (``None``: all of them); ``counts[i]`` is the samples a reader's
-    shards hold (``None`` when a count is unknown).
+    Attributes:
+        readers: ``readers[rank * num_workers + worker]`` lists shard indices in reading order.
+        counts: ``counts[i]`` is the samples reader i's shards hold (``None`` when a count is unknown).
+        quota: the number of samples every reader yields when equalizing (``None``: all of them).
+        num_workers: DataLoader workers per rank.
     """
 
     readers: tuple[tuple[int, ...], ...]
@@ -202,11 +217,26 @@ class EpochPlan:
     num_workers: int
 
     def reader(self, rank: int, worker: int) -> tuple[int, ...]:
-        """Shard indices of one reader."""
+        """Shard indices of one reader.
+
+        Args:
+            rank: the reader's rank.
+            worker: the reader's DataLoader worker.
+
+        Returns:
+            The shard indices, in reading order.
+        """
         return self.readers[rank * self.num_workers + worker]
 
     def rank_length(self, rank: int) -> int | None:
-        """Samples rank ``rank`` yields in the epoch (``None`` when unknown)."""
+        """Samples one rank yields in the epoch.
+
+        Args:
+            rank: the rank.
+
+        Returns:
+            The number of samples (``None`` when unknown).
+        """
         if self.quota is not None:
             return self.quota * self.num_workers
         counts = self.counts[rank * self.num_workers:(rank + 1) * self.num_workers]
@@ -222,8 +252,23 @@ def plan_epoch(
     counts: Sequence[int | None], *, world_size: int, num_workers: int, epoch: int, seed: int,
     shuffle: bool, equalize: bool,
 ) -> EpochPlan:
-    """Deal shards to ranks then workers round-robin (after a ``(seed, epoch)`` shuffle, identical on every rank);
-    pure and deterministic, so every rank and worker computes the same plan. Needs ``len(counts) >= readers``."""
+    """Deal shards to ranks then workers round-robin, after a ``(seed, epoch)`` shuffle identical on every rank.
+
+    Pure and deterministic, so every rank and worker computes the same plan. Needs ``len(counts) >= readers``.
+
+    Args:
+        counts: the samples of each shard (``None`` when unknown).
+        world_size: the number of ranks.
+        num_workers: DataLoader workers per rank.
+        epoch: the epoch (seeds the shuffle).
+        seed: the dataset's seed.
+        shuffle: shuffle the shard list first.
+        equalize: give every reader the same quota, the smallest reader's samples (only when every count is
+            known).
+
+    Returns:
+        The plan.
+    """
     order = list(range(len(counts)))
     if shuffle:
         random.Random(mix_seed(seed, epoch, 0x5A4D)).shuffle(order)
@@ -259,12 +304,19 @@ def _every_nth(src: Iterator[dict[str, Any]], *, start: int, step: int) -> Itera
 
 @dataclass(frozen=True)
 class ReadStats:
-    """Counters over every reader of a dataset since creation (or :meth:`DynOccDataset.reset_stats`)."""
+    """Counters over every reader of a dataset since creation (or :meth:`DynOccDataset.reset_stats`).
 
-    samples: int = 0  # items yielded
-    skipped_samples: int = 0  # samples that did not decode (or were cut off by a truncated shard)
-    shard_errors: int = 0  # shards found truncated, corrupt or unreadable (once per shard and epoch)
-    dropped: int = 0  # samples left out by equalize
+    Attributes:
+        samples: items yielded.
+        skipped_samples: samples that did not decode (or were cut off by a truncated shard).
+        shard_errors: shards found truncated, corrupt or unreadable (once per shard and epoch).
+        dropped: samples left out by equalize.
+    """
+
+    samples: int = 0
+    skipped_samples: int = 0
+    shard_errors: int = 0
+    dropped: int = 0
 
 
 _STAT_NAMES = tuple(ReadStats.__dataclass_fields__)
@@ -306,7 +358,7 @@ class _ReaderState:
         return bool(self.handler(err))
 
     def shard_error(self, exn: BaseException) -> bool:
-        """webdataset handler for tar-level errors (open, truncated, corrupt headers) of the current shard."""
+        """The webdataset handler for tar-level errors (open, truncated, corrupt headers) of the current shard."""
         if isinstance(exn, ShardFormatError):
             url, err = exn.shard, exn
         else:  # raised by tarfile or gopen while reading the shard the check stage last passed on
@@ -327,7 +379,7 @@ class _ReaderState:
         return self.decide(err, "bad shard (samples read before the error are kept)")
 
     def sample_error(self, exn: BaseException) -> bool:
-        """webdataset handler for sample decoding errors; missing members are raised unless the shard is broken."""
+        """The webdataset handler for sample decoding errors; missing members are raised unless the shard is broken."""
         if isinstance(exn, MissingFieldError):
             if exn.shard not in self.broken:
                 raise exn
@@ -342,8 +394,10 @@ class _ReaderState:
 
 
 def _check_tar_end(url: str, nbytes: int | None) -> None:
-    """Raise :class:`ShardFormatError` when a local plain tar is shorter than its index says or lacks the
-    end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary)."""
+    """Raise :class:`ShardFormatError` when a local plain tar is shorter than its index says or lacks its end.
+
+    The end is the end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary).
+    """
     path = local_path(url)
     if path is None or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
         return
@@ -363,8 +417,10 @@ def _check_tar_end(url: str, nbytes: int | None) -> None:
 def _checked_shards(
     src: Iterator[dict[str, Any]], *, state: _ReaderState, sizes: Mapping[str, int | None]
 ) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: note the shard being opened and flag a truncated local shard before reading it (its
-    readable samples are still read in "warn"/"ignore" mode)."""
+    """Pipeline stage: note the shard being opened and flag a truncated local shard before reading it.
+
+    Its readable samples are still read in "warn"/"ignore" mode.
+    """
     for source in src:
         state.current_url = source["url"]
         try:
@@ -378,8 +434,11 @@ def _checked_shards(
 def _shard_ends(
     src: Iterator[dict[str, Any]], *, state: _ReaderState, counts: Mapping[str, int | None]
 ) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: count each shard's samples and, when one ends with fewer than its index count (tarfile stops
-    silently at a corrupt header), flag the shard before passing on its last, possibly incomplete, sample."""
+    """Pipeline stage: count each shard's samples and flag a shard that ends with fewer than its index count.
+
+    tarfile stops silently at a corrupt header, so the shard is flagged before its last, possibly incomplete,
+    sample is passed on.
+    """
     pending, seen = None, 0
     for sample in src:
         if pending is not None and sample["__url__"] != pending["__url__"]:
@@ -438,7 +497,8 @@ def _in_chunks(
     through the caches; alternating them runs the small calls markedly slower than running them back to back,
     and a chunk lets the sampler do its arithmetic once for all its samples (``benchmarks/bench_load.py``:
     with a load-time strategy, about 15 % more items/s with chunks of 8 than one by one; larger chunks
-    hold more decoded images and lose some of it again)."""
+    hold more decoded images and lose some of it again).
+    """
     source = iter(src)
     while chunk := list(itertools.islice(source, size)):
         for step in steps:
@@ -474,8 +534,38 @@ class DynOccDataset(DistributedStream):
     many DataLoader workers will read (``create_loader`` sets it); ``rank``/``world_size`` override the detected
     distributed setup (``split_by_node=False``: every rank reads every shard). Samples are decoded
     ``decode_chunk`` at a time, one step over the whole chunk before the next (parse and draw pairs, then
-    decode the JPEGs): faster per item, at the cost of holding that many decoded images; 1 decodes one by one.
-    Order, results and error handling do not depend on it.
+    decode the JPEGs). Order, results and error handling do not depend on it.
+
+    Args:
+        urls: a generate output folder, an ``index.json``, a path or URL (brace patterns, ``::``-joined,
+            ``pipe:`` and ``http(s)://`` URLs), or a list of them (see the module docstring).
+        strategy: the pair strategy: ``"stored"`` (the pairs in the shard), any name, config or callable
+            :func:`~dynocc_data.sampling.create_sampler` accepts.
+        sampler_options: options of the strategy's config.
+        transform: applied to each item last.
+        shuffle: the sample shuffle buffer size (0: none); > 0 also shuffles the shard list each epoch.
+        seed: seeds the shard and buffer shuffles, resampling and load-time pair sampling (with the epoch).
+        resampled: every reader draws shards with replacement forever; needs ``epoch_length``.
+        epoch_length: samples per rank per epoch in resampled mode.
+        split_by_node: ``False``: every rank reads every shard.
+        handler: what to do with a truncated or corrupt shard or a sample that does not decode: ``"warn"``,
+            ``"ignore"``, ``"raise"`` or a callable ``handler(ShardFormatError) -> bool``.
+        equalize: with several ranks and known counts, every reader yields the same number of samples.
+        keep_boundary: keep the ``boundary`` field in the items.
+        index: where the sample counts come from: ``"auto"``, a path, an URL, the parsed dict, or ``None``.
+        num_workers: how many DataLoader workers will read, for ``len()`` and ``equalize`` (``create_loader``
+            sets it).
+        rank: overrides the detected rank.
+        world_size: overrides the detected world size.
+        too_few_shards: fewer shards than readers: ``"error"``, or ``"resample"`` (resampled mode with a
+            warning).
+        decode_chunk: samples decoded together (>= 1): faster per item, at the cost of holding that many decoded
+            images; 1 decodes one by one.
+
+    Raises:
+        ValueError: for an option out of its range or options that do not go together.
+        InputError: when there are no shards or the index cannot be read.
+        InputNotFoundError: when a local shard does not exist.
     """
 
     def __init__(
@@ -530,7 +620,11 @@ class DynOccDataset(DistributedStream):
     # -- workers, counters (the epoch: DistributedStream.set_epoch; it seeds the shard and buffer shuffles,
     #    resampling and load-time pair sampling)
     def set_num_workers(self, num_workers: int) -> None:
-        """Tell the dataset how many DataLoader workers will read it (``0`` = main process)."""
+        """Tell the dataset how many DataLoader workers will read it.
+
+        Args:
+            num_workers: DataLoader workers per rank (``0`` = main process).
+        """
         self.num_workers = int(num_workers)
 
     @property
@@ -571,11 +665,26 @@ class DynOccDataset(DistributedStream):
         return True, self._resample_length(world)
 
     def check_readers(self, num_workers: int) -> None:
-        """Raise the too-few-shards error now (in the main process) rather than inside the workers."""
+        """Raise the too-few-shards error now (in the main process) rather than inside the workers.
+
+        Args:
+            num_workers: DataLoader workers per rank.
+
+        Raises:
+            InputError: with ``too_few_shards="error"``, when there are fewer shards than readers.
+        """
         self._mode(self._node()[1], max(1, num_workers))
 
     def plan(self, *, num_workers: int | None = None, epoch: int | None = None) -> EpochPlan:
-        """The shard assignment of an epoch (defaults: the ``num_workers`` hint and the current epoch)."""
+        """The shard assignment of an epoch.
+
+        Args:
+            num_workers: DataLoader workers per rank (default: the ``num_workers`` hint).
+            epoch: the epoch (default: the current one).
+
+        Returns:
+            The plan (equalizing only with several ranks).
+        """
         workers = max(1, self.num_workers or 0) if num_workers is None else max(1, num_workers)
         world = self._node()[1]
         return plan_epoch(
@@ -610,8 +719,11 @@ class DynOccDataset(DistributedStream):
                              with_pairs=not self._own_pairs, boundary_array=self._own_pairs and not self.keep_boundary)
 
     def _draw_pairs(self, items: list[dict[str, Any]], epoch: int) -> list[Any]:
-        """Chunk step: each item's pairs from the strategy, in one call over the chunk when the sampler has
-        ``sample_many`` (the built-in ones), else (or to find the sample an error belongs to) one by one."""
+        """Chunk step: each item's pairs from the strategy.
+
+        In one call over the chunk when the sampler has ``sample_many`` (the built-in ones), else (or to find the
+        sample an error belongs to) one by one.
+        """
         many = getattr(self._sampler, "sample_many", None)
         if many is not None and items:
             try:

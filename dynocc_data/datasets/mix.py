@@ -44,11 +44,23 @@ Stop = Literal["first", "all", "never"]
 
 
 class MapAsIterable(DistributedStream):
-    """A map-style dataset streamed as an ``IterableDataset``: each epoch a permutation of its indices (seeded by
-    ``(seed, epoch)``, identical on every rank) is dealt to the ranks, then each rank's share to its workers.
+    """A map-style dataset streamed as an ``IterableDataset``, split per rank, worker and epoch.
 
-    With ``equalize=True`` (default) every rank gets ``len(dataset) // world_size`` indices (the remainder is left out
-    this epoch), so ranks see the same number of batches; no index is read twice in an epoch.
+    Each epoch a permutation of its indices (seeded by ``(seed, epoch)``, identical on every rank) is dealt to the
+    ranks, then each rank's share to its workers; no index is read twice in an epoch.
+
+    Args:
+        dataset: a map-style dataset (with ``__len__`` and ``__getitem__``).
+        shuffle: permute the indices each epoch (else in order).
+        seed: seeds the permutations.
+        split_by_node: split across ranks (else every rank reads all of it).
+        equalize: every rank gets ``len(dataset) // world_size`` indices (the remainder is left out this epoch),
+            so ranks see the same number of batches.
+        rank: an explicit rank (default: detected, see :class:`~._distributed.DistributedStream`).
+        world_size: an explicit world size (default: detected).
+
+    Raises:
+        TypeError: when ``dataset`` is not map-style.
     """
 
     def __init__(self, dataset: Dataset, *, shuffle: bool = True, seed: int = 0, split_by_node: bool = True,
@@ -63,7 +75,18 @@ class MapAsIterable(DistributedStream):
 
     def indices(self, *, rank: int, world_size: int, worker: int = 0, num_workers: int = 1,
                 epoch: int | None = None) -> list[int]:
-        """The indices one (rank, worker) reads in an epoch."""
+        """The indices one (rank, worker) reads in an epoch.
+
+        Args:
+            rank: the rank.
+            world_size: the number of ranks.
+            worker: the DataLoader worker.
+            num_workers: the DataLoader workers per rank.
+            epoch: the epoch (default: the current one).
+
+        Returns:
+            The dataset indices, in reading order.
+        """
         n = len(self.dataset)
         epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
@@ -92,8 +115,17 @@ class MapAsIterable(DistributedStream):
 
 
 def as_iterable(map_dataset: Dataset, *, shuffle: bool = True, seed: int = 0, **options: Any) -> MapAsIterable:
-    """Stream a map-style dataset split across ranks and workers and shuffled per epoch (see :class:`MapAsIterable`;
-    ``options``: ``split_by_node``, ``equalize``, ``rank``, ``world_size``)."""
+    """Stream a map-style dataset split across ranks and workers and shuffled per epoch.
+
+    Args:
+        map_dataset: the dataset.
+        shuffle: permute the indices each epoch.
+        seed: seeds the permutations.
+        **options: ``split_by_node``, ``equalize``, ``rank``, ``world_size`` (see :class:`MapAsIterable`).
+
+    Returns:
+        The stream.
+    """
     return MapAsIterable(map_dataset, shuffle=shuffle, seed=seed, **options)
 
 
@@ -106,7 +138,20 @@ def _as_stream(dataset: Dataset, seed: int) -> IterableDataset:
 
 
 class MixedDataset(DistributedStream):
-    """Items drawn from several datasets with given probabilities (see the module docstring for ``stop``)."""
+    """Items drawn from several datasets with given probabilities (see the module docstring for ``stop``).
+
+    Args:
+        datasets: the sources; map-style ones are wrapped with :func:`as_iterable` (``shuffle=True``, ``seed``).
+        weights: one finite weight >= 0 per source, not all 0; default equal weights.
+        stop: ``"first"``, ``"all"`` or ``"never"``.
+        seed: seeds the choice of source (with the epoch, rank and worker).
+        epoch_length: items per rank per epoch (>= 0); ``None`` for no cap.
+        rank: an explicit rank (default: detected).
+        world_size: an explicit world size (default: detected).
+
+    Raises:
+        ValueError: for no datasets, bad weights, an unknown ``stop`` or a negative ``epoch_length``.
+    """
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first",
                  seed: int = 0, epoch_length: int | None = None, rank: int | None = None,
@@ -129,20 +174,32 @@ class MixedDataset(DistributedStream):
         self._init_stream(rank, world_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch here and in every source that has ``set_epoch``."""
+        """Set the epoch here and in every source that has ``set_epoch``.
+
+        Args:
+            epoch: the epoch (>= 0).
+        """
         super().set_epoch(epoch)
         for dataset in self.datasets:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
 
     def set_num_workers(self, num_workers: int) -> None:
-        """Pass the DataLoader's worker count on to the sources that use it."""
+        """Pass the DataLoader's worker count on to the sources that use it.
+
+        Args:
+            num_workers: DataLoader workers per rank.
+        """
         for dataset in self.datasets:
             if hasattr(dataset, "set_num_workers"):
                 dataset.set_num_workers(num_workers)
 
     def check_readers(self, num_workers: int) -> None:
-        """Let each source check that it can be split over the readers."""
+        """Let each source check that it can be split over the readers.
+
+        Args:
+            num_workers: DataLoader workers per rank.
+        """
         for dataset in self.datasets:
             if hasattr(dataset, "check_readers"):
                 dataset.check_readers(num_workers)
@@ -191,6 +248,21 @@ _EMPTY = object()
 
 def mix(datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first", seed: int = 0,
         epoch_length: int | None = None) -> MixedDataset:
-    """An ``IterableDataset`` drawing each item from ``datasets[i]`` with probability ``weights[i] / sum(weights)``
-    (equal weights by default); see :class:`MixedDataset` and the module docstring."""
+    """An ``IterableDataset`` drawing each item from ``datasets[i]`` with probability ``weights[i] / sum(weights)``.
+
+    See :class:`MixedDataset` and the module docstring.
+
+    Args:
+        datasets: the sources (map-style ones are streamed through :func:`as_iterable`).
+        weights: one weight per source; default equal weights.
+        stop: ``"first"``, ``"all"`` or ``"never"``.
+        seed: seeds the choice of source.
+        epoch_length: items per rank per epoch; ``None`` for no cap.
+
+    Returns:
+        The mix.
+
+    Raises:
+        ValueError: as :class:`MixedDataset`.
+    """
     return MixedDataset(datasets, weights, stop=stop, seed=seed, epoch_length=epoch_length)

@@ -121,7 +121,24 @@ class GenerateConfig:
 
 @dataclass
 class GenerateSummary:
-    """What a run did; written as ``stats.json``."""
+    """What a run did; written as ``stats.json``.
+
+    Attributes:
+        out: the output folder.
+        videos_total: the inputs found, failed ones included.
+        videos_done: videos processed to the end.
+        videos_skipped: videos already done in the output folder (``resume``).
+        failed: ``{"video", "reason"}`` of each input that failed.
+        no_pairs: ``{"video", "reason"}`` of each video that gave no sample.
+        frames_processed: selected frames processed.
+        frames_written: frames written as samples.
+        frames_rejected: reason -> frames not written for it.
+        pairs: stored pairs written.
+        boundary_points: boundary points written.
+        seconds: wall time (the longest rank's, when merged).
+        stage_seconds: stage -> seconds spent in it (summed over ranks).
+        shards: shards committed.
+    """
 
     out: str
     videos_total: int = 0
@@ -140,20 +157,31 @@ class GenerateSummary:
 
     @property
     def frames_per_second(self) -> float:
+        """Selected frames processed per second (0 before any time is counted)."""
         return self.frames_processed / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def pairs_per_frame(self) -> float:
+        """Stored pairs per written frame (0 without any)."""
         return self.pairs / self.frames_written if self.frames_written else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The content of ``stats.json``.
+
+        Returns:
+            The fields plus ``frames_per_second`` and ``pairs_per_frame``, rounded.
+        """
         d = dataclasses.asdict(self)
         d["frames_per_second"] = round(self.frames_per_second, 3)
         d["pairs_per_frame"] = round(self.pairs_per_frame, 2)
         return d
 
     def merge(self, other: "GenerateSummary") -> None:
-        """Add another rank's counts into this one (seconds: the longest rank)."""
+        """Add another rank's counts into this one (seconds: the longest rank).
+
+        Args:
+            other: the other rank's summary.
+        """
         for name in ("videos_total", "videos_done", "videos_skipped", "frames_processed", "frames_written",
                      "pairs", "boundary_points", "shards"):
             setattr(self, name, getattr(self, name) + getattr(other, name))

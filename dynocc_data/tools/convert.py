@@ -14,7 +14,8 @@ pixel rule, same ordinal convention), ``boundary.npy`` is empty (still images ha
 ``frame`` 0, ``orig_size`` = ``size`` (the decoded image) and where the row came from (``csv``, ``line``, plus the
 target path or the annotated size). Keys are ``<sanitised image path>-<8 hex of SHA-1 of the row>_000000``.
 
-Shards go through :class:`~dynocc_data.generation.writer.ShardWriter` (``.partial`` files, ledger commit, ``index.json``).
+Shards go through :class:`~dynocc_data.generation.writer.ShardWriter` (``.partial`` files, ledger commit,
+``index.json``).
 A bad row (malformed CSV line, missing or undecodable image, refused pickle, duplicate) is logged as one line
 naming the file and the reason, skipped and counted; a summary is logged at the end. Pickled YouTube3D targets
 are read with the restricted unpickler of :func:`~dynocc_data.datasets.youtube3d.load_youtube3d_pkl`.
@@ -60,8 +61,13 @@ Labels = Callable[[tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
 class SourceRow:
     """One parsed CSV row: the image as written, what identifies the row, and how to get its pairs.
 
-    ``labels(size)`` gives ``int64`` pairs ``[N,4]`` and ordinals ``[N]`` in pixels of the decoded image of
-    ``size`` (it may raise :class:`InputError` naming a target file); ``extra`` goes into the sample's JSON.
+    Attributes:
+        line: the CSV line number of the row (of its image path line for DIW).
+        image: the image path as written in the CSV.
+        ident: what identifies the row (hashed into the sample key).
+        labels: ``labels(size)`` gives ``int64`` pairs ``[N,4]`` and ordinals ``[N]`` in pixels of the decoded
+            image of ``size`` (it may raise :class:`InputError` naming a target file).
+        extra: goes into the sample's JSON.
     """
 
     line: int
@@ -78,9 +84,16 @@ Row = Union[SourceRow, InputError]  # a bad row is its error
 
 
 def sample_key(image: str, ident: str) -> str:
-    """``<image path without extension, sanitised>-<8 hex of sha1(ident)>_000000``: no dots or slashes.
+    """The sample key of a row: no dots or slashes.
 
     The sanitised part keeps ``[A-Za-z0-9_-]`` (other runs become ``_``) and at most the last 64 characters.
+
+    Args:
+        image: the image path as written in the CSV.
+        ident: what identifies the row.
+
+    Returns:
+        ``<image path without extension, sanitised>-<8 hex of sha1(ident)>_000000``.
     """
     stem = relative_key(image).rsplit(".", 1)[0] if "." in Path(image).name else relative_key(image)
     clean = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-")[-64:].strip("_-") or "image"
@@ -140,8 +153,10 @@ def _diw_labels(coords: list[float], ordinal: int, annotated: tuple[int, int]) -
 
 
 def _diw_rows(csv_path: Path, root: Path) -> Iterator[Row]:
-    """Rows of a DIW CSV in either layout (:func:`~dynocc_data.datasets.diw.iter_diw_rows`, the one DIW reader),
-    reading on after a malformed sample."""
+    """Rows of a DIW CSV in either layout, from the one DIW reader (:func:`~dynocc_data.datasets.diw.iter_diw_rows`).
+
+    Reads on after a malformed sample.
+    """
     del root  # DIW rows hold no other file than the image
     for row in iter_diw_rows(csv_path):
         if isinstance(row, InputError):
@@ -155,9 +170,20 @@ _READERS: dict[str, Callable[[Path, Path], Iterator[Row]]] = {"youtube3d": _yout
 
 
 def read_rows(format: Format, csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[Row]:
-    """The rows of a ``format`` CSV, each a :class:`SourceRow` or, for a malformed line, its :class:`InputError`.
+    """The rows of a dataset's CSV.
 
     Lazy: the first ``next()`` raises :class:`InputError` when the CSV cannot be read or lists nothing.
+
+    Args:
+        format: ``"youtube3d"`` or ``"diw"`` (case is ignored).
+        csv_path: the CSV.
+        root: the folder the CSV's paths are relative to (default: the CSV's folder).
+
+    Returns:
+        An iterator of :class:`SourceRow`, or for a malformed line its :class:`InputError`.
+
+    Raises:
+        ValueError: for an unknown format.
     """
     csv_path = Path(csv_path)
     return _READERS[_check_format(format)](csv_path, Path(root) if root is not None else csv_path.parent)
@@ -222,10 +248,24 @@ def convert(format: Format, csv: str | os.PathLike, out: str | os.PathLike, *, r
             shard_size: int = 1000, prefix: str | None = None, jpeg_quality: int = 95) -> int:
     """Write the ``format`` dataset listed in ``csv`` as DynOcc shards in ``out``; returns the samples written.
 
-    ``root`` is the folder the CSV's paths are relative to (default: the CSV's folder), ``shard_size`` the samples
-    per shard, ``prefix`` the shard name prefix (default: the format), ``jpeg_quality`` the quality for sources
-    that are not JPEGs. Bad rows are logged, skipped and counted. Raises :class:`InputError` when the CSV cannot
-    be read or has no usable row, or when ``out`` already holds shards with this prefix.
+    Bad rows are logged, skipped and counted.
+
+    Args:
+        format: ``"youtube3d"`` or ``"diw"`` (case is ignored).
+        csv: the dataset's CSV.
+        out: the output folder.
+        root: the folder the CSV's paths are relative to (default: the CSV's folder).
+        shard_size: samples per shard (>= 1).
+        prefix: the shard name prefix (default: the format).
+        jpeg_quality: the quality for sources that are not JPEGs (1..100).
+
+    Returns:
+        The number of samples written.
+
+    Raises:
+        ValueError: for an unknown format, or ``shard_size`` or ``jpeg_quality`` out of range.
+        InputError: when the CSV cannot be read or has no usable row, or when ``out`` already holds shards with
+            this prefix.
     """
     fmt = _check_format(format)
     if shard_size < 1:

@@ -1,6 +1,7 @@
-"""Evaluation runs: make scenes, generate shards from them, read the items back with
-:class:`~dynocc_data.datasets.DynOccDataset` exactly as training code would, and score them
-(:mod:`dynocc_data.tools.scoring` holds the scoring itself, pure functions on arrays and items).
+"""Evaluation runs: make scenes, generate shards from them, read the items back, and score them.
+
+Items are read with :class:`~dynocc_data.datasets.DynOccDataset` exactly as training code would;
+:mod:`dynocc_data.tools.scoring` holds the scoring itself, pure functions on arrays and items.
 """
 
 from __future__ import annotations
@@ -57,7 +58,17 @@ EVAL_SCENE_CONFIG = SceneConfig(cast_shadows=True)
 
 
 def load_scenes(scene_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``*.gt.npz`` ground truths under ``scene_dir``, keyed by their video's path relative to it."""
+    """Read the ground truths of a folder of scenes.
+
+    Args:
+        scene_dir: searched recursively for ``*.gt.npz`` files.
+
+    Returns:
+        The ground truths, keyed by their video's path relative to ``scene_dir``.
+
+    Raises:
+        FileNotFoundError: when there is no ``*.gt.npz`` file.
+    """
     scene_dir = Path(scene_dir)
     scenes = {}
     for p in sorted(scene_dir.rglob("*.gt.npz")):
@@ -69,7 +80,14 @@ def load_scenes(scene_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_run_params(shards: str | os.PathLike) -> dict[str, Any]:
-    """The generation parameters recorded in the header of a run's first ledger (empty if none)."""
+    """The generation parameters recorded in a run's ledgers.
+
+    Args:
+        shards: a generate output folder.
+
+    Returns:
+        The ``params`` of the first run header (empty if none).
+    """
     for ledger in sorted(Path(shards).glob("ledger-r*.jsonl")):
         for line in ledger.read_text().splitlines():
             rec = json.loads(line)
@@ -79,7 +97,15 @@ def read_run_params(shards: str | os.PathLike) -> dict[str, Any]:
 
 
 def selected_frames(num_frames: Mapping[str, int], params: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Every frame the generator selected in each video, from its frame count and the run's parameters."""
+    """Every frame the generator selected in each video.
+
+    Args:
+        num_frames: video -> its frame count.
+        params: the run's parameters (``gap``, ``stride``, ``max_frames``; defaults 4, 4, None).
+
+    Returns:
+        video -> the selected frames.
+    """
     gap, stride = params.get("gap", 4), params.get("stride", 4)
     return {name: select_frames(n, stride=stride, gap=gap, max_frames=params.get("max_frames"))
             for name, n in num_frames.items()}
@@ -87,9 +113,19 @@ def selected_frames(num_frames: Mapping[str, int], params: Mapping[str, Any]) ->
 
 def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, coverage_radius: float = 4.0,
                     min_motion: float = 1.0) -> EvalResult:
-    """Score the shards in ``shards`` (a generate output folder) against the ``*.gt.npz`` files of
-    ``scene_dir`` (written by :func:`dynocc_data.tools.synthetic.write_scene`), reading items with
-    :class:`~dynocc_data.datasets.DynOccDataset`.
+    """Score the shards of a generate output folder against the ground truth of their scenes.
+
+    Items are read with :class:`~dynocc_data.datasets.DynOccDataset`; the run's parameters come from its ledgers.
+
+    Args:
+        shards: a generate output folder.
+        scene_dir: the folder of the ``*.gt.npz`` files (written by
+            :func:`dynocc_data.tools.synthetic.write_scene`), the input folder of the run.
+        coverage_radius: see :func:`~dynocc_data.tools.scoring.score_items`.
+        min_motion: see :func:`~dynocc_data.tools.scoring.score_items`.
+
+    Returns:
+        The scores.
 
     Raises:
         FileNotFoundError: ``scene_dir`` holds no ground truth.
@@ -109,10 +145,22 @@ def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, 
 def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int = 1000,
                        scene_config: SceneConfig | None = None, generate_config=None, coverage_radius: float = 4.0,
                        progress: bool = False, **generate_kwargs) -> EvalResult:
-    """Make ``num_scenes`` synthetic scenes (seeds ``seed``, ``seed+1``, ...; by default
-    :data:`EVAL_SCENE_CONFIG`, with cast shadows), generate shards from them with ``generate_config`` and score
-    them. Scenes go to ``<out>/scenes``, shards to ``<out>/shards`` (both replaced when they exist: running twice
-    into one folder gives the second run's figures)."""
+    """Make synthetic scenes, generate shards from them and score them.
+
+    Args:
+        out: the work folder: scenes go to ``<out>/scenes``, shards to ``<out>/shards`` (both replaced when
+            they exist: running twice into one folder gives the second run's figures).
+        num_scenes: the number of scenes.
+        seed: the seed of the first scene (then ``seed+1``, ...).
+        scene_config: the scene parameters; default :data:`EVAL_SCENE_CONFIG` (with cast shadows).
+        generate_config: a :class:`~dynocc_data.generation.GenerateConfig`; default the built-in one.
+        coverage_radius: see :func:`~dynocc_data.tools.scoring.score_items`.
+        progress: show progress bars while generating.
+        **generate_kwargs: more options of :func:`~dynocc_data.generate` (fields of ``RunOptions``).
+
+    Returns:
+        The scores.
+    """
     out = Path(out)
     scene_dir = out / "scenes"
     for old in (scene_dir, out / "shards"):  # the evaluation owns its work folder: a second run starts afresh

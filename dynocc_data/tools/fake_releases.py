@@ -34,12 +34,21 @@ class Py2PickleWriter:
         self.next_memo += 1
 
     def global_(self, module: str, name: str) -> None:
-        """GLOBAL ``module name`` (memoised)."""
+        """GLOBAL ``module name`` (memoised).
+
+        Args:
+            module: the module name.
+            name: the global's name in it.
+        """
         self.out += b"c" + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n"
         self._put()
 
     def int_(self, value: int) -> None:
-        """A Python 2 ``int``: BININT1, BININT2 or BININT (not memoised)."""
+        """A Python 2 ``int``: BININT1, BININT2 or BININT (not memoised).
+
+        Args:
+            value: a 32-bit signed integer.
+        """
         if 0 <= value <= 0xFF:
             self.out += b"K" + bytes([value])
         elif 0 <= value <= 0xFFFF:
@@ -48,7 +57,11 @@ class Py2PickleWriter:
             self.out += b"J" + struct.pack("<i", value)
 
     def str_(self, data: bytes) -> None:
-        """A Python 2 ``str`` (bytes): SHORT_BINSTRING below 256 bytes, else BINSTRING (memoised)."""
+        """A Python 2 ``str`` (bytes): SHORT_BINSTRING below 256 bytes, else BINSTRING (memoised).
+
+        Args:
+            data: the string's bytes.
+        """
         if len(data) < 256:
             self.out += b"U" + bytes([len(data)]) + data
         else:
@@ -60,11 +73,19 @@ class Py2PickleWriter:
         self.out += b"N"
 
     def bool_(self, value: bool) -> None:
-        """NEWTRUE / NEWFALSE."""
+        """NEWTRUE / NEWFALSE.
+
+        Args:
+            value: the boolean.
+        """
         self.out += b"\x88" if value else b"\x89"
 
     def small_tuple(self, size: int) -> None:
-        """TUPLE1/2/3 of the last ``size`` objects (memoised)."""
+        """TUPLE1/2/3 of the last objects (memoised).
+
+        Args:
+            size: 1, 2 or 3.
+        """
         self.out += {1: b"\x85", 2: b"\x86", 3: b"\x87"}[size]
         self._put()
 
@@ -87,13 +108,27 @@ class Py2PickleWriter:
         self.out += b"b"
 
     def stop(self) -> bytes:
-        """STOP and return the pickle."""
+        """STOP and return the pickle.
+
+        Returns:
+            The pickle's bytes.
+        """
         self.out += b"."
         return bytes(self.out)
 
 
 def py2_ndarray_pickle(array: np.ndarray) -> bytes:
-    """The bytes Python 2 + numpy 1.x write for ``pickle.dump(array, f, 2)`` (C-contiguous, little-endian, 2-D)."""
+    """The bytes Python 2 + numpy 1.x write for ``pickle.dump(array, f, 2)``.
+
+    Args:
+        array: a little-endian numeric array (written C-contiguous).
+
+    Returns:
+        The pickle's bytes.
+
+    Raises:
+        ValueError: for a big-endian or non-numeric array.
+    """
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">" or array.dtype.kind not in "biuf":
         raise ValueError("this builder covers little-endian numeric arrays only")
@@ -138,7 +173,16 @@ def py2_ndarray_pickle(array: np.ndarray) -> bytes:
 
 
 def py2_call_pickle(module: str, name: str, argument: bytes) -> bytes:
-    """A Python 2 pickle that calls ``module.name(argument)`` when loaded (e.g. ``posix.system``): must be refused."""
+    """A Python 2 pickle that calls ``module.name(argument)`` when loaded (e.g. ``posix.system``): must be refused.
+
+    Args:
+        module: the callable's module.
+        name: the callable's name.
+        argument: its one (bytes) argument.
+
+    Returns:
+        The pickle's bytes.
+    """
     w = Py2PickleWriter()
     w.global_(module, name)
     w.str_(argument)
@@ -148,7 +192,14 @@ def py2_call_pickle(module: str, name: str, argument: bytes) -> bytes:
 
 
 def py2_list_pickle(values: list[float]) -> bytes:
-    """A Python 2 protocol-2 pickle of a list of floats (no globals): a payload that is not an array."""
+    """A Python 2 protocol-2 pickle of a list of floats (no globals): a payload that is not an array.
+
+    Args:
+        values: the floats.
+
+    Returns:
+        The pickle's bytes.
+    """
     out = bytearray(b"\x80\x02]q\x00(")  # EMPTY_LIST, BINPUT 0, MARK
     for v in values:
         out += b"G" + struct.pack(">d", v)  # BINFLOAT
@@ -157,7 +208,15 @@ def py2_list_pickle(values: list[float]) -> bytes:
 
 
 def two_colour_image(height: int, width: int) -> torch.Tensor:
-    """``uint8 [3,H,W]``: left half pure red, right half pure blue (survives JPEG well enough to test RGB order)."""
+    """An image whose left half is pure red, right half pure blue (survives JPEG well enough to test RGB order).
+
+    Args:
+        height: H.
+        width: W.
+
+    Returns:
+        ``uint8 [3,H,W]``.
+    """
     image = torch.zeros(3, height, width, dtype=torch.uint8)
     image[0, :, : width // 2] = 255
     image[2, :, width // 2 :] = 255
@@ -165,14 +224,30 @@ def two_colour_image(height: int, width: int) -> torch.Tensor:
 
 
 def write_jpeg(path: Path, image: torch.Tensor) -> Path:
-    """Write an RGB ``uint8 [3,H,W]`` tensor as a JPEG file (whatever the file's extension)."""
+    """Write an RGB image as a JPEG file (whatever the file's extension; folders are created).
+
+    Args:
+        path: the file.
+        image: ``uint8 [3,H,W]``.
+
+    Returns:
+        ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_jpeg(image, quality=95).numpy().tobytes())
     return path
 
 
 def write_png(path: Path, image: torch.Tensor) -> Path:
-    """Write a ``uint8 [C,H,W]`` tensor (C = 1 or 3) as a PNG file."""
+    """Write an image as a PNG file (folders are created).
+
+    Args:
+        path: the file.
+        image: ``uint8 [C,H,W]``, C = 1 or 3.
+
+    Returns:
+        ``path``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_png(image).numpy().tobytes())
     return path
@@ -180,7 +255,14 @@ def write_png(path: Path, image: torch.Tensor) -> Path:
 
 @dataclass
 class YouTube3DSample:
-    """One release sample: image and target paths as written in the CSV, the image, the pickle bytes."""
+    """One release sample.
+
+    Attributes:
+        image_name: the image path as written in the CSV.
+        target_name: the target path as written in the CSV.
+        image: the image, ``uint8 [3,H,W]``.
+        target_bytes: the target file's bytes (e.g. :func:`py2_ndarray_pickle`).
+    """
 
     image_name: str
     target_name: str
@@ -190,7 +272,17 @@ class YouTube3DSample:
 
 def write_youtube3d_release(root: Path, samples: list[YouTube3DSample], *, header: str | None = None,
                             csv_name: str = "YT_train.csv") -> Path:
-    """Write images, pickles and a CSV in the release layout (``img, pkl`` lines with ", " separators)."""
+    """Write images, pickles and a CSV in the release layout (``img, pkl`` lines with ", " separators).
+
+    Args:
+        root: the release folder; the CSV's paths are relative to it.
+        samples: the samples.
+        header: a first line to write (the release has none).
+        csv_name: the CSV's file name.
+
+    Returns:
+        The CSV's path.
+    """
     lines = [] if header is None else [header]
     for s in samples:
         image_path = root / s.image_name
@@ -206,15 +298,30 @@ def write_youtube3d_release(root: Path, samples: list[YouTube3DSample], *, heade
 
 @dataclass
 class DIWSample:
-    """One DIW sample: the image path as in the CSV, the image written there, the annotation line."""
+    """One DIW sample.
+
+    Attributes:
+        image_name: the image path as in the CSV.
+        image: the image written there, ``uint8 [3,H,W]``.
+        annotation: the annotation line ``"y_A,x_A,y_B,x_B,rel,width,height"``, 1-based coordinates.
+    """
 
     image_name: str
     image: torch.Tensor
-    annotation: str  # "y_A,x_A,y_B,x_B,rel,width,height", 1-based coordinates
+    annotation: str
 
 
 def write_diw_release(root: Path, samples: list[DIWSample], *, csv_name: str = "DIW_test.csv") -> Path:
-    """Write ``*.thumb`` JPEGs and a two-lines-per-sample DIW CSV."""
+    """Write ``*.thumb`` JPEGs and a two-lines-per-sample DIW CSV.
+
+    Args:
+        root: the release folder; the CSV's paths are relative to it.
+        samples: the samples.
+        csv_name: the CSV's file name.
+
+    Returns:
+        The CSV's path.
+    """
     lines: list[str] = []
     for s in samples:
         write_jpeg(root / s.image_name, s.image)

@@ -31,6 +31,9 @@ Scoring is pure (:func:`classify_pairs`, :func:`score_items` on items of the ite
 :func:`dynocc_data.tools.evaluate.evaluate_shards` reads the items through
 :class:`~dynocc_data.datasets.DynOccDataset`, exactly as training code would, so a held-out set of scenes is
 scored the same way.
+
+Longer than 500 lines because the pair categories, the result record with its summary, and the scorer share one
+category contract; a good part of the length is their Args documentation.
 """
 
 from __future__ import annotations
@@ -89,7 +92,15 @@ def pairs_to_gt(pairs: np.ndarray, image_size: tuple[int, int], gt_size: tuple[i
     """Map pair coordinates ``(yA, xA, yB, xB)`` from an item's image to the ground truth's pixel grid.
 
     Both grids have ``(0, 0)`` at the centre of the top-left pixel and cover the same frame, so a coordinate
-    maps as ``(p + 0.5) * scale - 0.5`` (the same as ``cv2.resize``). Returns float64 [N,4].
+    maps as ``(p + 0.5) * scale - 0.5`` (the same as ``cv2.resize``).
+
+    Args:
+        pairs: [N,4] in the item's image pixels.
+        image_size: ``(H, W)`` of the item's image.
+        gt_size: ``(H, W)`` of the ground truth.
+
+    Returns:
+        float64 [N,4] in ground-truth pixels.
     """
     (h, w), (gh, gw) = image_size, gt_size
     scale = np.array([gh / h, gw / w, gh / h, gw / w])
@@ -97,7 +108,15 @@ def pairs_to_gt(pairs: np.ndarray, image_size: tuple[int, int], gt_size: tuple[i
 
 
 def outside_image(pairs: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """bool [N]: a point of the pair lies outside ``[0, H-1] x [0, W-1]`` (pixel centres of the image)."""
+    """Which pairs have a point outside ``[0, H-1] x [0, W-1]`` (pixel centres of the image).
+
+    Args:
+        pairs: [N,4] ``(yA, xA, yB, xB)``.
+        image_size: ``(H, W)``.
+
+    Returns:
+        bool [N].
+    """
     p = np.asarray(pairs, np.float64).reshape(-1, 4)
     h, w = image_size
     ys, xs = p[:, [0, 2]], p[:, [1, 3]]
@@ -105,8 +124,16 @@ def outside_image(pairs: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def layer_edge_distance(labels: np.ndarray) -> np.ndarray:
-    """Distance float32 [H,W] of every pixel to the nearest layer edge (both pixels of a 4-neighbour label
-    change are on the edge, distance 0); infinite everywhere when there is a single layer."""
+    """Distance of every pixel to the nearest layer edge.
+
+    Both pixels of a 4-neighbour label change are on the edge, distance 0.
+
+    Args:
+        labels: int [H,W] visible layer ids.
+
+    Returns:
+        float32 [H,W]; infinite everywhere when there is a single layer.
+    """
     edge = np.zeros(labels.shape, bool)
     dy = labels[1:] != labels[:-1]
     dx = labels[:, 1:] != labels[:, :-1]
@@ -148,6 +175,9 @@ def classify_pairs(points: np.ndarray, ordinal: np.ndarray, depth: np.ndarray, *
 
     Returns:
         int8 [N] codes: 0 correct, 1 wrong order, 2 localisation, 3 false boundary, 4 outside, 5 unscored.
+
+    Raises:
+        ValueError: when there are not as many ordinal labels as pairs.
     """
     p = np.asarray(points, np.float64).reshape(-1, 4)
     ordinal = np.asarray(ordinal).reshape(-1)
@@ -173,14 +203,31 @@ def classify_pairs(points: np.ndarray, ordinal: np.ndarray, depth: np.ndarray, *
 
 
 def sign_agreement(points: np.ndarray, ordinal: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """bool [N]: the old scoring's test, the sign of the depth difference equals ``ordinal`` (any surfaces)."""
+    """The old scoring's test: the sign of the depth difference equals ``ordinal`` (any surfaces).
+
+    Args:
+        points: float [N,4] in ground-truth pixels.
+        ordinal: int [N].
+        depth: float [H,W] ground-truth depth.
+
+    Returns:
+        bool [N].
+    """
     p = np.asarray(points, np.float64).reshape(-1, 4)
     da, db = _lookup(depth, p[:, 0], p[:, 1]), _lookup(depth, p[:, 2], p[:, 3])
     return np.sign(da.astype(np.float64) - db) == np.asarray(ordinal).reshape(-1)
 
 
 def near_midpoints(midpoints: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Distance float32 [H,W] of every pixel to the nearest pair midpoint (``[M,2]`` (y, x)); inf without any."""
+    """Distance of every pixel to the nearest pair midpoint.
+
+    Args:
+        midpoints: ``[M,2]`` (y, x).
+        shape: ``(H, W)``.
+
+    Returns:
+        float32 [H,W]; infinite everywhere without midpoints.
+    """
     if len(midpoints) == 0:
         return np.full(shape, np.inf, np.float32)
     seed = np.ones(shape, np.uint8)
@@ -194,15 +241,30 @@ def near_midpoints(midpoints: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class EvalResult:
-    """Scores of a set of items against ground truth, pooled over all frames, with ``per_video`` parts."""
+    """Scores of a set of items against ground truth, pooled over all frames, with ``per_video`` parts.
+
+    Attributes:
+        counts: category -> number of pairs, for every one of :data:`CATEGORIES`
+        old_sign_agree: scored pairs whose depth sign matches ``ordinal`` (the old "precision")
+        boundary_any: moving-boundary pixels, any motion, over every selected frame
+        covered_any: ... of them within ``coverage_radius`` of a pair midpoint
+        boundary_across: moving-boundary pixels whose sides move across the outline
+        covered_across: ... of them within ``coverage_radius`` of a pair midpoint
+        old_covered_across: across-motion pixels within 6 px (the old "boundary coverage")
+        old_covered_any: any-motion pixels within 6 px
+        frames_selected: the frames scored for coverage
+        frames_written: the frames with a sample
+        coverage_radius: the radius of ``covered_any`` and ``covered_across``, in ground-truth pixels
+        per_video: video -> its own result
+    """
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
-    old_sign_agree: int = 0  #: scored pairs whose depth sign matches ``ordinal`` (the old "precision")
-    boundary_any: int = 0  #: moving-boundary pixels, any motion, over every selected frame
-    covered_any: int = 0  #: ... of them within ``coverage_radius`` of a pair midpoint
-    boundary_across: int = 0  #: moving-boundary pixels whose sides move across the outline
+    old_sign_agree: int = 0
+    boundary_any: int = 0
+    covered_any: int = 0
+    boundary_across: int = 0
     covered_across: int = 0
-    old_covered_across: int = 0  #: across-motion pixels within 6 px (the old "boundary coverage")
+    old_covered_across: int = 0
     old_covered_any: int = 0
     frames_selected: int = 0
     frames_written: int = 0
@@ -220,7 +282,14 @@ class EvalResult:
         return self.pairs - self.counts["unscored"]
 
     def share(self, category: str) -> float:
-        """Share of all pairs in ``category`` (one of :data:`CATEGORIES`)."""
+        """Share of all pairs in one category.
+
+        Args:
+            category: one of :data:`CATEGORIES`.
+
+        Returns:
+            The share (NaN without pairs).
+        """
         return _ratio(self.counts[category], self.pairs)
 
     @property
@@ -274,7 +343,11 @@ class EvalResult:
         return self.pairs / self.frames_selected if self.frames_selected else 0.0
 
     def add(self, other: EvalResult) -> None:
-        """Add another result's counts to this one (``per_video`` is left alone)."""
+        """Add another result's counts to this one (``per_video`` is left alone).
+
+        Args:
+            other: the result to add.
+        """
         for k in CATEGORIES:
             self.counts[k] += other.counts[k]
         for name in ("old_sign_agree", "boundary_any", "covered_any", "boundary_across", "covered_across",
@@ -282,7 +355,11 @@ class EvalResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, Any]:
-        """Counts, shares and figures as plain JSON-able values (``per_video`` nested the same way)."""
+        """Counts, shares and figures as plain JSON-able values.
+
+        Returns:
+            The dict (``per_video`` nested the same way).
+        """
         d: dict[str, Any] = {
             "pairs": self.pairs, "scored": self.scored, "counts": dict(self.counts),
             "shares": {k: self.share(k) for k in CATEGORIES},
@@ -307,7 +384,15 @@ def _fmt(share: float) -> str:
 
 
 def format_result(res: EvalResult, *, per_video: bool = True) -> list[str]:
-    """The human summary of a result, one line each (what the command line prints)."""
+    """The human summary of a result (what the command line prints).
+
+    Args:
+        res: the result.
+        per_video: add one line per video.
+
+    Returns:
+        The lines.
+    """
     lines = [(f"pairs: {res.pairs} ({res.pairs_per_frame:.1f} per written frame, "
               f"{res.pairs_per_selected_frame:.1f} per selected frame; {res.frames_written} of "
               f"{res.frames_selected} selected frames written)")]
@@ -347,8 +432,9 @@ def _unknown_mask(gt: Any, t: int) -> np.ndarray | None:
 def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *, coverage_radius: float = 4.0,
                 selected: Mapping[str, Iterable[int]] | None = None, gap: int = 2, min_motion: float = 1.0,
                 rel_tol: float = 0.01, near_edge: float = 16.0) -> EvalResult:
-    """Score items of the item contract (e.g. from :class:`~dynocc_data.datasets.DynOccDataset`) against
-    scene ground truth.
+    """Score items of the item contract against scene ground truth.
+
+    The items come e.g. from :class:`~dynocc_data.datasets.DynOccDataset`.
 
     Args:
         items: dicts with ``image`` [3,H,W], ``pairs`` [N,4], ``ordinal`` [N] and ``meta`` (``video``,
@@ -424,7 +510,14 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
 
 
 def pooled(results: Sequence[EvalResult]) -> EvalResult:
-    """Several results added up (their videos merged into one ``per_video``)."""
+    """Several results added up.
+
+    Args:
+        results: the results.
+
+    Returns:
+        Their sum, their videos merged into one ``per_video``.
+    """
     total = EvalResult(coverage_radius=results[0].coverage_radius if results else 4.0)
     for r in results:
         total.add(r)
