@@ -283,9 +283,18 @@ def plan_epoch(
 
 
 def sample_split_quota(counts: Sequence[int | None], *, readers: int, equalize: bool) -> tuple[int | None, ...]:
-    """Samples each of ``readers`` yields when they share the samples of all shards round-robin (sample ``i``
-    to reader ``i % readers``); with ``equalize`` every reader yields ``total // readers``. ``None`` when a count
-    is unknown."""
+    """Samples each reader yields when the readers share the samples of all shards round-robin.
+
+    Sample ``i`` goes to reader ``i % readers``; with ``equalize`` every reader yields ``total // readers``.
+
+    Args:
+        counts: samples per shard (``None`` where unknown).
+        readers: ranks x DataLoader workers.
+        equalize: every reader yields the same number (the rest is dropped).
+
+    Returns:
+        One count per reader, ``None`` each when a shard count is unknown.
+    """
     if any(c is None for c in counts):
         return (None,) * readers
     total = sum(counts)
