@@ -28,7 +28,7 @@ from ._version import __version__
 # ``tests/test_layout.py`` checks that every name resolves and that ``__all__`` is exactly this list.
 _EXPORTS = {
     "collate": ("collate_pairs", "to_device"),
-    "datasets": ("DIWDataset", "DynOccDataset", "YouTube3DDataset", "as_iterable", "create_loader",
+    "datasets": ("DIWDataset", "DenseDepthDataset", "DynOccDataset", "YouTube3DDataset", "as_iterable", "create_loader",
                  "from_youtube3d_target", "mix", "to_youtube3d_target"),
     "errors": ("DynOccError", "InputError", "InputNotFoundError", "ShardFormatError"),
     "format": ("decode_sample", "encode_sample", "load_index", "read_index"),
@@ -39,7 +39,7 @@ _EXPORTS = {
     "generation.refine": ("RefineConfig",),
     "generation.video": ("VideoSource", "discover_videos", "open_video"),
     "generation.writer": ("ShardWriter", "write_index"),
-    "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "whdr"),
+    "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "ssi_loss", "whdr"),
     "sampling": ("PairSampler", "SamplerConfig", "available_strategies", "create_sampler", "sample_generator"),
     "tools.evaluate": ("EvalResult", "evaluate_shards", "evaluate_synthetic", "score_items"),
     "tools.synthetic": ("SceneConfig", "demo_scenes", "load_scene_gt", "make_scene", "make_scenes", "write_scene"),

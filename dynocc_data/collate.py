@@ -13,7 +13,8 @@ from .errors import InputError
 
 __all__ = ["collate_pairs", "to_device"]
 
-_KNOWN = ("image", "pairs", "ordinal", "meta", "boundary")
+_KNOWN = ("image", "pairs", "ordinal", "meta", "boundary", "depth", "valid_mask", "loss_weight", "source_index")
+_DENSE = ("depth", "valid_mask")
 
 
 def _name(item: Mapping[str, Any], index: int) -> str:
@@ -63,6 +64,10 @@ def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> di
         * ``pad=False``: ``pairs`` list of ``B`` tensors ``int64 [N_i,4]`` and ``ordinal`` list of ``int64 [N_i]``
           (no ``pair_mask``);
         * ``num_pairs``: ``int64 [B]`` = ``N_i`` (both modes);
+        * ``depth`` ``float32 [B,1,H,W]`` and ``valid_mask`` ``bool [B,1,H,W]``, when some item has one: stacked
+          (an item without them gets depth 0 and an all-False mask, so a dense loss ignores it);
+        * ``loss_weight`` ``float32 [B]`` and ``source_index`` ``int64 [B]``, when the items carry them (set by
+          ``mix(..., per_batch=True)`` or ``loss_weights``);
         * ``meta``: list of ``B`` dicts; ``boundary``: list of ``B`` dicts (``None`` for items without one),
           present only when some item has one; any other field: list of ``B`` values.
 
@@ -70,7 +75,7 @@ def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> di
         ValueError: when the batch is empty.
         InputError: a one-line error naming the offending item, when it lacks ``image``, ``pairs`` or ``ordinal``,
             its image does not match the first one's shape and dtype, or its pairs are not ``[N,4]`` with an
-            ``[N]`` ordinal.
+            ``[N]`` ordinal, or its ``depth``/``valid_mask`` is not ``[1,H,W]`` of its image.
     """
     _check_items(batch)
     pairs = [item["pairs"].to(torch.int64) for item in batch]
@@ -87,9 +92,31 @@ def collate_pairs(batch: Sequence[Mapping[str, Any]], *, pad: bool = True) -> di
     out["meta"] = [dict(item.get("meta") or {}) for item in batch]
     if any(item.get("boundary") is not None for item in batch):
         out["boundary"] = [item.get("boundary") for item in batch]
+    if any(item.get(name) is not None for item in batch for name in _DENSE):
+        out["depth"], out["valid_mask"] = _stack_dense(batch)
+    for name, dtype in (("loss_weight", torch.float32), ("source_index", torch.int64)):
+        if any(name in item for item in batch):
+            out[name] = torch.tensor([float(item.get(name, 1.0 if name == "loss_weight" else -1)) for item in batch],
+                                     dtype=dtype)
     for key in dict.fromkeys(k for item in batch for k in item if k not in _KNOWN):
         out[key] = [item.get(key) for item in batch]
     return out
+
+
+def _stack_dense(batch: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``depth [B,1,H,W]`` and ``valid_mask [B,1,H,W]``; items lacking one get zeros / an all-False mask."""
+    size = (1, *batch[0]["image"].shape[-2:])
+    depths, masks = [], []
+    for index, item in enumerate(batch):
+        depth, valid = item.get("depth"), item.get("valid_mask")
+        for name, value in (("depth", depth), ("valid_mask", valid)):
+            if value is not None and tuple(value.shape) != size:
+                raise InputError(_name(item, index), f"{name} is {tuple(value.shape)} but the image needs {size}")
+        if valid is None:
+            valid = torch.full(size, depth is not None, dtype=torch.bool)
+        depths.append(depth.to(torch.float32) if depth is not None else torch.zeros(size))
+        masks.append(valid.to(torch.bool) & (depth is not None))
+    return default_collate(depths), default_collate(masks)
 
 
 def to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = True) -> Any:

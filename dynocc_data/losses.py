@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["NYU_THRESHOLDS", "YOUTUBE3D_THRESHOLDS", "RankingLoss", "SweepRow", "WHDRResult", "WHDRSweep",
-           "ranking_loss", "whdr"]
+           "ranking_loss", "scale_and_shift", "ssi_loss", "whdr"]
 
 PairsLike = torch.Tensor | Sequence[torch.Tensor]
 Reduction = Literal["mean", "sum", "none"]
@@ -504,3 +504,93 @@ class WHDRSweep:
             return row.whdr_unequal if math.isnan(row.whdr_equal) else max(row.whdr_equal, row.whdr_unequal)
 
         return min(rows, key=worse)  # min() keeps the first of equal keys, as the references' strict compare
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense: scale-and-shift-invariant loss (MiDaS)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dense_batch(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``[B,H,W]`` from ``[B,H,W]`` or ``[B,1,H,W]``."""
+    if x.ndim == 4 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be [B,H,W] or [B,1,H,W], got {tuple(x.shape)}")
+    return x
+
+
+def scale_and_shift(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Per-image least-squares ``(s, t)`` minimising ``sum_mask (s * prediction + t - target)^2`` (MiDaS).
+
+    Args:
+        prediction: ``[B,H,W]`` float.
+        target: ``[B,H,W]`` float.
+        mask: ``[B,H,W]`` bool or float.
+
+    Returns:
+        ``scale`` and ``shift``, ``[B]`` each; ``(0, 0)`` for an image whose system is singular (fewer than two
+        distinct masked predictions).
+    """
+    m = mask.to(prediction.dtype)
+    a_00, a_01, a_11 = (m * prediction * prediction).sum((1, 2)), (m * prediction).sum((1, 2)), m.sum((1, 2))
+    b_0, b_1 = (m * prediction * target).sum((1, 2)), (m * target).sum((1, 2))
+    det = a_00 * a_11 - a_01 * a_01
+    ok = det.abs() > 1e-12 * (a_00 * a_11).abs().clamp(min=1e-30)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    scale = torch.where(ok, (a_11 * b_0 - a_01 * b_1) / safe, torch.zeros_like(det))
+    shift = torch.where(ok, (-a_01 * b_0 + a_00 * b_1) / safe, torch.zeros_like(det))
+    return scale, shift
+
+
+def ssi_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
+             scales: int = 4, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale-and-shift-invariant loss with the multi-scale gradient-matching term (Ranftl et al., MiDaS, TPAMI 2020).
+
+    Each image's prediction is aligned to its target by the least-squares scale and shift over its mask
+    (:func:`scale_and_shift`), then ``loss = sum_i w_i sum_mask r_i^2 / (2 sum_i M_i) + alpha * sum_k G_k`` with
+    ``r = s p + t - target`` and, at scales ``k = 0 .. scales-1`` (every ``2^k``-th pixel), ``G_k = sum_i w_i
+    sum (|dx r| + |dy r|) / sum_i M_i`` over neighbours both inside the mask: the reductions of MiDaS's
+    ``ScaleAndShiftInvariantLoss`` (its "batch-based" mean). Prediction and target must be in one space (e.g.
+    both disparity, or both log depth): the loss makes no choice of kind.
+
+    Args:
+        prediction: ``[B,H,W]`` or ``[B,1,H,W]`` float.
+        target: same shape (values outside the mask are never read).
+        mask: same shape, bool: pixels with a target (``valid_mask``).
+        alpha: weight of the gradient-matching term (0: the data term alone).
+        scales: number of scales of the gradient term.
+        weights: optional ``[B]`` per-image weights (e.g. ``batch["loss_weight"]``).
+
+    Returns:
+        The scalar loss (a differentiable 0 when no pixel is masked in).
+
+    Raises:
+        ValueError: shapes that do not match, ``alpha < 0`` or ``scales < 1``.
+    """
+    prediction, target = _dense_batch(prediction, "prediction"), _dense_batch(target, "target")
+    mask = _dense_batch(mask, "mask").to(torch.bool)
+    if target.shape != prediction.shape or mask.shape != prediction.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)}, target {tuple(target.shape)} and mask "
+                         f"{tuple(mask.shape)} must have one shape")
+    if alpha < 0 or scales < 1:
+        raise ValueError(f"alpha must be >= 0 and scales >= 1, got {alpha}, {scales}")
+    target = torch.where(mask, target, torch.zeros_like(target)).to(prediction.dtype)  # NaN outside never leaks
+    m = mask.to(prediction.dtype)
+    w = torch.ones(prediction.shape[0], dtype=prediction.dtype, device=prediction.device) if weights is None \
+        else weights.to(prediction.dtype).reshape(-1)
+    scale, shift = scale_and_shift(prediction, target, mask)
+    residual = (scale[:, None, None] * prediction + shift[:, None, None] - target) * m
+    count = m.sum()
+    divisor = count.clamp(min=1)
+    total = (w * (residual * residual).sum((1, 2))).sum() / (2 * divisor)
+    if alpha > 0:
+        for k in range(scales):
+            step = 2**k
+            r, mk = residual[:, ::step, ::step], m[:, ::step, ::step]
+            grad_x = (r[:, :, 1:] - r[:, :, :-1]).abs() * mk[:, :, 1:] * mk[:, :, :-1]
+            grad_y = (r[:, 1:, :] - r[:, :-1, :]).abs() * mk[:, 1:, :] * mk[:, :-1, :]
+            per_image = grad_x.sum((1, 2)) + grad_y.sum((1, 2))
+            total = total + alpha * (w * per_image).sum() / mk.sum().clamp(min=1)
+    return total

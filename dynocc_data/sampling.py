@@ -48,6 +48,8 @@ from typing import Any, ClassVar, Protocol, Union, runtime_checkable
 import numpy as np
 import torch
 
+from .format.dense import farther_sign
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "BandSampler",
     "BoundaryConfig",
     "BoundarySampler",
+    "DensePairSampler",
     "MultiscaleConfig",
     "MultiscaleSampler",
     "PairSampler",
@@ -66,6 +69,7 @@ __all__ = [
     "available_strategies",
     "create_sampler",
     "register_strategy",
+    "sample_dense_pairs",
     "sample_generator",
 ]
 
@@ -884,3 +888,83 @@ def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
     return generator
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ordinal pairs from a dense depth map
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sample_dense_pairs(depth: torch.Tensor, valid: torch.Tensor | None, generator: torch.Generator, *,
+                       num_pairs: int = 3000, ratio: float = 1.02, depth_kind: str = "depth") -> PairsAndOrdinal:
+    """Random point pairs of a dense map with their depth order, as YouTube3D's ReDWeb loader draws them.
+
+    Both ends are drawn uniformly among the valid pixels with non-negative values (with replacement; a pair of one
+    pixel twice is dropped). The order compares the two values by ratio: ``v_A > ratio * v_B`` is one side,
+    ``v_B > ratio * v_A`` the other, anything between a tie (``0``); for disparity kinds (larger = closer) the sign
+    is turned so that ``+1`` still means A is farther (docs/FORMAT.md).
+
+    Args:
+        depth: ``[H,W]`` or ``[1,H,W]`` values of ``depth_kind``.
+        valid: ``bool`` of the same shape (``None``: every finite value is valid).
+        generator: the random source (e.g. :func:`sample_generator` for draws reproducible per key and epoch).
+        num_pairs: pairs drawn (before dropping one-pixel pairs).
+        ratio: the tie threshold, ``> 1`` (YouTube3D uses 1.02).
+        depth_kind: one of ``dynocc_data.format.dense.DEPTH_KINDS``.
+
+    Returns:
+        ``pairs`` ``int64 [N,4]`` ``(yA, xA, yB, xB)`` and ``ordinal`` ``int64 [N]``.
+
+    Raises:
+        ValueError: bad ``num_pairs``, ``ratio``, ``depth_kind`` or shapes.
+    """
+    sign = farther_sign(depth_kind)
+    _require(num_pairs >= 0, f"num_pairs must be >= 0, got {num_pairs}")
+    _require(ratio > 1.0, f"ratio must be > 1, got {ratio}")
+    values = depth.reshape(depth.shape[-2:])
+    width = values.shape[-1]
+    usable = torch.isfinite(values) & (values >= 0)
+    if valid is not None:
+        _require(tuple(valid.shape[-2:]) == tuple(values.shape), "valid must have the shape of depth")
+        usable &= valid.reshape(values.shape).to(torch.bool)
+    where = usable.reshape(-1).nonzero().squeeze(1)
+    if len(where) < 2 or num_pairs == 0:
+        return torch.zeros((0, 4), dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    ends = where[torch.randint(len(where), (2, num_pairs), generator=generator)]
+    ends = ends[:, ends[0] != ends[1]]
+    flat = values.reshape(-1).to(torch.float64)
+    a, b = flat[ends[0]], flat[ends[1]]
+    ordinal = ((a > ratio * b).to(torch.int64) - (b > ratio * a).to(torch.int64)) * sign
+    pairs = torch.stack([ends[0] // width, ends[0] % width, ends[1] // width, ends[1] % width], 1)
+    return pairs, ordinal
+
+
+@dataclass(frozen=True)
+class DensePairSampler:
+    """The ``"dense"`` strategy: :func:`sample_dense_pairs` on an item's ``depth`` / ``valid_mask``.
+
+    Args:
+        num_pairs: pairs per image (YouTube3D's ReDWeb loader: 3000).
+        ratio: depth-ratio tie threshold (YouTube3D: 1.02).
+    """
+
+    num_pairs: int = 3000
+    ratio: float = 1.02
+
+    def __post_init__(self) -> None:
+        """Reject impossible values with one line."""
+        _require(self.num_pairs >= 0, f"num_pairs must be >= 0, got {self.num_pairs}")
+        _require(self.ratio > 1.0, f"ratio must be > 1, got {self.ratio}")
+
+    def __call__(self, item: Mapping[str, Any], generator: torch.Generator) -> PairsAndOrdinal:
+        """Draw the pairs of one item.
+
+        Args:
+            item: an item with ``depth``, ``valid_mask`` and ``meta["depth_kind"]``.
+            generator: the random source.
+
+        Returns:
+            ``pairs`` ``int64 [N,4]`` and ``ordinal`` ``int64 [N]``.
+        """
+        return sample_dense_pairs(item["depth"], item.get("valid_mask"), generator, num_pairs=self.num_pairs,
+                                  ratio=self.ratio, depth_kind=item["meta"]["depth_kind"])

@@ -12,6 +12,13 @@ indices:
   perpendicular of the transformed tangent, oriented to the transformed front side, so it stays a unit normal
   from the back to the front side under any affine map, flips and anisotropic resizes included; ``jump`` is
   scaled by the local linear scale ``sqrt(|det J|)`` (exact for similarity transforms);
+* the optional dense fields ``depth`` ``float [1,H,W]`` and ``valid_mask`` ``bool [1,H,W]`` go through the same
+  call as one ``tv_tensors.Mask`` (so the same parameters move them with the image) and are resampled by
+  **nearest neighbour** (``nearest-exact`` for resizes, v2's nearest grid sampling for rotations and affine
+  maps): a bilinear depth would blend the two sides of every occlusion edge into depths that lie on neither
+  surface ("flying pixels", exactly where DynOcc's pairs are) and blend invalid pixels into valid ones; MiDaS
+  resizes its targets with nearest neighbour for the same reason.  Pixels that come from outside the input
+  (pads, rotated-in corners, any ``fill``) become invalid (``valid_mask`` False, ``depth`` 0);
 * ``meta`` and any other field pass through unchanged.
 
 Coordinates: the points travel through v2 as continuous coordinates with ``(0, 0)`` the top-left *corner* of the
@@ -131,6 +138,67 @@ def _elastic_corner(points: _CornerKeyPoints, displacement: torch.Tensor, **kwar
     out = F.elastic_keypoints(points.as_subclass(torch.Tensor), canvas_size=points.canvas_size,
                               displacement=displacement)
     return tv_tensors.wrap(out + 0.5, like=points)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dense targets
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _DenseTargets(tv_tensors.Mask):
+    """``depth``, ``valid_mask`` and two coverage channels (all 1 and all 2) stacked as one ``float32 [4,H,W]`` mask.
+
+    Every v2 mask kernel moves them by nearest neighbour, and a pixel whose coverage channels are not ``(1, 2)``
+    afterwards came from a fill (one fill value cannot be both), whatever ``fill`` was.
+    """
+
+
+_COVERAGE = (1.0, 2.0)
+
+
+@F.register_kernel(F.resize, _DenseTargets)
+def _resize_dense(mask: _DenseTargets, size: Any, max_size: int | None = None, **kwargs: Any) -> _DenseTargets:
+    """Resize by ``nearest-exact`` (v2's mask kernel falls back to legacy ``nearest``, half a pixel off)."""
+    out = F.resize_mask(mask.as_subclass(torch.Tensor), size, interpolation=v2.InterpolationMode.NEAREST_EXACT,
+                        max_size=max_size)
+    return tv_tensors.wrap(out, like=mask)
+
+
+@F.register_kernel(F.resized_crop, _DenseTargets)
+def _resized_crop_dense(mask: _DenseTargets, top: int, left: int, height: int, width: int, size: Any,
+                        **kwargs: Any) -> _DenseTargets:
+    """Crop, then resize by ``nearest-exact`` (see :func:`_resize_dense`)."""
+    out = F.crop_mask(mask.as_subclass(torch.Tensor), top, left, height, width)
+    out = F.resize_mask(out, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+    return tv_tensors.wrap(out, like=mask)
+
+
+def _dense_in(item: Mapping[str, Any], size: tuple[int, int]) -> _DenseTargets | None:
+    """The item's ``depth`` / ``valid_mask`` (either may be absent) packed for the transform, or ``None``."""
+    depth, valid = item.get("depth"), item.get("valid_mask")
+    if depth is None and valid is None:
+        return None
+    for name, value in (("depth", depth), ("valid_mask", valid)):
+        if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != (1, *size)):
+            raise InputError(_where(item), f"{name} must be a tensor [1,{size[0]},{size[1]}] (the image size), got "
+                                           f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)}")
+    if valid is not None and valid.dtype != torch.bool:
+        raise InputError(_where(item), f"valid_mask must be bool, got {valid.dtype}")
+    ones = torch.ones((1, *size), dtype=torch.float32, device=(depth if depth is not None else valid).device)
+    stack = [depth.to(torch.float32) if depth is not None else torch.zeros_like(ones),
+             valid.to(torch.float32) if valid is not None else ones, ones * _COVERAGE[0], ones * _COVERAGE[1]]
+    return _DenseTargets(torch.cat(stack))
+
+
+def _dense_back(out: dict[str, Any], dense: torch.Tensor, item: Mapping[str, Any]) -> None:
+    """Unpack transformed dense targets into ``out``: fill pixels invalid, depth 0 where invalid."""
+    dense = dense.as_subclass(torch.Tensor)
+    covered = (dense[2:3] == _COVERAGE[0]) & (dense[3:4] == _COVERAGE[1])
+    valid = covered & (dense[1:2] == 1.0)
+    if "valid_mask" in item or "depth" in item:
+        out["valid_mask"] = valid
+    if "depth" in item:
+        out["depth"] = torch.where(valid, dense[0:1], torch.zeros((), dtype=dense.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -292,19 +360,24 @@ def _lean_steps(transform: Callable[..., Any]) -> tuple[v2.Transform, ...] | Non
     return (transform,)
 
 
-def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: tv_tensors.KeyPoints):
+def _run_lean(steps: Sequence[v2.Transform], image: torch.Tensor, points: tv_tensors.KeyPoints,
+              dense: _DenseTargets | None = None):
     """What ``v2.Compose(steps)(tv_tensors.Image(image), points)`` does, without its per-call machinery.
 
     Each step draws its parameters exactly as its ``forward`` would (``torch.rand(1) >= p`` first for random-apply
     transforms, then ``make_params``), so results and the global random stream are identical; the image stays a
-    plain tensor (v2 treats the first plain tensor as the image) and keeps its memory layout.
+    plain tensor (v2 treats the first plain tensor as the image) and keeps its memory layout.  ``dense`` (the
+    packed dense targets) goes through each step with the same parameters (v2's mask kernels; colour and dtype
+    steps pass masks through).
     """
     for step in steps:
         if isinstance(step, _RANDOM_APPLY) and torch.rand(1) >= step.p:
             continue
         params = step.make_params([image])  # the points share the image's canvas; no stock part looks at them
         image, points = step.transform(image, params), step.transform(points, params)
-    return image, points
+        if dense is not None:
+            dense = step.transform(dense, params)
+    return image, points, dense
 
 
 class PairTransform:
@@ -370,11 +443,14 @@ class PairTransform:
         if boundary is not None:
             coords = torch.cat([coords, _boundary_points(boundary, self._shift)])
         points = self._points_type._wrap(coords, canvas_size=tuple(image.shape[-2:]), check_dims=False)
+        dense = _dense_in(item, tuple(image.shape[-2:]))
 
         if self._steps is not None:
-            out_image, out_points = _run_lean(self._steps, image, points)
-        else:
+            out_image, out_points, out_dense = _run_lean(self._steps, image, points, dense)
+        elif dense is None:
             out_image, out_points = self.transform(tv_tensors.Image(image), points)
+        else:
+            out_image, out_points, out_dense = self.transform(tv_tensors.Image(image), points, dense)
 
         canvas = tuple(out_image.shape[-2:])
         if not isinstance(out_points, tv_tensors.KeyPoints) or tuple(out_points.canvas_size) != canvas:
@@ -387,6 +463,11 @@ class PairTransform:
         out["pairs"], out["ordinal"] = _pairs_back(out_points[:num_pair_points], ordinal, canvas, self._shift)
         if boundary is not None:
             out["boundary"] = _boundary_back(out_points[num_pair_points:], boundary, canvas, self._shift)
+        if dense is not None:
+            if tuple(out_dense.shape[-2:]) != canvas:
+                raise InputError(_where(item), f"{self.transform!r} changed the image to {canvas[0]}x{canvas[1]} "
+                                               "but not the dense targets: it cannot be used with depth")
+            _dense_back(out, out_dense, item)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %d of %d pairs kept", _where(item), out["pairs"].shape[0], pairs.shape[0])
         return out

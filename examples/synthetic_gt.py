@@ -7,6 +7,8 @@
   apart on different layers, i.e. straddling a ground-truth depth edge). Pairs whose depths differ by less than
   ``min_ratio`` (2 % by default) are ties and left out; A is the farther point in exactly half of the pairs
   (chosen at random), so a constant prediction scores 50 %.
+* :func:`write_dense_set`: frames of scenes with their ground-truth depth as a dense-depth source (JPEG + 16-bit
+  PNG in millimetres, listed in a CSV), read with ``dynocc_data.DenseDepthDataset``.
 * :func:`write_gt_pair_set`: frames of other scenes plus their ground-truth pairs written in the YouTube3D
   release format (CSV + JPEGs + Python-2 ``5 x N`` pickles, built with :mod:`dynocc_data.tools.fake_releases`), read back
   with ``dynocc_data.YouTube3DDataset``. Used as the held-out validation set (scenes the shards never saw) and
@@ -29,12 +31,14 @@ from dynocc_data.generation import GenerateConfig, GenerateSummary, generate
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene
 
 from dynocc_data.tools.fake_releases import (
+    DenseSample,
     YouTube3DSample,
     py2_ndarray_pickle,
+    write_dense_release,
     write_youtube3d_release,
 )
 
-__all__ = ["GTPairConfig", "SceneSet", "gt_pairs", "make_training_shards", "write_gt_pair_set"]
+__all__ = ["GTPairConfig", "SceneSet", "gt_pairs", "make_training_shards", "write_dense_set", "write_gt_pair_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,3 +161,27 @@ def make_training_shards(root: str | Path, scenes: SceneSet, config: GenerateCon
     summary = generate([str(videos)], root / "shards", config or GenerateConfig(), shard_size=shard_size,
                        progress=progress)
     return root / "shards", summary
+
+
+def write_dense_set(root: str | Path, scenes: SceneSet, frames: tuple[int, ...] = (3, 9, 15, 21),
+                    csv_name: str = "dense.csv") -> Path:
+    """Render ``scenes`` and write the chosen frames with their **ground-truth depth** as a dense-depth source.
+
+    The layout a user has for such data (read by ``dynocc_data.DenseDepthDataset`` with ``depth_scale=0.001``):
+    ``<scene>/<frame>.jpg`` and ``<scene>/<frame>_depth.png`` (16-bit PNG, millimetres, 0 = none) listed in
+    ``csv_name`` (``image,depth`` header). Returns the CSV path.
+    """
+    root = Path(root)
+    samples = []
+    for i in range(scenes.count):
+        seed = scenes.seed + i
+        scene = make_scene(scenes.config, seed)
+        for t in frames:
+            t = min(t, scene.num_frames - 1)
+            image = torch.from_numpy(np.ascontiguousarray(scene.frames[t])).permute(2, 0, 1).contiguous()
+            millimetres = np.clip(np.rint(scene.depth[t].astype(np.float64) * 1000), 1, 65535).astype(np.uint16)
+            name = f"scene_{seed:06d}/{t:04d}"
+            samples.append(DenseSample(f"{name}.jpg", f"{name}_depth.png", image, millimetres))
+    csv_path = write_dense_release(root, samples, csv_name=csv_name)
+    logger.info("%s: %d images with ground-truth depth", csv_path, len(samples))
+    return csv_path

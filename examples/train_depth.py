@@ -9,6 +9,10 @@
     python examples/train_depth.py --shards shards/ --youtube3d YT_train.csv --mix-weight 0.3 --val-diw DIW_val.csv ...
     python examples/train_depth.py --out runs/r18 --resume          # go on from runs/r18/last.pt
     python examples/train_depth.py --quick --out runs/quick         # CPU, minutes: makes its own synthetic data
+    # DynOcc + a dense-depth source (CSV of image,depth files, a ReDWeb folder, or converted shards), one loop:
+    # half the batches from each (per-batch mixing), ranking loss on DynOcc's pairs, ssi_loss on the dense depth
+    python examples/train_depth.py --shards shards/ --dense ReDWeb_V1/ --dense-weight 0.5 ...
+    python examples/train_depth.py --quick --dense synthetic --dense-weight 0.5 --out runs/mixed
 
 **Model and output convention** (``examples/models.py``): an encoder-decoder on a torchvision backbone (random
 init; ImageNet weights only with ``--pretrained`` when already cached) that predicts **log depth**
@@ -19,6 +23,15 @@ init; ImageNet weights only with ``--pretrained`` when already cached) that pred
 crop, horizontal flip, colour jitter: never a vertical flip, which would turn the ground upside down), batched by
 ``create_loader`` with ``collate_pairs``; ``--youtube3d CSV`` / ``--diw CSV`` are mixed in through
 ``dynocc_data.datasets.mix.mix`` with weights ``1 - W`` for DynOcc and ``W`` for the others (split equally).
+
+**Dense sources** (``--dense SOURCE``): a ``DenseDepthDataset`` (or converted shards) with the same transform
+(the depth is cropped and flipped with the image), mixed in by ``mix(..., per_batch=True)``: every batch comes
+from one source, ``--dense-weight`` of them from the dense one (0: DynOcc alone, 1: dense alone). A dense batch
+is scored by ``dynocc_data.losses.ssi_loss`` (MiDaS, gradient term included) between the prediction and the
+target in one space: log depth for ``depth``/``depth_scale`` targets (scale and shift of log depth), ``exp(-pred)``
+against disparity kinds, ``exp(pred)`` against ``depth_affine``; times the source's loss weight
+(``--dense-loss-weight``, carried in ``batch["loss_weight"]``). ``--quick --dense synthetic`` renders the
+training scenes' frames with their ground-truth depth (16-bit PNG in mm, listed in a CSV) as the dense source.
 
 **Validation**: every ``--val-every`` steps, WHDR (``dynocc_data.losses.whdr``, difference rule, threshold 0) of
 the prediction resized to each image's size, on ``--val CSV`` (ground-truth pairs in the YouTube3D release format,
@@ -60,13 +73,14 @@ from models import ARCHS, ModelConfig, build_model  # noqa: E402
 
 from dynocc_data.collate import to_device  # noqa: E402
 from dynocc_data.datasets import (  # noqa: E402
+    DenseDepthDataset,
     DIWDataset,
     DynOccDataset,
     YouTube3DDataset,
     create_loader,
     mix,
 )
-from dynocc_data.losses import ranking_loss, whdr  # noqa: E402
+from dynocc_data.losses import ranking_loss, ssi_loss, whdr  # noqa: E402
 from dynocc_data.transforms import create_transform  # noqa: E402
 
 __all__ = ["TrainConfig", "TrainResult", "ValSet", "evaluate", "load_val_sets", "main", "train"]
@@ -88,6 +102,10 @@ class TrainConfig:
     youtube3d: str | None = None
     diw: str | None = None
     mix_weight: float = 0.3  #: share of items drawn from --youtube3d/--diw (when given)
+    dense: str | None = None  #: dense-depth source: a CSV, a ReDWeb folder or converted shards
+    dense_weight: float = 0.5  #: share of batches drawn from --dense (1: dense alone)
+    dense_loss_weight: float = 1.0  #: loss weight of the dense batches
+    dense_options: dict[str, Any] = field(default_factory=dict)  #: DenseDepthDataset options (depth_scale, ...)
     val: list[str] = field(default_factory=list)  #: ground-truth pair sets, YouTube3D CSV format
     val_diw: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,6 +138,9 @@ class TrainConfig:
             self.eval_size = tuple(int(s) for s in self.eval_size)  # type: ignore[assignment]
         if len(self.size) != 2 or min(self.size) < 32:
             raise ValueError(f"size must be (h, w) with both >= 32, got {self.size}")
+        if not 0.0 <= self.dense_weight <= 1.0 or self.dense_loss_weight < 0:
+            raise ValueError(f"dense_weight must be in [0, 1] and dense_loss_weight >= 0, got {self.dense_weight}, "
+                             f"{self.dense_loss_weight}")
         if not 0.0 <= self.mix_weight < 1.0:
             raise ValueError(f"mix_weight must be in [0, 1), got {self.mix_weight}")
         if self.amp not in ("auto", "off", "fp16", "bf16"):
@@ -262,8 +283,17 @@ def evaluate(model: nn.Module | Any, val: ValSet, size: tuple[int, int] | None, 
 # ----------------------------------------------------------------------------------------------- data
 
 
+def build_dense(cfg: TrainConfig, transform: Any) -> Any:
+    """The ``--dense`` source: converted shards (a folder with ``index.json``) or a ``DenseDepthDataset``."""
+    if (Path(cfg.dense) / "index.json").is_file():
+        return DynOccDataset(cfg.dense, transform=transform, shuffle=cfg.shuffle, seed=cfg.seed, keep_boundary=False)
+    options = {"num_pairs": 0, **cfg.dense_options}  # dense batches are scored by ssi_loss on the depth
+    return DenseDepthDataset(cfg.dense, transform=transform, seed=cfg.seed, **options)
+
+
 def build_train_data(cfg: TrainConfig) -> tuple[Any, DynOccDataset]:
-    """The training dataset (DynOcc, mixed with YouTube3D / DIW when given) and its DynOcc part."""
+    """The training dataset (DynOcc, mixed with YouTube3D / DIW and, per batch, a dense source when given) and its
+    DynOcc part."""
     transform = create_transform(train=True, size=cfg.size, scale=cfg.crop_scale)
     dynocc = DynOccDataset(cfg.shards, strategy=cfg.strategy, sampler_options=cfg.sampler_options or None,
                            transform=transform, shuffle=cfg.shuffle, seed=cfg.seed, keep_boundary=False)
@@ -272,6 +302,16 @@ def build_train_data(cfg: TrainConfig) -> tuple[Any, DynOccDataset]:
         others.append(YouTube3DDataset(cfg.youtube3d, transform=transform))
     if cfg.diw:
         others.append(DIWDataset(cfg.diw, transform=transform))
+    if cfg.dense and cfg.dense_weight > 0:
+        dynocc.set_num_workers(cfg.workers)
+        sparse = 1.0 - cfg.dense_weight
+        share = cfg.mix_weight if others else 0.0
+        weights = [sparse * (1 - share)] + [sparse * share / max(1, len(others))] * len(others) + [cfg.dense_weight]
+        sources = [dynocc, *others, build_dense(cfg, transform)]
+        length = max(len(dynocc), cfg.batch_size)
+        return mix(sources, weights, stop="never", seed=cfg.seed, epoch_length=length, per_batch=True,
+                   batch_size=cfg.batch_size, loss_weights=[1.0] * (len(sources) - 1) + [cfg.dense_loss_weight]), \
+            dynocc
     if not others or cfg.mix_weight == 0.0:
         return dynocc, dynocc
     dynocc.set_num_workers(cfg.workers)
@@ -279,6 +319,30 @@ def build_train_data(cfg: TrainConfig) -> tuple[Any, DynOccDataset]:
     # An epoch is as many items as DynOcc alone would give; the smaller sources start again when they run out.
     length = max(len(dynocc), cfg.batch_size)
     return mix([dynocc, *others], weights, stop="never", seed=cfg.seed, epoch_length=length), dynocc
+
+
+def dense_loss(pred: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """``ssi_loss`` of a log-depth prediction against the batch's dense targets, in the targets' space."""
+    kinds = {m.get("depth_kind") for m in batch["meta"]} - {None}
+    if len(kinds) != 1:
+        raise ValueError(f"a dense batch needs one depth_kind, got {sorted(kinds)}")
+    kind, depth, valid = kinds.pop(), batch["depth"], batch["valid_mask"]
+    if kind in ("depth", "depth_scale"):  # log depth up to a shift (scale of depth): fit in log space
+        valid = valid & (depth > 0)
+        return ssi_loss(pred, torch.log(depth.clamp(min=1e-6)), valid)
+    if kind == "depth_affine":
+        return ssi_loss(torch.exp(pred), depth, valid)
+    return ssi_loss(torch.exp(-pred), depth, valid)  # disparity kinds: inverse depth up to scale (and shift)
+
+
+def batch_loss(pred: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Ranking loss on the batch's pairs, plus ``ssi_loss`` where it has dense targets, times its loss weight."""
+    loss = ranking_loss(pred, batch["pairs"], batch["ordinal"], batch["pair_mask"])
+    if "valid_mask" in batch and bool(batch["valid_mask"].any()):
+        loss = loss + dense_loss(pred, batch)
+    if "loss_weight" in batch:  # per-batch mixing: one source, one weight
+        loss = loss * batch["loss_weight"].to(loss.dtype).mean()
+    return loss
 
 
 def batches(loader: torch.utils.data.DataLoader, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -429,6 +493,9 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
     logger.info("model %s (%.2fM parameters) on %s, amp %s; %d DynOcc samples, strategy %s",
                 cfg.model.arch, sum(p.numel() for p in model.parameters()) / 1e6, device,
                 dtype or "off", len(dynocc), cfg.strategy)
+    if cfg.dense:
+        logger.info("dense source %s: %.0f %% of the batches, loss weight %g", cfg.dense, 100 * cfg.dense_weight,
+                    cfg.dense_loss_weight)
     tb = _Logger(out)
     t0, seen_pairs, running = time.perf_counter(), 0, []
 
@@ -461,7 +528,7 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
             batch = to_device(batch, device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 pred = model(batch["image"])
-            loss = ranking_loss(pred.float(), batch["pairs"], batch["ordinal"], batch["pair_mask"])
+            loss = batch_loss(pred.float(), batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -492,13 +559,16 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
 
 
 def quick_data(root: Path, seed: int = 0, scenes: int = 40, val_scenes: int = 8, yt3d_scenes: int = 12,
-               scene_config: Any = None, shard_size: int = 8) -> dict[str, str]:
+               scene_config: Any = None, shard_size: int = 8, dense_frames: tuple[int, ...] = (3, 9, 15, 21)
+               ) -> dict[str, str]:
     """Make (or reuse) synthetic training shards, a YouTube3D-format training fixture and a validation set.
 
     Three disjoint blocks of scene seeds (``examples/synthetic_gt.py``): ``scenes`` clips -> DynOcc shards (by
     ``dynocc_data.generation``, default settings), ``yt3d_scenes`` scenes -> YouTube3D-format ground-truth pairs (a
     stand-in for the real release; none when 0), ``val_scenes`` scenes -> the held-out ground-truth pairs.
-    ``scene_config``: a ``SceneConfig`` (default 240x320, 24 frames). Returns the paths made.
+    ``scene_config``: a ``SceneConfig`` (default 240x320, 24 frames). Also the training scenes' ``dense_frames`` with
+    their ground-truth depth as a dense-depth source (``write_dense_set``: JPEG + 16-bit PNG in mm, a CSV), for
+    ``--dense synthetic``. Returns the paths made.
     """
     from synthetic_gt import (
         VAL_SEED_OFFSET,
@@ -506,6 +576,7 @@ def quick_data(root: Path, seed: int = 0, scenes: int = 40, val_scenes: int = 8,
         GTPairConfig,
         SceneSet,
         make_training_shards,
+        write_dense_set,
         write_gt_pair_set,
     )
 
@@ -518,6 +589,10 @@ def quick_data(root: Path, seed: int = 0, scenes: int = 40, val_scenes: int = 8,
         make_training_shards(root / "train", SceneSet(scenes, seed, scene_config), GenerateConfig(seed=seed),
                              shard_size=shard_size)
     paths = {"shards": str(shards), "videos": str(root / "train" / "videos")}
+    dense_csv = root / "dense" / "dense.csv"
+    if not dense_csv.is_file():
+        write_dense_set(root / "dense", SceneSet(scenes, seed, scene_config), frames=dense_frames)
+    paths["dense"] = str(dense_csv)
     sets = [("val", val_scenes, VAL_SEED_OFFSET, GTPairConfig())]
     if yt3d_scenes:
         sets.append(("youtube3d", yt3d_scenes, YT3D_SEED_OFFSET,
@@ -556,6 +631,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
     p.add_argument("--youtube3d", default=None, help="YouTube3D CSV to mix in")
     p.add_argument("--diw", default=None, help="DIW CSV to mix in")
     p.add_argument("--mix-weight", type=float, default=0.3, help="share of items from --youtube3d/--diw")
+    p.add_argument("--dense", default=None, help="dense-depth source to mix in per batch: a CSV of image,depth "
+                   "files, a ReDWeb folder, converted shards, or 'synthetic' (--quick: ground-truth depth)")
+    p.add_argument("--dense-weight", type=float, default=0.5, help="share of batches from --dense (1: dense alone)")
+    p.add_argument("--dense-loss-weight", type=float, default=1.0, help="loss weight of the dense batches")
+    p.add_argument("--dense-options", default="{}", help="JSON object of DenseDepthDataset options")
     p.add_argument("--val", nargs="*", default=[], help="validation CSV(s) of ground-truth pairs (YouTube3D format)")
     p.add_argument("--val-diw", nargs="*", default=[], help="DIW CSV(s) for validation")
     p.add_argument("--arch", default=None, choices=sorted(ARCHS))
@@ -588,8 +668,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         sampler_options = json.loads(args.sampler_options)
     except ValueError as err:
         p.error(f"--sampler-options is not JSON: {err}")
+    try:
+        dense_options = json.loads(args.dense_options)
+    except ValueError as err:
+        p.error(f"--dense-options is not JSON: {err}")
+    if args.dense == "synthetic" and not (args.quick or args.smoke):
+        p.error("--dense synthetic needs --quick (or --smoke), which makes the synthetic data")
     cfg = TrainConfig(out=args.out, shards=list(args.shards), strategy=args.strategy,
                       sampler_options=sampler_options, youtube3d=args.youtube3d, diw=args.diw,
+                      dense=args.dense, dense_weight=args.dense_weight, dense_loss_weight=args.dense_loss_weight,
+                      dense_options=dense_options,
                       mix_weight=args.mix_weight, val=list(args.val), val_diw=list(args.val_diw),
                       model=ModelConfig(arch=arch, width=args.width or width, pretrained=args.pretrained),
                       device=args.device, amp=args.amp, resume=args.resume, **values)
@@ -611,7 +699,11 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         else:
             data = quick_data(root, seed=cfg.seed)
         cfg.shards = [data["shards"]]
-        cfg.youtube3d = cfg.youtube3d or data["youtube3d"]
+        if cfg.dense == "synthetic":  # the training scenes' ground-truth depth; no YouTube3D fixture in the mix
+            cfg.dense = data["dense"]
+            cfg.dense_options = {"depth_scale": 0.001, **cfg.dense_options}
+        else:
+            cfg.youtube3d = cfg.youtube3d or data["youtube3d"]
         cfg.val = cfg.val or [data["val"]]
     if not cfg.shards:
         raise SystemExit("--shards is required (or --quick, which makes synthetic data)")

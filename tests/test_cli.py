@@ -104,3 +104,22 @@ def test_evaluate_writes_scores(tmp_path):
     assert doc["scene_config"]["cast_shadows"] is False and doc["pairs"] > 0
     res = cli("evaluate", "--scene-seed", "1,x", "--out", tmp_path / "bad")
     assert res.returncode == 2 and "--scene-seed" in res.stderr
+
+
+def test_evaluate_semireal_and_static_camera_modes(tmp_path, video):
+    res = cli("evaluate", "--background", video, "--scenes", "1", "--frames", "12", "--out", tmp_path / "semi",
+              "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "semi-real scenes: 1 over each of 1 clip(s)" in res.stdout and "correct (different surfaces" in res.stdout
+    doc = json.loads((tmp_path / "semi" / "eval.json").read_text())
+    assert doc["mode"] == "semi-real" and doc["scene_config"]["cast_shadows"] is True
+    assert doc["pairs"] == doc["scored"] + doc["counts"]["unscored"] and doc["frames_selected"] == 1
+    # a textured square sliding over a still background: the background model finds it, and the pairs on its
+    # leading and trailing edges have the square in front
+    res = cli("evaluate", "--static-camera", video, "--out", tmp_path / "static", "--no-progress", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["mode"] == "static-camera" and doc["pairs"] > 20 and doc["right"] > 0.6
+    assert doc["counts"]["right"] == max(doc["counts"].values())
+    res = cli("evaluate", "--static-camera", video, "--background", video, "--out", tmp_path / "x")
+    assert res.returncode == 2 and "not allowed with" in res.stderr

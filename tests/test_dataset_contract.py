@@ -14,13 +14,15 @@ import numpy as np
 from datasets_utils import DatasetContract
 from fixtures_shards import write_shards
 
-from dynocc_data import DIWDataset, DynOccDataset, YouTube3DDataset, as_iterable, mix
+from dynocc_data import DenseDepthDataset, DIWDataset, DynOccDataset, YouTube3DDataset, as_iterable, mix
 from dynocc_data.tools.convert import convert
 from dynocc_data.tools.fake_releases import (
+    DenseSample,
     DIWSample,
     YouTube3DSample,
     py2_ndarray_pickle,
     two_colour_image,
+    write_dense_release,
     write_diw_release,
     write_youtube3d_release,
 )
@@ -103,3 +105,43 @@ class TestMix(DatasetContract):
             youtube3d_release(root)
         return mix([DynOccDataset(shards), as_iterable(YouTube3DDataset(csv), shuffle=False)], [0.5, 0.5],
                    stop="all", seed=3)
+
+
+def dense_release(root: Path, redweb: bool = False) -> Path:
+    """Three dense-depth samples: JPEGs + 16-bit PNG depth in a CSV, or ReDWeb's Imgs/*.jpg + RDs/*.png (8-bit)."""
+    depth = (1000 + 50 * np.arange(24)[:, None] + 10 * np.arange(32)[None]).astype(np.uint8 if redweb else np.uint16)
+    folders = ("Imgs", "RDs") if redweb else ("images", "depth")
+    samples = [DenseSample(f"{folders[0]}/{i:04d}.jpg", f"{folders[1]}/{i:04d}.png", two_colour_image(24, 32), depth)
+               for i in range(3)]
+    return write_dense_release(root, samples, csv_name=None if redweb else "dense.csv")
+
+
+class TestDenseDepthDatasetCSV(DatasetContract):
+    source = "dense"
+
+    def make(self, root: Path, **kwargs: Any) -> Any:
+        csv = root / "dense.csv"
+        return DenseDepthDataset(csv if csv.exists() else dense_release(root), depth_scale=0.001, num_pairs=50,
+                                 **kwargs)
+
+
+class TestDenseDepthDatasetReDWeb(DatasetContract):
+    source = "redweb"
+
+    def make(self, root: Path, **kwargs: Any) -> Any:
+        folder = root / "ReDWeb_V1"
+        if not folder.exists():
+            dense_release(folder, redweb=True)
+        return DenseDepthDataset(folder, num_pairs=50, **kwargs)
+
+
+class TestConvertedDenseShards(DatasetContract):
+    """A dense-depth CSV written as shards (with the depth.npy member) by ``convert`` and read by DynOccDataset."""
+
+    source = "dense"
+
+    def make(self, root: Path, **kwargs: Any) -> Any:
+        out = root / "converted"
+        if not out.exists():
+            convert("dense", dense_release(root / "release"), out, shard_size=2, dense={"num_pairs": 50})
+        return DynOccDataset(out, **kwargs)

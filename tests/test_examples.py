@@ -18,6 +18,7 @@ import train_depth  # noqa: E402
 from models import ARCHS, ModelConfig, build_model  # noqa: E402
 from synthetic_gt import GTPairConfig, SceneSet, gt_pairs, write_gt_pair_set  # noqa: E402
 
+from dynocc_data import DenseDepthDataset, collate_pairs, create_transform  # noqa: E402
 from dynocc_data.datasets import YouTube3DDataset  # noqa: E402
 from dynocc_data.tools.synthetic import SceneConfig, moving_square_scene  # noqa: E402
 
@@ -187,3 +188,18 @@ def test_ablation_smoke_writes_table_csv_and_plot(tmp_path):
     png = (docs / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert not [p for p in docs.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_train_depth_smoke_with_a_dense_source(tmp_path):
+    """--smoke --dense synthetic: the ground-truth depth CSV is made, read, mixed per batch and trained on."""
+    out = tmp_path / "dense"
+    result = train_depth.main(["--smoke", "--out", str(out), "--dense", "synthetic", "--dense-weight", "0.5",
+                               "--steps", "6"])
+    assert result.step == 6 and (out / "data" / "dense" / "dense.csv").is_file()
+    dense = DenseDepthDataset(out / "data" / "dense" / "dense.csv", depth_scale=0.001, num_pairs=0,
+                              transform=create_transform(train=True, size=(48, 64)))
+    batch = collate_pairs([dense[0], dense[1]])
+    loss = train_depth.batch_loss(torch.zeros(2, 1, 48, 64, requires_grad=True), batch)
+    assert torch.isfinite(loss) and float(loss) > 0  # a constant prediction does not fit real depth
+    with pytest.raises(SystemExit):
+        train_depth.parse_args(["--out", str(out), "--dense", "synthetic"])  # needs --quick

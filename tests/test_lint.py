@@ -46,7 +46,7 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 CHECKED = [PACKAGE / name for name in (
     "__init__.py", "__main__.py", "_version.py", "errors.py", "datasets/__init__.py", "format/__init__.py",
     "generation/__init__.py", "tools/__init__.py",
-    "format/files.py", "format/index.py", "format/sample.py", "format/tar.py",
+    "format/files.py", "format/index.py", "format/sample.py", "format/tar.py", "format/dense.py", "datasets/dense.py",
     "generation/video.py", "generation/flow.py", "generation/writer.py", "generation/launch.py",
     "tools/viz.py", "tools/stats.py", "tools/demo.py", "tools/cli.py",
     "collate.py", "losses.py", "datasets/youtube3d.py", "datasets/diw.py", "datasets/_common.py",

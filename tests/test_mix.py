@@ -6,9 +6,11 @@ from collections import Counter
 from itertools import islice
 
 import pytest
+import torch
 from fixtures_shards import write_shards
 from torch.utils.data import DataLoader, Dataset
 
+from dynocc_data.collate import collate_pairs
 from dynocc_data.datasets.dynocc import DynOccDataset
 from dynocc_data.datasets.mix import MapAsIterable, as_iterable, mix
 
@@ -133,3 +135,61 @@ def test_set_epoch_reaches_every_source(tmp_path):
     items = list(mixed)
     assert sorted(i["meta"]["key"] for i in items if isinstance(i, dict)) == sorted(shards.keys)
     assert sorted(i for i in items if isinstance(i, tuple)) == [("n", i) for i in range(5)]
+
+
+class Items(Dataset):
+    """Map-style dataset of contract-like dict items named by source and index (tiny images)."""
+
+    def __init__(self, name: str, n: int) -> None:
+        self.name, self.n = name, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return {"image": torch.zeros(3, 2, 2, dtype=torch.uint8), "pairs": torch.zeros(0, 4, dtype=torch.int64),
+                "ordinal": torch.zeros(0, dtype=torch.int64), "meta": {"source": self.name, "key": f"{index}"}}
+
+
+def test_per_batch_mixing_over_two_workers_and_two_ranks(monkeypatch):
+    """Every batch from one source; batch shares follow the weights across 2 workers x 2 ranks; loss weights."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    batch_size, batches_per_rank = 8, 300
+    sources = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        mixed = mix([Items("a", 97), Items("b", 61)], [3, 1], stop="never", seed=11, per_batch=True,
+                    batch_size=batch_size, epoch_length=batch_size * batches_per_rank, loss_weights=[1.0, 0.25])
+        loader = DataLoader(mixed, batch_size=batch_size, num_workers=2, collate_fn=collate_pairs)
+        batches = list(loader)
+        assert len(batches) == batches_per_rank
+        for batch in batches:
+            names = {m["source"] for m in batch["meta"]}
+            assert len(names) == 1, names  # one source per batch
+            assert batch["source_index"].unique().tolist() == [0 if names == {"a"} else 1]
+            assert batch["loss_weight"].tolist() == [1.0 if names == {"a"} else 0.25] * batch_size
+        sources[rank] = [batch["meta"][0]["source"] for batch in batches]
+    everything = sources[0] + sources[1]
+    # 600 batches, weight 3:1: the share of "a" batches is 0.75 +- 0.018 (1 sd); 4 sd tolerance
+    assert abs(everything.count("a") / len(everything) - 0.75) <= 0.07
+    for rank in (0, 1):
+        assert abs(sources[rank].count("a") / len(sources[rank]) - 0.75) <= 0.1
+    assert sources[0] != sources[1]  # ranks draw their own sequences
+
+
+def test_per_batch_runs_in_process_and_end_of_sources():
+    mixed = mix([Items("a", 20), Items("b", 9)], [1, 1], stop="all", seed=1, per_batch=True, batch_size=4)
+    items = list(mixed)
+    runs = [items[i:i + 4] for i in range(0, len(items), 4)]
+    assert all(len({it["meta"]["source"] for it in run}) == 1 for run in runs)
+    # "b" gives two whole batches (its last item, a partial batch, is left out); "a" all five
+    assert sum(it["meta"]["source"] == "a" for it in items) == 20
+    assert sum(it["meta"]["source"] == "b" for it in items) == 8
+    with pytest.raises(ValueError, match="batch_size"):
+        mix([Items("a", 3)], per_batch=True)
+    with pytest.raises(ValueError, match="loss_weights"):
+        mix([Items("a", 3), Items("b", 3)], loss_weights=[1.0])
+    plain = list(mix([Numbers("a", 3)], per_batch=True, batch_size=3))
+    assert sorted(plain) == [("a", 0), ("a", 1), ("a", 2)]  # non-dict items pass untagged

@@ -73,6 +73,16 @@ class MapAsIterable(DistributedStream):
         self.split_by_node, self.equalize = bool(split_by_node), bool(equalize)
         self._init_stream(rank, world_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and in the wrapped dataset when it has ``set_epoch`` (e.g. new pair draws).
+
+        Args:
+            epoch: the epoch number (>= 0).
+        """
+        super().set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
     def indices(self, *, rank: int, world_size: int, worker: int = 0, num_workers: int = 1,
                 epoch: int | None = None) -> list[int]:
         """The indices one (rank, worker) reads in an epoch.
@@ -148,15 +158,23 @@ class MixedDataset(DistributedStream):
         epoch_length: items per rank per epoch (>= 0); ``None`` for no cap.
         rank: an explicit rank (default: detected).
         world_size: an explicit world size (default: detected).
+        per_batch: draw one source per batch of ``batch_size`` items (see :func:`mix`).
+        batch_size: the loader's batch size (required with ``per_batch``).
+        loss_weights: one loss weight per source, put on dict items as ``loss_weight`` (with ``source_index``).
 
     Raises:
-        ValueError: for no datasets, bad weights, an unknown ``stop`` or a negative ``epoch_length``.
+        ValueError: for no datasets, bad weights, an unknown ``stop``, a negative ``epoch_length``, ``per_batch``
+            without a ``batch_size`` or bad ``loss_weights``.
     """
 
     def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first",
                  seed: int = 0, epoch_length: int | None = None, rank: int | None = None,
-                 world_size: int | None = None) -> None:
-        """Check the weights and wrap map-style sources."""
+                 world_size: int | None = None, per_batch: bool = False, batch_size: int | None = None,
+                 loss_weights: Sequence[float] | None = None) -> None:
+        """Check the weights and wrap map-style sources.
+
+        ``per_batch``, ``batch_size`` and ``loss_weights`` are those of :func:`mix`.
+        """
         super().__init__()
         if not datasets:
             raise ValueError("mix needs at least one dataset")
@@ -169,6 +187,14 @@ class MixedDataset(DistributedStream):
             raise ValueError(f"stop must be 'first', 'all' or 'never', got {stop!r}")
         if epoch_length is not None and epoch_length < 0:
             raise ValueError(f"epoch_length must be >= 0, got {epoch_length}")
+        if per_batch and (batch_size is None or int(batch_size) < 1):
+            raise ValueError(f"mix(per_batch=True) needs the loader's batch_size >= 1, got {batch_size!r}")
+        if loss_weights is not None:
+            loss_weights = [float(w) for w in loss_weights]
+            if len(loss_weights) != len(datasets) or any(not math.isfinite(w) or w < 0 for w in loss_weights):
+                raise ValueError(f"loss_weights must be one finite value >= 0 per dataset, got {loss_weights}")
+        self.per_batch, self.batch_size = bool(per_batch), int(batch_size) if per_batch else None
+        self.loss_weights = loss_weights
         self.datasets = [_as_stream(d, seed) for d in datasets]
         self.weights, self.stop, self.seed, self.epoch_length = weights, stop, int(seed), epoch_length
         self._init_stream(rank, world_size)
@@ -208,13 +234,58 @@ class MixedDataset(DistributedStream):
         """Items per rank per epoch: ``epoch_length``, or with ``stop="all"`` the sum of the sources' lengths."""
         if self.epoch_length is not None:
             return self.epoch_length
-        if self.stop != "all":
+        if self.stop != "all" or self.per_batch:  # per batch: the partial batches left out depend on the workers
             raise TypeError(f"the length of a mix with stop={self.stop!r} and no epoch_length is not fixed")
         return sum(len(d) for d, w in zip(self.datasets, self.weights) if w > 0)
 
+    def _tag(self, item: Any, source: int) -> Any:
+        """A dict item with ``source_index`` and ``loss_weight`` added when per-batch or loss weights are on."""
+        if not (self.per_batch or self.loss_weights is not None) or not isinstance(item, dict):
+            return item
+        weight = self.loss_weights[source] if self.loss_weights is not None else 1.0
+        return {**item, "source_index": source, "loss_weight": weight}
+
+    def _iter_per_batch(self, world: Any) -> Iterator[Any]:
+        """Runs of ``batch_size`` items, each run from one source drawn by weight (see :func:`mix`)."""
+        size = self.batch_size
+        rng = random.Random(mix_seed(self.seed, self.epoch, world.rank, world.worker, 0x8A7C))
+        limit = None if self.epoch_length is None else share_of(self.epoch_length // size, world.worker,
+                                                                  world.num_workers)
+        iterators = [iter(d) for d in self.datasets]
+        active = [i for i, w in enumerate(self.weights) if w > 0]
+        runs = 0
+        while active and (limit is None or runs < limit):
+            i = rng.choices(active, weights=[self.weights[j] for j in active])[0]
+            run, restarted = [], False
+            while len(run) < size:
+                item = next(iterators[i], _EMPTY)
+                if item is not _EMPTY:
+                    run.append(item)
+                    restarted = False
+                    continue
+                if self.stop != "never":
+                    break
+                if restarted:
+                    raise ValueError(f"mix: source {i} ({self.datasets[i]!r}) yields nothing, cannot cycle it")
+                iterators[i], restarted = iter(self.datasets[i]), True
+            if len(run) < size:  # the source ran out inside a batch: its last partial batch is left out
+                if self.stop == "first":
+                    return
+                active.remove(i)
+                continue
+            for item in run:
+                yield self._tag(item, i)
+            runs += 1
+
     def __iter__(self) -> Iterator[Any]:
-        """Draw a source per item until ``stop`` (or this worker's share of ``epoch_length``) says so."""
+        """Draw a source per item (per batch with ``per_batch``) until ``stop`` says so.
+
+        Or until this worker's share of ``epoch_length`` is read.
+        """
         world = self.world()
+        if self.per_batch:
+            yield from self._iter_per_batch(world)
+            return
         rank, worker, workers = world.rank, world.worker, world.num_workers
         rng = random.Random(mix_seed(self.seed, self.epoch, rank, worker, 0x313))
         limit = None if self.epoch_length is None else share_of(self.epoch_length, worker, workers)
@@ -235,7 +306,7 @@ class MixedDataset(DistributedStream):
                 item = next(iterators[i], _EMPTY)
                 if item is _EMPTY:
                     raise ValueError(f"mix: source {i} ({self.datasets[i]!r}) yields nothing, cannot cycle it")
-            yield item
+            yield self._tag(item, i)
             count += 1
 
     def __repr__(self) -> str:
@@ -247,22 +318,32 @@ _EMPTY = object()
 
 
 def mix(datasets: Sequence[Dataset], weights: Sequence[float] | None = None, *, stop: Stop = "first", seed: int = 0,
-        epoch_length: int | None = None) -> MixedDataset:
+        epoch_length: int | None = None, per_batch: bool = False, batch_size: int | None = None,
+        loss_weights: Sequence[float] | None = None) -> MixedDataset:
     """An ``IterableDataset`` drawing each item from ``datasets[i]`` with probability ``weights[i] / sum(weights)``.
 
-    See :class:`MixedDataset` and the module docstring.
+    Equal weights by default; see :class:`MixedDataset` and the module docstring.
 
     Args:
         datasets: the sources (map-style ones are streamed through :func:`as_iterable`).
-        weights: one weight per source; default equal weights.
-        stop: ``"first"``, ``"all"`` or ``"never"``.
-        seed: seeds the choice of source.
-        epoch_length: items per rank per epoch; ``None`` for no cap.
+        weights: the probability of each source (any scale).
+        stop: ``"first"``, ``"all"`` or ``"never"`` (module docstring).
+        seed: seeds the draws, with the epoch, rank and worker.
+        epoch_length: items per rank per epoch (``None``: until ``stop``).
+        per_batch: draw a source per **batch** (as Marigold's ``MixedBatchSampler``): each DataLoader worker yields
+            runs of ``batch_size`` items from one source, so every batch the loader makes (it batches each worker's
+            items in order) comes from a single source, the sources in the proportions of ``weights``, with the
+            draws seeded per ``(seed, epoch, rank, worker)``. A source that runs out inside a batch leaves that
+            partial batch out (``"all"``) or ends the epoch (``"first"``); ``epoch_length`` counts whole batches.
+        batch_size: the loader's batch size (required with ``per_batch``; it must match, or batches straddle runs).
+        loss_weights: one weight per source, set on each dict item as ``loss_weight`` (with ``source_index``), and
+            stacked by ``collate_pairs`` into ``batch["loss_weight"]`` ``[B]`` (``per_batch`` alone sets 1.0).
 
     Returns:
-        The mix.
+        The :class:`MixedDataset`.
 
     Raises:
-        ValueError: as :class:`MixedDataset`.
+        ValueError: bad weights, ``stop``, ``epoch_length``, ``batch_size`` or ``loss_weights``.
     """
-    return MixedDataset(datasets, weights, stop=stop, seed=seed, epoch_length=epoch_length)
+    return MixedDataset(datasets, weights, stop=stop, seed=seed, epoch_length=epoch_length, per_batch=per_batch,
+                        batch_size=batch_size, loss_weights=loss_weights)

@@ -100,9 +100,22 @@ def handle_collapsed(
 
 
 def reference_input(image: torch.Tensor, *, bgr: bool = True, imagenet: bool = False) -> torch.Tensor:
-    """RGB ``uint8`` ``[3,H,W]`` or ``[B,3,H,W]`` to the input of the YouTube3D networks: ``float32 / 255`` in
-    BGR order (``bgr``), and with ``imagenet`` (the ResNet model) ImageNet's mean and std applied in channel
-    order to those BGR channels, as the reference does."""
+    """RGB ``uint8`` ``[3,H,W]`` or ``[B,3,H,W]`` to the input of the YouTube3D networks.
+
+    ``float32 / 255`` in BGR order (``bgr``), and with ``imagenet`` (the ResNet model) ImageNet's mean and std
+    applied in channel order to those BGR channels, as the reference does.
+
+    Args:
+        image: RGB ``uint8`` image(s).
+        bgr: reverse the channels to BGR, as ``cv2.imread`` reads them.
+        imagenet: apply ImageNet's mean and std (the released ResNet model).
+
+    Returns:
+        The ``float32`` network input.
+
+    Raises:
+        ValueError: when ``image`` is not ``uint8`` with 3 channels.
+    """
     if image.dtype != torch.uint8 or image.shape[-3] != 3:
         raise ValueError(f"image must be uint8 [...,3,H,W], got {tuple(image.shape)} {image.dtype}")
     x = image.to(torch.float32) / 255.0

@@ -19,6 +19,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import ShardFormatError
+from .dense import DEPTH_MEMBER, check_depth_kind, decode_depth_member, encode_depth_member
 
 __all__ = [
     "BOUNDARY_DTYPE",
@@ -85,22 +86,31 @@ def boundary_from_array(array: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def encode_sample(key: str, jpeg: bytes, meta: Mapping[str, Any], pairs: torch.Tensor | np.ndarray,
-                  ordinal: torch.Tensor | np.ndarray, boundary: Mapping[str, Any]) -> dict[str, Any]:
+                  ordinal: torch.Tensor | np.ndarray, boundary: Mapping[str, Any], *,
+                  depth: torch.Tensor | np.ndarray | None = None,
+                  valid_mask: torch.Tensor | np.ndarray | None = None) -> dict[str, Any]:
     """One shard sample as webdataset expects it (``__key__`` plus bytes per member).
 
     Args:
         key: the sample's key (``__key__``).
         jpeg: the encoded image (``jpg``).
-        meta: the JSON-ready metadata (``json``, keys sorted).
+        meta: the JSON-ready metadata (``json``, keys sorted); with ``depth`` it must say its ``depth_kind``
+            (one of :data:`.dense.DEPTH_KINDS`).
         pairs: ``[N,4]`` point pairs ``(yA, xA, yB, xB)``, stored as int32 (``pairs.npy``).
         ordinal: ``[N]`` orders -1/0/+1, stored as int8 (``ordinal.npy``).
         boundary: the boundary points, as for :func:`boundary_to_array` (``boundary.npy``).
+        depth: optional dense target ``[H,W]`` or ``[1,H,W]`` (NaN where invalid): the ``depth.npy`` member.
+        valid_mask: optional ``bool`` of ``depth``'s shape; pixels outside it are stored as NaN.
 
     Returns:
-        The dict of ``__key__`` and the bytes of every member of :data:`REQUIRED_FIELDS`.
+        The dict of ``__key__`` and the bytes of every member of :data:`REQUIRED_FIELDS` (plus ``depth.npy``).
     """
     pairs = np.asarray(pairs.cpu() if isinstance(pairs, torch.Tensor) else pairs, dtype=np.int32).reshape(-1, 4)
     ordinal = np.asarray(ordinal.cpu() if isinstance(ordinal, torch.Tensor) else ordinal, dtype=np.int8)
+    extra = {}
+    if depth is not None:
+        check_depth_kind(meta.get("depth_kind"))
+        extra[DEPTH_MEMBER] = encode_depth_member(depth, valid_mask)
     return {
         "__key__": key,
         "jpg": bytes(jpeg),
@@ -108,6 +118,7 @@ def encode_sample(key: str, jpeg: bytes, meta: Mapping[str, Any], pairs: torch.T
         "pairs.npy": _npy_bytes(pairs),
         "ordinal.npy": _npy_bytes(ordinal),
         "boundary.npy": _npy_bytes(boundary_to_array(boundary)),
+        **extra,
     }
 
 
@@ -219,7 +230,8 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_
     """Decode a raw webdataset sample (``__key__``, ``__url__`` and member bytes) into an item of the contract.
 
     The one decoder of the package (``DynOccDataset`` uses it). Nothing is unpickled: ``.npy`` members are
-    read with ``allow_pickle=False`` and members other than :data:`REQUIRED_FIELDS` are ignored. The JPEG is
+    read with ``allow_pickle=False`` and members other than :data:`REQUIRED_FIELDS` and the optional ``depth.npy``
+    (giving ``depth``, ``valid_mask`` and ``meta["depth_kind"]``, :mod:`.dense`) are ignored. The JPEG is
     decoded to RGB ``uint8 [3,H,W]`` (libjpeg-turbo) and must have the JSON ``size``; pairs must lie inside
     it and ordinals be -1, 0 or +1. ``meta["source"]`` is the JSON ``source`` (default ``"dynocc"``), so
     converted YouTube3D/DIW shards say so.
@@ -235,7 +247,8 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_
 
     Returns:
         The item: ``image``, ``pairs``, ``ordinal``, ``meta`` (``source``, ``key``, ``video``, ``video_id``,
-        ``frame``, ``orig_size``, ``size``, ``url``) and ``boundary``, less the parts switched off.
+        ``frame``, ``orig_size``, ``size``, ``url``) and ``boundary``, less the parts switched off; with a
+        ``depth.npy`` member also ``depth``, ``valid_mask`` and ``meta["depth_kind"]``.
 
     Raises:
         MissingFieldError: when a member of :data:`REQUIRED_FIELDS` is absent.
@@ -273,6 +286,10 @@ def decode_sample(sample: Mapping[str, Any], *, decode_image: bool = True, with_
     })
     if boundary is not None:
         item["boundary"] = boundary
+    if DEPTH_MEMBER in sample:  # optional dense target (docs/FORMAT.md)
+        item["depth"], item["valid_mask"] = parse(DEPTH_MEMBER, lambda: decode_depth_member(
+            _npy_array(sample[DEPTH_MEMBER]), size))
+        item["meta"]["depth_kind"] = parse("json", check_depth_kind, meta.get("depth_kind"))
     return decode_image_member(item) if decode_image else item
 
 

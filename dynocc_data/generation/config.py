@@ -112,6 +112,7 @@ class GenerateConfig:
             raise ConfigError("sampler_options", str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
@@ -242,7 +243,8 @@ class RunOptions:
         check_int("shard_bytes", self.shard_bytes, 1 << 16)
         check_int("workers", self.workers, 1, none=True)
         if not isinstance(self.prefix, str) or not self.prefix or "/" in self.prefix or "{" in self.prefix:
-            raise ConfigError("prefix", f"must be a non-empty file name part without '/' or braces, got {self.prefix!r}")
+            raise ConfigError("prefix", "must be a non-empty file name part without '/' or braces, "
+                                        f"got {self.prefix!r}")
         for name, low in (("merge_timeout", 0.0), ("poll", 1e-9)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:

@@ -6,7 +6,7 @@
     dynocc-data evaluate [--scenes N] [--seed S] ...   score the pipeline on synthetic scenes with ground truth
     dynocc-data show SHARDS --out DIR                  per-sample overlays and a contact sheet
     dynocc-data stats SHARDS                           pairs per frame, offsets, confidences, label balance
-    dynocc-data convert youtube3d|diw CSV --out DIR    re-pack YouTube3D / DIW as shards
+    dynocc-data convert youtube3d|diw|dense CSV --out DIR    re-pack YouTube3D / DIW / dense depth as shards
 
 The library logs; this module prints the summaries.
 """
@@ -25,12 +25,24 @@ from typing import NoReturn, get_args
 
 from .. import _version
 from ..errors import DynOccError
+from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
 from ..generation.config import DIS_DEFAULTS, DecoderName, FlowName
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
+from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
 from .demo import run_demo
-from .evaluate import EVAL_SCENE_CONFIG, EvalResult, evaluate_synthetic, format_result, pooled
+from .evaluate import (
+    EVAL_SCENE_CONFIG,
+    EvalResult,
+    evaluate_semireal,
+    evaluate_static_camera,
+    evaluate_synthetic,
+    format_result,
+    pooled,
+)
+from .reference import format_mask_result
+from .semireal import SEMIREAL_CONFIG
 from .stats import format_summary, shard_stats
 from .viz import show
 
@@ -186,6 +198,28 @@ def _positive_int(text: str, *, alternatives: str = "") -> int:
     return n
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An integer >= 0 (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _workers_arg(text: str) -> int | None:
     return None if text == "auto" else _positive_int(text, alternatives=" or 'auto'")
 
@@ -219,8 +253,53 @@ def _print_set_table(rows: list[tuple[str, EvalResult]]) -> None:
               f"{r.coverage:>8.2%} {r.pairs_per_frame:>8.1f}")
 
 
+def _write_eval(args: argparse.Namespace, doc: dict) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    if args.json:
+        print(json.dumps(doc, indent=1, sort_keys=True))
+    return out / "eval.json"
+
+
+def _evaluate_static(args: argparse.Namespace) -> int:
+    res = evaluate_static_camera(args.static_camera, args.out, _generate_config(args), device=args.device,
+                                 batch_size=args.batch_size, progress=not args.no_progress)
+    path = _write_eval(args, {"mode": "static-camera", **res.to_dict()})
+    if not args.json:
+        print(f"static-camera clips: {len(args.static_camera)}, scored against a background model of each clip "
+              "(no ground-truth depth; caveats in the README)")
+        for line in format_mask_result(res):
+            print(line)
+        print(f"wrote {path}")
+    return 0
+
+
+def _evaluate_semireal(args: argparse.Namespace) -> int:
+    scene_config = replace(SEMIREAL_CONFIG, cast_shadows=args.shadows)
+    if args.frames:
+        scene_config = replace(scene_config, num_frames=args.frames)
+    res = evaluate_semireal(args.background, args.out, num_scenes=args.scenes, seed=args.scene_seed[0],
+                            scene_config=scene_config, generate_config=_generate_config(args),
+                            coverage_radius=args.radius, device=args.device, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    path = _write_eval(args, {"mode": "semi-real", **res.to_dict(), "scene_config": json.loads(scene_config.to_json())})
+    if not args.json:
+        print(f"semi-real scenes: {args.scenes} over each of {len(args.background)} clip(s) (seeds from "
+              f"{args.scene_seed[0]}), cast shadows {'on' if args.shadows else 'off'}; pairs with both points on "
+              "the footage are unscored")
+        for line in format_result(res, per_video=args.per_scene):
+            print(line)
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
 
+    if args.static_camera:
+        return _evaluate_static(args)
+    if args.background:
+        return _evaluate_semireal(args)
     scene_config = replace(EVAL_SCENE_CONFIG, cast_shadows=args.shadows)
     if args.size:
         scene_config = replace(scene_config, height=args.size[0], width=args.size[1])
@@ -238,10 +317,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     doc = total.to_dict()
     doc["sets"] = {name: r.to_dict() for name, r in rows}
     doc["scene_config"] = json.loads(scene_config.to_json())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    path = _write_eval(args, doc)
     if args.json:
-        print(json.dumps(doc, indent=1, sort_keys=True))
         return 0
     print(f"synthetic scenes: {len(rows)} set(s) of {args.scenes} (first seeds {', '.join(map(str, args.scene_seed))}),"
           f" {scene_config.height}x{scene_config.width}, {scene_config.num_frames} frames, cast shadows "
@@ -250,7 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(line)
     if len(rows) > 1:
         _print_set_table(rows)
-    print(f"wrote {out / 'eval.json'}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -282,7 +359,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
 
-    n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size)
+    dense = None
+    if args.format == "dense":
+        dense = {"depth_kind": args.depth_kind, "depth_scale": args.depth_scale, "num_pairs": args.num_pairs}
+    elif args.depth_kind is not None or args.depth_scale != 1.0 or args.num_pairs != 3000:
+        raise SystemExit(f"dynocc-data convert: --depth-kind, --depth-scale and --num-pairs are for 'dense', not "
+                         f"{args.format!r}")
+    n = convert(args.format, args.csv, args.out, root=args.root, shard_size=args.shard_size, dense=dense)
     print(f"wrote {n} samples to {args.out}")
     return 0
 
@@ -352,8 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "(default: the run's --upload)")
     m.set_defaults(func=cmd_merge)
 
-    e = command("evaluate", "score the pipeline on synthetic scenes with ground-truth depth")
-    e.add_argument("--scenes", type=_positive_int, default=4, help="scenes per set")
+    e = command("evaluate", "score the pipeline on synthetic scenes with ground-truth depth, semi-real scenes over "
+                         "real footage, or static-camera clips")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--background", nargs="+", metavar="VIDEO", default=None,
+                      help="semi-real scenes: these videos as the background, composited objects in front")
+    mode.add_argument("--static-camera", nargs="+", metavar="VIDEO", default=None,
+                      help="real static-camera clips scored against a background model (no depth needed)")
+    e.add_argument("--scenes", type=_positive_int, default=4,
+                   help="scenes per set, or per --background video (default 4)")
     e.add_argument("--scene-seed", type=_seeds_arg, default=[1000], metavar="S[,S...]",
                    help="seed of the first scene of each set; several seeds, comma-separated, score several sets "
                         "(default 1000)")
@@ -387,9 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--plots", default=None, help="write histograms (matplotlib) to this folder")
     st.set_defaults(func=cmd_stats)
 
-    c = command("convert", "write YouTube3D or DIW as shards")
-    c.add_argument("format", choices=["youtube3d", "diw"], help="the dataset's layout")
-    c.add_argument("csv", help="the dataset's CSV")
+    c = command("convert", "write YouTube3D, DIW or a dense-depth source as shards")
+    c.add_argument("format", choices=list(CONVERT_FORMATS), help="the dataset's layout")
+    c.add_argument("csv", help="the dataset's CSV (dense: a CSV of image,depth paths or a ReDWeb folder)")
+    c.add_argument("--depth-kind", default=None, choices=list(DEPTH_KINDS),
+                   help="dense: what the maps hold (default depth; ReDWeb: disparity_affine)")
+    c.add_argument("--depth-scale", type=_positive_float, default=1.0,
+                   help="dense: factor on the stored values (e.g. 0.001 for 16-bit PNGs in mm)")
+    c.add_argument("--num-pairs", type=_non_negative_int, default=3000,
+                   help="dense: ordinal pairs drawn from each depth map and stored")
     c.add_argument("--root", default=None, help="folder the CSV's paths are relative to (default: its folder)")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--shard-size", type=int_at_least(1), default=1000, help="samples per shard at most")

@@ -1,4 +1,6 @@
-"""Write the YouTube3D and DIW releases as shards in the DynOcc format, so one loader reads all three.
+"""Write the YouTube3D and DIW releases and dense-depth sources as shards in the DynOcc format.
+
+So one loader reads them all.
 
 ::
 
@@ -40,6 +42,7 @@ from torchvision.io import encode_jpeg
 
 from .. import _version
 from ..datasets._common import read_image_rgb, relative_key, resolve_path
+from ..datasets.dense import DenseDepthDataset
 from ..datasets.diw import iter_diw_rows, scale_diw_coordinates
 from ..datasets.youtube3d import from_youtube3d_target, load_youtube3d_pkl
 from ..errors import InputError
@@ -50,8 +53,8 @@ __all__ = ["FORMATS", "SourceRow", "convert", "read_rows", "sample_key"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("youtube3d", "diw")
-Format = Literal["youtube3d", "diw"]
+FORMATS = ("youtube3d", "diw", "dense")
+Format = Literal["youtube3d", "diw", "dense"]
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EMPTY_BOUNDARY = {name: np.zeros(0, dtype=BOUNDARY_DTYPE[name]) for name in BOUNDARY_DTYPE.names}
 Labels = Callable[[tuple[int, int]], tuple[torch.Tensor, torch.Tensor]]
@@ -167,6 +170,7 @@ def _diw_rows(csv_path: Path, root: Path) -> Iterator[Row]:
 
 
 _READERS: dict[str, Callable[[Path, Path], Iterator[Row]]] = {"youtube3d": _youtube3d_rows, "diw": _diw_rows}
+# "dense" sources are read by DenseDepthDataset itself (see _dense_samples), not row by row.
 
 
 def read_rows(format: Format, csv_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Iterator[Row]:
@@ -187,6 +191,46 @@ def read_rows(format: Format, csv_path: str | os.PathLike, root: str | os.PathLi
     """
     csv_path = Path(csv_path)
     return _READERS[_check_format(format)](csv_path, Path(root) if root is not None else csv_path.parent)
+
+
+def _dense_samples(source: Path, out: Path, prefix: str, shard_size: int, quality: int,
+                   options: dict[str, Any]) -> int:
+    """``convert("dense", ...)``: every sample of a :class:`DenseDepthDataset` with its depth as ``depth.npy``."""
+    dataset = DenseDepthDataset(source, **options)
+    tally, seen = _Tally(), {}
+    header = {"convert": "dense", "source": str(source), "layout": dataset.layout, "depth_kind": dataset.depth_kind,
+              "version": _version.__version__}
+    with ShardWriter(out, prefix=prefix, max_count=shard_size, header=header) as writer:
+        for index, (image_name, depth_name) in enumerate(dataset.samples):
+            key = sample_key(image_name, f"{relative_key(image_name)}\n{relative_key(depth_name)}")
+            if key in seen:
+                tally.reject(InputError(source, f"sample {index}: duplicate of sample {seen[key]}"), "duplicate")
+                continue
+            try:
+                item = dataset[index]
+                image_path = Path(item["meta"]["video"])
+                jpeg = _jpeg_of(image_path, item["image"], quality)
+            except InputError as err:
+                tally.reject(err, "unusable image or depth")
+                continue
+            size = list(item["meta"]["orig_size"])
+            meta = {
+                "source": dataset.source_name, "key": key, "video": item["meta"]["video"],
+                "video_id": key.rsplit("_", 1)[0], "frame": 0, "orig_size": size, "size": size, "scale": 1.0,
+                "num_pairs": int(len(item["pairs"])), "num_boundary": 0, "depth_kind": dataset.depth_kind,
+                "depth_path": item["meta"]["depth_path"], "version": _version.__version__,
+            }
+            seen[key] = index
+            writer.write(encode_sample(key, jpeg, meta, item["pairs"], item["ordinal"], _EMPTY_BOUNDARY,
+                                       depth=item["depth"], valid_mask=item["valid_mask"]),
+                         video_id=key.rsplit("_", 1)[0], frame=0)
+            tally.samples += 1
+    if tally.samples == 0:
+        raise InputError(source, f"no usable samples ({tally.bad} bad, see the warnings above)")
+    write_index(out)
+    (log.warning if tally.bad else log.info)("%s: converted %d dense samples into %d shards in %s; skipped %d bad",
+                                             source, tally.samples, len(writer.shards_written), out, tally.bad)
+    return tally.samples
 
 
 def _check_format(format: str) -> str:
@@ -245,19 +289,24 @@ class _Tally:
 
 
 def convert(format: Format, csv: str | os.PathLike, out: str | os.PathLike, *, root: str | os.PathLike | None = None,
-            shard_size: int = 1000, prefix: str | None = None, jpeg_quality: int = 95) -> int:
+            shard_size: int = 1000, prefix: str | None = None, jpeg_quality: int = 95,
+            dense: dict[str, Any] | None = None) -> int:
     """Write the ``format`` dataset listed in ``csv`` as DynOcc shards in ``out``; returns the samples written.
 
-    Bad rows are logged, skipped and counted.
+    Bad rows are logged, skipped and counted. ``format="dense"``: ``csv`` is a dense-depth CSV or a ReDWeb folder
+    read by :class:`~dynocc_data.datasets.dense.DenseDepthDataset` with the keyword options ``dense``
+    (``depth_kind``, ``depth_scale``, ``num_pairs``, ...); each sample also stores its depth (``depth.npy``,
+    docs/FORMAT.md) and the pairs drawn from it.
 
     Args:
-        format: ``"youtube3d"`` or ``"diw"`` (case is ignored).
+        format: ``"youtube3d"``, ``"diw"`` or ``"dense"`` (case is ignored).
         csv: the dataset's CSV.
         out: the output folder.
         root: the folder the CSV's paths are relative to (default: the CSV's folder).
         shard_size: samples per shard (>= 1).
         prefix: the shard name prefix (default: the format).
         jpeg_quality: the quality for sources that are not JPEGs (1..100).
+        dense: ``DenseDepthDataset`` options for ``format="dense"``.
 
     Returns:
         The number of samples written.
@@ -277,6 +326,11 @@ def convert(format: Format, csv: str | os.PathLike, out: str | os.PathLike, *, r
     prefix = prefix or fmt
     if out.is_dir() and any(out.glob(f"{prefix}-r*.tar*")):
         raise InputError(out, f"already holds {prefix} shards; use an empty --out (or another prefix)")
+    if fmt == "dense":
+        options = {**(dense or {}), **({"root": root} if root is not None else {})}
+        return _dense_samples(csv_path, out, prefix, shard_size, jpeg_quality, options)
+    if dense:
+        raise ValueError(f"dense options are for format 'dense', not {fmt!r}")
     rows = read_rows(fmt, csv_path, root_path)
     first = next(rows)  # an unreadable or empty CSV raises here, before anything is written
     tally, seen = _Tally(), {}

@@ -1,7 +1,8 @@
-"""Evaluation runs: make scenes, generate shards from them, read the items back, and score them.
+"""Evaluation runs: make scenes or take clips, generate shards, read the items back and score them.
 
 Items are read with :class:`~dynocc_data.datasets.DynOccDataset` exactly as training code would;
-:mod:`dynocc_data.tools.scoring` holds the scoring itself, pure functions on arrays and items.
+:mod:`dynocc_data.tools.scoring` (ground truth) and :mod:`dynocc_data.tools.reference` (a background model of
+static-camera footage) hold the scoring itself, pure functions on arrays and items.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..datasets.dynocc import DynOccDataset
 from ..generation import generate
-from ..generation.video import select_frames
+from ..generation.video import open_video, select_frames
+from .reference import MASK_CATEGORIES, MaskEvalResult, MovingMaskConfig, classify_pairs_by_mask, reference_mask
 from .scoring import (
     CATEGORIES,
     CATEGORY_TEXT,
@@ -24,10 +28,12 @@ from .scoring import (
     classify_pairs,
     format_result,
     layer_edge_distance,
+    outside_image,
     pairs_to_gt,
     pooled,
     score_items,
 )
+from .semireal import make_semireal_scenes, read_video_frames
 from .synthetic import SceneConfig, load_scene_gt, make_scenes
 
 __all__ = [
@@ -36,7 +42,10 @@ __all__ = [
     "EVAL_SCENE_CONFIG",
     "EvalResult",
     "classify_pairs",
+    "count_real_clips",
+    "evaluate_semireal",
     "evaluate_shards",
+    "evaluate_static_camera",
     "evaluate_synthetic",
     "format_result",
     "layer_edge_distance",
@@ -169,3 +178,133 @@ def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int
                 else EVAL_SCENE_CONFIG)
     generate([str(scene_dir)], out / "shards", generate_config, progress=progress, **generate_kwargs)
     return evaluate_shards(out / "shards", scene_dir, coverage_radius=coverage_radius)
+
+
+# ---------------------------------------------------------------------------------------- real footage
+
+
+def _video_key(video: str | os.PathLike) -> str:
+    """The ``meta["video"]`` that ``generate`` gives a video passed as a single file: its file name."""
+    return Path(video).name
+
+
+def _read_clips(videos: list[str], max_side: int | None) -> dict[str, np.ndarray]:
+    """Every frame of each video at the size ``generate`` works at, keyed like ``meta["video"]``.
+
+    Raises:
+        ValueError: two videos have the same file name (their items could not be told apart).
+    """
+    clips: dict[str, np.ndarray] = {}
+    for video in videos:
+        key = _video_key(video)
+        if key in clips:
+            raise ValueError(f"{video}: another input has the same file name {key!r}")
+        clips[key] = read_video_frames(video, max_side=max_side)[0]
+    return clips
+
+
+def evaluate_static_camera(videos: list[str], out: str | os.PathLike, generate_config=None, *,
+                           mask_config: MovingMaskConfig | None = None, progress: bool = False,
+                           **generate_kwargs) -> MaskEvalResult:
+    """Generate shards from real static-camera clips and score their pairs against a background model.
+
+    Each pair is judged by :func:`~dynocc_data.tools.reference.reference_mask` of its frame (moving objects in
+    front of the static background); see :mod:`dynocc_data.tools.reference` for the categories and caveats.
+
+    Args:
+        videos: video files with a camera that does not move (file names must differ).
+        out: work folder; shards go to ``<out>/shards``.
+        generate_config: the generation settings (defaults of ``generate``).
+        mask_config: the background model's parameters.
+        progress: show progress bars.
+        **generate_kwargs: passed to :func:`~dynocc_data.generation.generate`.
+
+    Returns:
+        The pooled result with one per clip in ``per_video``.
+    """
+    shards = Path(out) / "shards"
+    generate([str(v) for v in videos], shards, generate_config, progress=progress, **generate_kwargs)
+    params = read_run_params(shards)
+    clips = _read_clips(videos, params.get("max_side", 640))
+    per_video = {key: MaskEvalResult() for key in clips}
+    for key, frames in clips.items():
+        per_video[key].frames_selected = len(selected_frames({key: len(frames)}, params)[key])
+    masks: dict[tuple[str, int], np.ndarray] = {}
+    for item in DynOccDataset(str(shards), strategy="stored", keep_boundary=False):
+        key, t = item["meta"]["video"], int(item["meta"]["frame"])
+        frames = clips[key]
+        if (key, t) not in masks:
+            masks[(key, t)] = reference_mask(frames, t, mask_config)
+        pairs = item["pairs"].numpy().astype(np.float64)
+        image_size = tuple(item["image"].shape[-2:])
+        codes = classify_pairs_by_mask(pairs_to_gt(pairs, image_size, frames.shape[1:3]), item["ordinal"].numpy(),
+                                       masks[(key, t)], outside=outside_image(pairs, image_size))
+        res = per_video[key]
+        res.frames_written += 1
+        for code, n in zip(*np.unique(codes, return_counts=True)):
+            res.counts[MASK_CATEGORIES[code]] += int(n)
+    total = MaskEvalResult(per_video=per_video)
+    for res in per_video.values():
+        total.add(res)
+    return total
+
+
+def evaluate_semireal(videos: list[str], out: str | os.PathLike, *, num_scenes: int = 2, seed: int = 1000,
+                      scene_config: SceneConfig | None = None, generate_config=None, coverage_radius: float = 4.0,
+                      progress: bool = False, **generate_kwargs) -> EvalResult:
+    """Make ``num_scenes`` semi-real scenes over each video, generate shards from them and score them.
+
+    Args:
+        videos: the background footage (any videos).
+        out: work folder; scenes go to ``<out>/scenes``, shards to ``<out>/shards``.
+        num_scenes: scenes per video (seeds ``seed``, ``seed + 1``, ...).
+        seed: seed of the first scene.
+        scene_config: objects and shadows (:data:`~dynocc_data.tools.semireal.SEMIREAL_CONFIG` by default).
+        generate_config: the generation settings.
+        coverage_radius: see :func:`~dynocc_data.tools.scoring.score_items`.
+        progress: show progress bars.
+        **generate_kwargs: passed to :func:`~dynocc_data.generation.generate`.
+
+    Returns:
+        The result; pairs with both points on the footage are counted as ``unscored``.
+    """
+    scene_dir = Path(out) / "scenes"
+    max_side = generate_config.max_side if generate_config is not None else 640
+    for video in videos:
+        make_semireal_scenes(video, scene_dir, num_scenes, seed=seed, config=scene_config, max_side=max_side)
+    generate([str(scene_dir)], Path(out) / "shards", generate_config, progress=progress, **generate_kwargs)
+    return evaluate_shards(Path(out) / "shards", scene_dir, coverage_radius=coverage_radius)
+
+
+def count_real_clips(videos: list[str], out: str | os.PathLike, generate_config=None, *, progress: bool = False,
+                     **generate_kwargs) -> MaskEvalResult:
+    """Generate shards from real clips and count their pairs and frames (nothing judges the pairs here).
+
+    Args:
+        videos: video files (file names must differ).
+        out: work folder; shards go to ``<out>/shards``.
+        generate_config: the generation settings.
+        progress: show progress bars.
+        **generate_kwargs: passed to :func:`~dynocc_data.generation.generate`.
+
+    Returns:
+        A result whose ``right`` count holds every pair, unjudged: read only ``pairs``, ``pairs_per_frame``,
+        ``frames_selected``, ``frames_written`` and ``frames_written_share``.
+    """
+    shards = Path(out) / "shards"
+    generate([str(v) for v in videos], shards, generate_config, progress=progress, **generate_kwargs)
+    params = read_run_params(shards)
+    per_video = {}
+    for video in videos:
+        with open_video(str(video), max_side=params.get("max_side", 640)) as reader:
+            n = reader.num_frames
+        per_video[_video_key(video)] = MaskEvalResult(
+            frames_selected=len(selected_frames({"v": n}, params)["v"]))
+    for item in DynOccDataset(str(shards), strategy="stored", keep_boundary=False):
+        res = per_video[item["meta"]["video"]]
+        res.frames_written += 1
+        res.counts["right"] += len(item["pairs"])
+    total = MaskEvalResult(per_video=per_video)
+    for res in per_video.values():
+        total.add(res)
+    return total

@@ -1,4 +1,4 @@
-"""Builders of small on-disk copies of external datasets (YouTube3D, DIW) in their exact release formats.
+"""Builders of small on-disk copies of external datasets (YouTube3D, DIW, dense depth) in their exact release formats.
 
 YouTube3D targets are Python 2 protocol-2 pickles of numpy arrays. Python 2 is not available, so
 :func:`py2_ndarray_pickle` emits, opcode by opcode, what Python 2's ``pickle.dump(arr, f, 2)`` (the pure-Python
@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torchvision.io import encode_jpeg, encode_png
@@ -329,3 +330,73 @@ def write_diw_release(root: Path, samples: list[DIWSample], *, csv_name: str = "
     csv_path = root / csv_name
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return csv_path
+
+
+def write_depth_file(path: Path, depth: np.ndarray) -> Path:
+    """Write a ``[H,W]`` map in the format its suffix names.
+
+    Args:
+        path: the file; ``.npy`` (``allow_pickle=False``), ``.png`` (the array's own ``uint8``/``uint16``, as 8- or
+            16-bit grey) or ``.tif``/``.tiff`` (float32).
+        depth: the ``[H,W]`` map.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: a PNG of another dtype, or a format OpenCV cannot write here.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        with open(path, "wb") as handle:
+            np.save(handle, depth, allow_pickle=False)
+        return path
+    if suffix == ".png" and depth.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"a PNG depth map holds uint8 or uint16, got {depth.dtype}")
+    ok, data = cv2.imencode(suffix, depth.astype(np.float32) if suffix in (".tif", ".tiff") else depth)
+    if not ok:
+        raise ValueError(f"OpenCV cannot write {suffix} here")
+    path.write_bytes(data.tobytes())
+    return path
+
+
+@dataclass
+class DenseSample:
+    """One dense-depth sample.
+
+    Args:
+        image_path: the image's path relative to the root (written as a JPEG).
+        depth_path: the depth file's path relative to the root (its suffix names its format).
+        image: ``uint8 [3,H,W]`` RGB.
+        depth: the stored ``[H,W]`` map.
+    """
+
+    image_path: str
+    depth_path: str
+    image: torch.Tensor
+    depth: np.ndarray
+
+
+def write_dense_release(root: Path, samples: list[DenseSample], *, csv_name: str | None = "dense.csv",
+                        header: str | None = "image,depth") -> Path:
+    """Write images (JPEG) and depth maps where the samples say.
+
+    Args:
+        root: the release folder.
+        samples: what to write.
+        csv_name: the CSV listing ``image,depth`` paths; ``None`` for none (ReDWeb's layout, ``Imgs/<name>.jpg`` +
+            ``RDs/<name>.png``, needs no list).
+        header: the CSV's first line (``None``: no header).
+
+    Returns:
+        The CSV's path, or ``root`` without one.
+    """
+    for sample in samples:
+        write_jpeg(root / sample.image_path, sample.image)
+        write_depth_file(root / sample.depth_path, sample.depth)
+    if csv_name is None:
+        return root
+    lines = ([header] if header else []) + [f"{s.image_path},{s.depth_path}" for s in samples]
+    (root / csv_name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / csv_name
