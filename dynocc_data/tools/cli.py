@@ -9,6 +9,9 @@
     dynocc-data convert youtube3d|diw|dense CSV --out DIR    re-pack YouTube3D / DIW / dense depth as shards
 
 The library logs; this module prints the summaries.
+
+Longer than 500 lines because every option is declared here with its help text, default and parse-time check
+(one place for what the command line accepts).
 """
 
 from __future__ import annotations
