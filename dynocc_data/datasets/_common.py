@@ -10,10 +10,12 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..errors import InputError
+from ..format.sample import check_image_size, jpeg_size
 
 logger = logging.getLogger(__name__)
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 __all__ = ["read_image_rgb", "resolve_path", "relative_key"]
 
@@ -30,7 +32,8 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
         The image, grey or palette images converted to RGB.
 
     Raises:
-        InputError: naming the file, when it cannot be read, is empty, or does not decode.
+        InputError: naming the file, when it cannot be read, is empty, does not decode, or its JPEG/PNG header
+            claims more than :data:`~dynocc_data.format.sample.MAX_IMAGE_PIXELS` (checked before decoding).
     """
     try:
         raw = Path(path).read_bytes()
@@ -38,6 +41,13 @@ def read_image_rgb(path: str | os.PathLike) -> torch.Tensor:
         raise InputError(path, f"cannot read image: {err.strerror or err}") from None
     if not raw:
         raise InputError(path, "image file is empty")
+    try:  # the size from the header, before anything is decoded (a small file can claim gigabytes of pixels)
+        if raw.startswith(_JPEG_MAGIC):
+            check_image_size(*jpeg_size(raw))
+        elif raw.startswith(_PNG_MAGIC) and len(raw) >= 24:
+            check_image_size(int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big"))
+    except ValueError as err:
+        raise InputError(path, f"cannot decode image: {err}") from None
     data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     try:
         if raw.startswith(_JPEG_MAGIC):

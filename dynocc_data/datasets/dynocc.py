@@ -81,7 +81,7 @@ from torch.utils.data import IterableDataset
 from ..errors import InputError, InputNotFoundError, ShardFormatError
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
-from ..format.tar import expand_tars
+from ..format.tar import expand_tars, group_members, is_compressed
 from ..sampling import create_sampler, sample_generator
 from ._distributed import DistributedStream, mix_seed, share_of
 
@@ -102,6 +102,7 @@ __all__ = [
 
 _MAX_STAT_ROWS = 256  # one counter row per DataLoader worker id (wraps around beyond that)
 _TAR_END = 1024  # a tar archive ends with two 512-byte zero blocks
+_DUPLICATES_REPORTED = 5  # duplicate keys logged one by one per reader and epoch; the rest are only counted
 
 Handler = Union[Literal["warn", "raise", "ignore"], Callable[[ShardFormatError], bool]]
 UrlSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -320,12 +321,16 @@ class ReadStats:
         skipped_samples: samples that did not decode (or were cut off by a truncated shard).
         shard_errors: shards found truncated, corrupt or unreadable (once per shard and epoch).
         dropped: samples left out by equalize.
+        duplicates: samples skipped because a sample with the same key came first (in the same reader).
+        repeated: samples yielded a second time to make up a reader's quota (broken shards, index miscounts).
     """
 
     samples: int = 0
     skipped_samples: int = 0
     shard_errors: int = 0
     dropped: int = 0
+    duplicates: int = 0
+    repeated: int = 0
 
 
 _STAT_NAMES = tuple(ReadStats.__dataclass_fields__)
@@ -408,11 +413,13 @@ def _check_tar_end(url: str, nbytes: int | None) -> None:
     The end is the end-of-archive blocks (tarfile stops silently when a stream is cut at a member boundary).
     """
     path = local_path(url)
-    if path is None or url.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")):
+    if path is None:
         return
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as stream:
+            if is_compressed(stream.read(8)):  # by content, not by name: a gzip shard may be named .tar
+                return
             stream.seek(max(0, size - _TAR_END))
             tail = stream.read()
     except OSError as err:  # e.g. deleted or unmounted since the dataset was created
@@ -461,13 +468,44 @@ def _shard_ends(
         yield pending
 
 
+_MISCOUNTED: set[str] = set()  # shards whose index count was found too small (warned once per process)
+
+
 def _shard_complete(url: str, seen: int, counts: Mapping[str, int | None], state: _ReaderState) -> bool:
-    """Report a shard that yielded fewer samples than its index says; False when the handler says stop."""
+    """Report a shard that yielded fewer samples than its index says (a shard error) or more (a warning, once).
+
+    Returns False when the handler says stop.
+    """
     expected = counts.get(url)
+    if expected is not None and seen > expected and url not in _MISCOUNTED:
+        _MISCOUNTED.add(url)
+        logger.warning("%s: index.json says %d samples but the shard holds %d: len() and equalize trust the index, "
+                       "so samples are lost or ranks unequal (rebuild the index: dynocc-data merge)", url, expected,
+                       seen)
     if expected is None or seen >= expected:
         return True
     return state.shard_error(ShardFormatError(url, None, f"truncated or corrupt: ended after {seen} of {expected} "
                                                          "samples"))
+
+
+def _unique_keys(src: Iterator[dict[str, Any]], *, state: _ReaderState) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: pass on the first sample of each key, count (and report the first few of) the others.
+
+    Duplicates are found in one shard or across this reader's shards, adjacent or not.
+    """
+    first: dict[str, str] = {}
+    for sample in src:
+        key, url = sample["__key__"], sample["__url__"]
+        if key not in first:
+            first[key] = url
+            yield sample
+            continue
+        state.count("duplicates")
+        if state.handler != "ignore" and state.local["duplicates"] <= _DUPLICATES_REPORTED:
+            more = " (further duplicates are counted in stats.duplicates)" \
+                if state.local["duplicates"] == _DUPLICATES_REPORTED else ""
+            logger.warning("%s: duplicate sample key %r (first read from %s): kept the first, skipped this one%s",
+                           url, key, first[key], more)
 
 
 class _Failed:
@@ -534,6 +572,23 @@ def _resolve_strategy(
     return create_sampler(strategy, **options)
 
 
+def _warn_index_sizes(description: str, shards: Sequence[ShardInfo]) -> None:
+    """Warn when local shards are not the size ``index.json`` says, or hold data the index counts as 0 samples.
+
+    The index's counts (``len()``, ``equalize``) are then not to be trusted.
+    """
+    odd = []
+    for shard in shards:
+        path = local_path(shard.url)
+        size = os.path.getsize(path) if path is not None and os.path.isfile(path) else None
+        if size is not None and ((shard.nbytes is not None and size != shard.nbytes)
+                                 or (shard.count == 0 and size > _TAR_END)):
+            odd.append(f"{shard.url}: {size} bytes, index.json says {shard.nbytes} bytes and {shard.count} samples")
+    if odd:
+        logger.warning("%s: %d shard(s) do not match index.json (%s%s): its sample counts may be wrong, and len() "
+                       "and equalize follow them", description, len(odd), odd[0], "; ..." if len(odd) > 1 else "")
+
+
 class DynOccDataset(DistributedStream):
     """DynOcc shards as a torch ``IterableDataset`` of contract items (see the module docstring).
 
@@ -570,6 +625,10 @@ class DynOccDataset(DistributedStream):
             warning).
         decode_chunk: samples decoded together (>= 1): faster per item, at the cost of holding that many decoded
             images; 1 decodes one by one.
+        short_reader: what a reader does when it ends with fewer samples than its equalized quota (broken shards,
+            skipped or duplicate samples, an index counting more than the shards hold): ``"repeat"`` yields some
+            of its samples again (``meta["repeated"]``, counted in ``stats.repeated``, warned) so that every rank
+            sees the same number of batches; ``"raise"`` raises :class:`ShardFormatError`.
 
     Raises:
         ValueError: for an option out of its range or options that do not go together.
@@ -598,11 +657,14 @@ class DynOccDataset(DistributedStream):
         world_size: int | None = None,
         too_few_shards: Literal["split", "error", "resample"] = "split",
         decode_chunk: int = 8,
+        short_reader: Literal["repeat", "raise"] = "repeat",
     ) -> None:
         """Resolve the shard list and its counts, and the pair strategy; nothing is read yet."""
         super().__init__()
         if handler not in ("warn", "raise", "ignore") and not callable(handler):
             raise ValueError(f"handler must be 'warn', 'raise', 'ignore' or a callable, got {handler!r}")
+        if short_reader not in ("repeat", "raise"):
+            raise ValueError(f"short_reader must be 'repeat' or 'raise', got {short_reader!r}")
         if too_few_shards not in ("split", "error", "resample"):
             raise ValueError(f"too_few_shards must be 'split', 'error' or 'resample', got {too_few_shards!r}")
         if shuffle < 0 or (epoch_length is not None and epoch_length < 0):
@@ -615,6 +677,8 @@ class DynOccDataset(DistributedStream):
             raise ValueError("epoch_length applies to resampled mode only (resampled=True)")
         self.description = _describe(urls)
         self.shards = resolve_shards(urls, index=index)
+        _warn_index_sizes(self.description, self.shards)
+        self.short_reader = short_reader
         self.strategy, self.sampler_options = strategy, dict(sampler_options or {})
         self._sampler = _resolve_strategy(strategy, self.sampler_options)
         self._own_pairs = bool(getattr(self._sampler, "takes_boundary_array", False))
@@ -822,6 +886,41 @@ class DynOccDataset(DistributedStream):
             log("%s: len() assumed num_workers=%s but %d workers read: pass num_workers= (create_loader does)",
                 self.description, self.num_workers, workers)
 
+    def _sample_split_stage(self, rank: int, worker: int) -> Any:
+        """The stage keeping this reader's share of the samples when readers split shards by sample, else None."""
+        world, workers = self._node()[1], worker_info()[1]
+        if not self._split_by_sample(world, workers):
+            return None
+        return wds.pipelinefilter(_every_nth)(start=rank * workers + worker, step=world * workers)
+
+    def _stages(self, source: Any, state: _ReaderState, epoch: int, rank: int, worker: int, *,
+                first_pass: bool = True, unique: bool = True) -> tuple[list[Any], list[Any]]:
+        """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
+
+        The raw part checks shards against the index and, on the first pass, drops duplicate keys (not when
+        resampling, where shards repeat by design).
+        """
+        raw = [
+            source,
+            wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
+            wds.pipelinefilter(wds.tariterators.url_opener)(handler=state.shard_error),
+            wds.pipelinefilter(expand_tars)(handler=state.shard_error),
+            wds.pipelinefilter(group_members)(),
+            wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
+            wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
+            self._sample_split_stage(rank, worker) if first_pass else None,
+        ]
+        decode = [
+            wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker))
+            if self.shuffle and first_pass else None,
+            wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error, steps=[
+                _each(self._parse),
+                *([lambda items: self._draw_pairs(items, epoch)] if self._sampler is not None else []),
+                _each(decode_image_member),
+            ]),
+        ]
+        return [stage for stage in raw if stage is not None], [stage for stage in decode if stage is not None]
+
     def __iter__(self) -> Iterator[Any]:
         """One epoch of this reader's items (the pipeline is built here, inside the worker)."""
         where = self.world()
@@ -829,41 +928,60 @@ class DynOccDataset(DistributedStream):
         epoch = self.epoch
         state = _ReaderState(self.handler, self._stats[worker % _MAX_STAT_ROWS], give_up_after=None)
         source, limit = self._source(rank, world, worker, workers, epoch, state)
-        stages: list[Any] = [
-            source,
-            wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
-            wds.pipelinefilter(wds.tariterators.url_opener)(handler=state.shard_error),
-            wds.pipelinefilter(expand_tars)(handler=state.shard_error),
-            wds.pipelinefilter(wds.tariterators.group_by_keys)(handler=state.shard_error),
-            wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
-            wds.pipelinefilter(_every_nth)(start=rank * workers + worker, step=world * workers)
-            if self._split_by_sample(world, workers) else None,
-            wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker)) if self.shuffle
-            else None,
-            wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error, steps=[
-                _each(self._parse),
-                *([lambda items: self._draw_pairs(items, epoch)] if self._sampler is not None else []),
-                _each(decode_image_member),
-            ]),
-            wds.slice(limit) if limit is not None else None,
-        ]
-        finished = False
+        resampled = self._mode(world, workers)[0]  # shards drawn with replacement: the same keys come again
+        raw_stages, decode_stages = self._stages(source, state, epoch, rank, worker, unique=not resampled)
+        raw = iter(wds.DataPipeline(*raw_stages))
         try:
-            for decoded in wds.DataPipeline(*stages):  # DataPipeline skips the None stages
-                state.failures_in_a_row = 0
-                item = self._finish(decoded)
-                state.count("samples")
-                yield item
-            finished = True
+            if limit != 0:
+                for decoded in wds.DataPipeline(lambda: raw, *decode_stages):
+                    state.failures_in_a_row = 0
+                    item = self._finish(decoded)
+                    state.count("samples")
+                    yield item
+                    if limit is not None and state.local["samples"] >= limit:
+                        break
+            if limit is not None and not resampled:
+                for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks their counts
+                    pass
+                if state.local["samples"] < limit:
+                    yield from self._repeat(state, limit, source.urls, epoch, rank, worker)
         finally:
-            if finished and limit is not None and state.local["samples"] < limit:
-                logger.warning("%s: rank %d worker %d yielded %d of its %d samples (skipped samples): ranks may "
-                               "now see different numbers of batches", self.description, rank, worker,
-                               state.local["samples"], limit)
             troubled = state.local["skipped_samples"] or state.local["shard_errors"]  # else: a debug line only
             logger.log(logging.INFO if troubled else logging.DEBUG, "%s epoch %d rank %d/%d worker %d/%d: %s",
                        self.description, epoch, rank, world, worker, workers,
                        ", ".join(f"{k} {v}" for k, v in state.local.items()))
+
+    def _repeat(self, state: _ReaderState, limit: int, own: Sequence[str], epoch: int, rank: int,
+                worker: int) -> Iterator[Any]:
+        """Make up a reader's quota with its own samples read again (then any shard's).
+
+        So every rank yields the same number of batches (``short_reader="raise"``: fail instead).
+        """
+        short = (f"rank {rank} worker {worker} yielded {state.local['samples']} of its {limit} samples (broken "
+                 f"shards, skipped or duplicate samples, or an index.json counting more than the shards hold)")
+        if self.short_reader == "raise":
+            raise ShardFormatError(self.description, None, f"{short}; other ranks would wait for its last batches")
+        logger.warning("%s: %s: repeating %d samples so that every rank sees the same number of batches "
+                       "(item meta['repeated'] is True; short_reader='raise' fails instead)", self.description, short,
+                       limit - state.local["samples"])
+        scratch = _ReaderState("ignore", torch.zeros(len(_STAT_NAMES), dtype=torch.int64), give_up_after=None)
+        for urls in (list(own), [s.url for s in self.shards]):
+            while state.local["samples"] < limit:
+                raw_stages, decode_stages = self._stages(wds.SimpleShardList(urls), scratch, epoch, rank, worker,
+                                                         first_pass=False)
+                before = state.local["samples"]
+                for decoded in wds.DataPipeline(*raw_stages, *decode_stages):
+                    item = self._finish(decoded)
+                    if isinstance(item, dict) and isinstance(item.get("meta"), dict):
+                        item["meta"]["repeated"] = True
+                    state.count("samples")
+                    state.count("repeated")
+                    yield item
+                    if state.local["samples"] >= limit:
+                        return
+                if state.local["samples"] == before:
+                    break  # nothing readable in these shards: try all of them, then give up
+        raise ShardFormatError(self.description, None, f"{short}, and no readable sample is left to repeat")
 
     def __repr__(self) -> str:
         """Short description."""

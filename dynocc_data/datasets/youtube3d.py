@@ -43,16 +43,53 @@ __all__ = [
 Item = dict[str, Any]
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a pickled plain ndarray refers to, under the module names of numpy 1.x and 2.x."""
+MAX_TARGET_BYTES = 64 << 20  # a release target is a few KB (5 x N float64, N ~ a few thousand pairs)
+
+
+class _ArrayClass:
+    """What the unpickler hands out for the global ``numpy.ndarray``: a token only :func:`_reconstruct` accepts.
+
+    The real class is never given to a pickle, so a pickle cannot call ``numpy.ndarray(shape, dtype,
+    buffer, offset, strides)`` itself (zero strides make a tiny pickle into gigabytes of array).
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Refuse: a pickle calling ``numpy.ndarray`` directly is not a pickled array but a crafted one."""
+        raise _RefusedGlobal("refusing a direct numpy.ndarray call (numpy pickles arrays through _reconstruct)")
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray (only as the class argument of _reconstruct)"
+
+
+_NDARRAY = _ArrayClass()
+
+
+def _reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` as numpy's own pickles call it; any other call is refused.
+
+    numpy makes an empty array whose ``BUILD`` state then supplies the shape, the dtype and exactly the bytes
+    they need.
+    """
+    if cls is not _NDARRAY or shape != (0,) or not isinstance(dtype_code, (bytes, str)):
+        raise _RefusedGlobal(f"refusing _reconstruct({cls!r}, {shape!r}, ...): not how numpy pickles an array")
+    return _multiarray()._reconstruct(np.ndarray, (0,), dtype_code)
+
+
+def _multiarray() -> Any:
+    """The ``multiarray`` module of numpy 1.x or 2.x."""
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray
+    return multiarray
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a pickled plain ndarray refers to, under the module names of numpy 1.x and 2.x."""
     return {
-        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,  # Python 2 / numpy 1 pickles
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,  # numpy 2 pickles
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # Python 2 / numpy 1 pickles
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 pickles
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
     }
 
@@ -67,6 +104,9 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
     ``find_class`` is the only way a pickle reaches callables (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*), so
     answering it from a fixed table means no other code can run; objects are returned from the table, never
     imported by name. ``copy_reg._reconstructor`` is not admitted: numpy reduces arrays and dtypes itself.
+    ``numpy.ndarray`` is admitted only as the class argument of ``_reconstruct``, whose empty array gets its
+    data from the pickle's own bytes (numpy's ``__setstate__`` checks that they match the shape), so an array
+    can never be larger than the file (at most :data:`MAX_TARGET_BYTES`).
     """
 
     _ALLOWED = _allowed_globals()
@@ -93,8 +133,9 @@ def _describe(obj: Any) -> str:
 def load_youtube3d_pkl(path: str | os.PathLike) -> np.ndarray:
     """Read a YouTube3D target (``5 x N`` array pickled by Python 2) with a restricted unpickler.
 
-    Only numpy's array-reconstruction globals are admitted and Python 2 strings are decoded as latin-1 (what
-    numpy expects for py2 array data).
+    Only numpy's array reconstruction is admitted (``_reconstruct`` as numpy calls it, ``dtype``; never a direct
+    ``numpy.ndarray`` call), the file may hold at most :data:`MAX_TARGET_BYTES`, and Python 2 strings are decoded
+    as latin-1 (what numpy expects for py2 array data).
 
     Args:
         path: the ``.pkl`` file.
@@ -103,14 +144,17 @@ def load_youtube3d_pkl(path: str | os.PathLike) -> np.ndarray:
         A writable native-endian copy of the ``(5, N)`` array (integer arrays as float64).
 
     Raises:
-        InputError: naming the file, when it cannot be read, names any other global, is not a readable pickle,
-            or holds a non-numeric array, a shape other than ``(5, N)``, non-finite values or ordinals outside
-            {-1, 0, 1}.
+        InputError: naming the file, when it cannot be read or is too large, names any other global, is not a
+            readable pickle, or holds a non-numeric array, a shape other than ``(5, N)``, non-finite values or
+            ordinals outside {-1, 0, 1}.
     """
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_TARGET_BYTES + 1)
     except OSError as err:
         raise InputError(path, f"cannot read target: {err.strerror or err}") from None
+    if len(raw) > MAX_TARGET_BYTES:
+        raise InputError(path, f"target larger than {MAX_TARGET_BYTES} bytes: not a YouTube3D target")
     try:
         obj = _NumpyArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except _RefusedGlobal as err:

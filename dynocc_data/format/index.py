@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +21,18 @@ import webdataset as wds
 
 from ..errors import InputError, InputNotFoundError
 
-__all__ = ["INDEX_FORMAT", "INDEX_NAME", "ShardInfo", "index_document", "load_index", "local_path", "read_index",
-           "read_text"]
+__all__ = ["INDEX_FORMAT", "INDEX_NAME", "ShardInfo", "confined_url", "index_document", "load_index", "local_path",
+           "read_index", "read_text"]
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "dynocc-shards/1"
+MAX_INDEX_BYTES = 64 << 20  # an index of a million shards is ~100 MB of JSON less; anything bigger is not ours
+# An index entry names a file under the index's folder: word characters and ``.+=@,%-`` between slashes. No shell
+# metacharacter can pass (the entry may end up inside a ``pipe:`` or curl command line built from the index's
+# own URL), no scheme, no absolute path, no ``..``.
+_SAFE_ENTRY = re.compile(r"[\w+=@,%-][\w.+=@,%-]*(/[\w+=@,%-][\w.+=@,%-]*)*\Z")
+_SHELL_CHARS = re.compile(r"[\s'\"`$;&|<>(){}\[\]*?!#\\]")
+_COMMAND_SCHEMES = ("pipe:",)  # URLs that run a command: only ever from the caller's own arguments
 
 
 @dataclass(frozen=True)
@@ -58,21 +67,77 @@ def local_path(url: str) -> str | None:
     return None
 
 
-def read_text(url: str) -> str:
+def read_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
     """Read a small text file from a local path or any URL webdataset's ``gopen`` understands.
 
     Args:
         url: the file's path or URL.
+        max_bytes: the most it may hold (more raises ``ValueError``).
 
     Returns:
         The file's contents, decoded as UTF-8.
+
+    Raises:
+        ValueError: when the file holds more than ``max_bytes``.
     """
     local = local_path(url)
     if local is not None:
-        with open(local, encoding="utf-8") as stream:
-            return stream.read()
-    with wds.gopen(url, "rb") as stream:
-        return stream.read().decode("utf-8")
+        with open(local, "rb") as stream:
+            data = stream.read(max_bytes + 1)
+    else:
+        with wds.gopen(url, "rb") as stream:
+            data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than {max_bytes} bytes")
+    return data.decode("utf-8")
+
+
+def _under(path: str, root: str) -> bool:
+    """True when ``path`` (symbolic links resolved) lies inside the folder ``root``."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def confined_url(where: str, base: str, url: str, *, allow_outside: bool = False) -> str:
+    """The URL of an index entry ``url`` joined onto ``base`` (the index's folder).
+
+    Refused unless it names a file under that folder (or the same remote prefix).
+
+    Args:
+        where: the index, for messages.
+        base: the folder (path or URL prefix) the index lives in; ``""`` for an index given as a dict.
+        url: the entry as written in the index.
+        allow_outside: also accept absolute paths, ``..`` and ``http(s)``/``file:`` URLs (the caller trusts the
+            index). Command URLs (``pipe:``) and shell metacharacters are refused even then.
+
+    Returns:
+        The URL to open.
+
+    Raises:
+        InputError: naming the index and the entry, when the entry may not be read.
+    """
+    def refuse(reason: str) -> InputError:
+        return InputError(where, f"refusing shard entry {url!r}: {reason}")
+
+    if url.lower().startswith(_COMMAND_SCHEMES):
+        raise refuse("an index may not run commands (pipe: URLs only come from your own arguments)")
+    if allow_outside:
+        if _SHELL_CHARS.search(url):
+            raise refuse("shell metacharacters")
+        return url if "://" in url or url.startswith("file:") or posixpath.isabs(url) or not base else f"{base}/{url}"
+    if "://" in url or ":" in url.split("/", 1)[0]:
+        raise refuse("not a file under the index's folder (URLs are refused; pass allow_outside=True to trust it)")
+    if posixpath.isabs(url) or os.path.isabs(url):
+        raise refuse("an absolute path leaves the index's folder")
+    if not _SAFE_ENTRY.match(url) or ".." in url.split("/"):
+        raise refuse("not a plain relative file name under the index's folder")
+    if not base:
+        return url
+    joined = f"{base}/{url}"
+    local_base = local_path(base)
+    if local_base is not None and not _under(local_path(joined) or joined, local_base):
+        raise refuse("a symbolic link out of the index's folder")
+    return joined
 
 
 def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -97,11 +162,16 @@ def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, 
     return where, base, index
 
 
-def load_index(source: str | os.PathLike | Mapping[str, Any]) -> list[ShardInfo]:
+def load_index(source: str | os.PathLike | Mapping[str, Any], *, allow_outside: bool = False) -> list[ShardInfo]:
     """Shards listed by an ``index.json``, with their URLs joined onto the index's folder.
+
+    Every entry must name a file under the index's own folder (or the same remote prefix): URLs, absolute paths,
+    ``..``, symbolic links out of the folder and shell metacharacters are refused (:func:`confined_url`), and
+    command URLs (``pipe:``) always are, so reading a folder from a stranger never runs a command.
 
     Args:
         source: a path or URL of an ``index.json``, a local folder holding one, or the parsed dict.
+        allow_outside: trust the index's entries to point elsewhere (see :func:`confined_url`).
 
     Returns:
         One :class:`ShardInfo` per entry, in the index's order.
@@ -109,10 +179,10 @@ def load_index(source: str | os.PathLike | Mapping[str, Any]) -> list[ShardInfo]
     Raises:
         InputError: naming the file, when it is missing, unreadable or not a shard index.
     """
-    return _entries(*_read_document(source))
+    return _entries(*_read_document(source), allow_outside=allow_outside)
 
 
-def _entries(where: str, base: str, index: Mapping[str, Any]) -> list[ShardInfo]:
+def _entries(where: str, base: str, index: Mapping[str, Any], *, allow_outside: bool = False) -> list[ShardInfo]:
     """The checked shard entries of a checked index document."""
     shards = []
     for entry in index["shards"]:
@@ -120,18 +190,18 @@ def _entries(where: str, base: str, index: Mapping[str, Any]) -> list[ShardInfo]
         count, nbytes = (entry.get("count"), entry.get("bytes")) if ok else (None, None)
         if not ok or not isinstance(count, int) or count < 0 or not (nbytes is None or isinstance(nbytes, int)):
             raise InputError(where, f"bad shard entry {entry!r} (needs url and a count >= 0)")
-        url = entry["url"]
-        if base and "://" not in url and not os.path.isabs(url):
-            url = f"{base}/{url}"
-        shards.append(ShardInfo(url, count, nbytes))
+        if isinstance(count, bool) or isinstance(nbytes, bool) or (nbytes is not None and nbytes < 0):
+            raise InputError(where, f"bad shard entry {entry!r} (count and bytes are integers >= 0)")
+        shards.append(ShardInfo(confined_url(where, base, entry["url"], allow_outside=allow_outside), count, nbytes))
     return shards
 
 
-def read_index(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+def read_index(source: str | os.PathLike | Mapping[str, Any], *, allow_outside: bool = False) -> dict[str, Any]:
     """The whole ``index.json`` object, its shard URLs joined onto the index's folder.
 
     Args:
         source: as for :func:`load_index`.
+        allow_outside: as for :func:`load_index`.
 
     Returns:
         The JSON object with ``"shards"`` as dicts of ``url``, ``count`` and ``bytes``.
@@ -140,7 +210,7 @@ def read_index(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
         InputError: as :func:`load_index` (the same checks).
     """
     where, base, index = _read_document(source)
-    shards = _entries(where, base, index)
+    shards = _entries(where, base, index, allow_outside=allow_outside)
     return {**index, "shards": [{"url": s.url, "count": s.count, "bytes": s.nbytes} for s in shards]}
 
 

@@ -24,13 +24,16 @@ from .dense import DEPTH_MEMBER, check_depth_kind, decode_depth_member, encode_d
 __all__ = [
     "BOUNDARY_DTYPE",
     "BOUNDARY_FIELDS",
+    "MAX_IMAGE_PIXELS",
     "REQUIRED_FIELDS",
     "MissingFieldError",
     "boundary_from_array",
     "boundary_to_array",
+    "check_image_size",
     "decode_image_member",
     "decode_sample",
     "encode_sample",
+    "jpeg_size",
 ]
 
 BOUNDARY_DTYPE = np.dtype([("y", "<f4"), ("x", "<f4"), ("ny", "<f4"), ("nx", "<f4"),
@@ -39,16 +42,15 @@ BOUNDARY_FIELDS = BOUNDARY_DTYPE.names
 REQUIRED_FIELDS = ("jpg", "json", "pairs.npy", "ordinal.npy", "boundary.npy")
 META_FIELDS = ("video", "frame", "orig_size", "size")  # required keys of the .json member
 DEFAULT_SOURCE = "dynocc"  # meta["source"] when the .json member has none
+MAX_IMAGE_PIXELS = 8192 * 8192  # larger images are refused before decoding (a 20000^2 JPEG is 1.2 GB decoded)
+MAX_JSON_BYTES = 1 << 20  # a sample's .json is a few hundred bytes
+_FLOAT_BOUNDARY_FIELDS = tuple(n for n in BOUNDARY_FIELDS if BOUNDARY_DTYPE[n].kind == "f")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def _npy_load(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def boundary_to_array(boundary: Mapping[str, torch.Tensor | np.ndarray]) -> np.ndarray:
@@ -129,8 +131,9 @@ class MissingFieldError(ShardFormatError):
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_HEADER = re.compile(r"\{'descr': (?P<descr>'[^'\n]+'|\[[^{}\n]+\]), 'fortran_order': (?P<fortran>True|False), "
                          r"'shape': \((?P<shape>[0-9, ]*)\), \}[ ]*\n?\Z")
-_NPY_DTYPES: dict[str, np.dtype] = {}  # header descr -> dtype, filled from numpy.load's own (safe) parsing
+_NPY_DTYPES: dict[str, np.dtype] = {}  # header descr -> dtype, filled from numpy's own (safe) header parsing
 _NPY_DTYPES_MAX = 256
+_NPY_MAX_HEADER = 10000  # numpy's own default bound on the header numpy.lib.format parses with literal_eval
 
 
 def _npy_header(view: memoryview) -> tuple[re.Match[str] | None, int]:
@@ -142,28 +145,100 @@ def _npy_header(view: memoryview) -> tuple[re.Match[str] | None, int]:
     return _NPY_HEADER.match(bytes(view[start:end]).decode("latin1")), end
 
 
+def _npy_parse_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of a ``.npy`` buffer, from numpy's own header parser.
+
+    The header is bounded in size; nothing is unpickled.
+    """
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+    shape, fortran, dtype = readers[version](stream, max_header_size=_NPY_MAX_HEADER)
+    return shape, fortran, dtype, stream.tell()
+
+
 def _npy_array(data: bytes) -> np.ndarray:
     """A ``.npy`` member as one array (read-only, sharing ``data``); nothing is ever unpickled.
 
-    A header in numpy's own layout whose ``descr`` was seen before takes a fast path (``numpy.frombuffer`` with
-    the cached dtype, skipping numpy's ``literal_eval`` of the header); anything else goes through
-    ``numpy.load(allow_pickle=False)``, which refuses pickled (object) arrays, and caches the dtype it found.
+    The header is parsed (numpy's own parser, or a cached dtype for a header in numpy's layout seen before) and
+    the array is a ``numpy.frombuffer`` view of the bytes after it: object dtypes (pickles) are refused, and so is
+    a header claiming more elements than the member holds bytes for (nothing is allocated from the header's
+    word: a 24-byte member cannot ask for terabytes).
     """
     view = memoryview(data)
     match, offset = _npy_header(view)
     dtype = _NPY_DTYPES.get(match["descr"]) if match else None
     if dtype is not None:
         shape = tuple(int(s) for s in match["shape"].split(",") if s.strip())
-        count = math.prod(shape)
-        if len(view) - offset >= count * dtype.itemsize:
-            array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
-            return array.reshape(shape, order="F" if match["fortran"] == "True" else "C")
-    array = _npy_load(data)
-    if not isinstance(array, np.ndarray):
-        raise ValueError("not a single .npy array")
-    if match and not array.dtype.hasobject and len(_NPY_DTYPES) < _NPY_DTYPES_MAX:
-        _NPY_DTYPES[match["descr"]] = array.dtype
-    return array
+        fortran = match["fortran"] == "True"
+    else:
+        shape, fortran, dtype, offset = _npy_parse_header(data)
+        if dtype.hasobject:
+            raise ValueError("object arrays are refused: loading them would unpickle (read with allow_pickle=False)")
+        if match and len(_NPY_DTYPES) < _NPY_DTYPES_MAX:
+            _NPY_DTYPES[match["descr"]] = dtype
+    count = math.prod(shape)
+    if len(view) - offset < count * dtype.itemsize:
+        raise ValueError(f"unexpected EOF: header claims shape {shape} ({count * dtype.itemsize} bytes) but the "
+                         f"member holds {len(view) - offset}")
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int]:
+    """``(height, width)`` from a JPEG's frame header (SOF), read without decoding anything.
+
+    Args:
+        data: the JPEG file's bytes.
+
+    Returns:
+        The image's height and width as the frame header states them.
+
+    Raises:
+        ValueError: when ``data`` is not a JPEG or has no frame header.
+    """
+    view = memoryview(data)
+    if bytes(view[:2]) != b"\xff\xd8":
+        raise ValueError("not a JPEG (no start-of-image marker)")
+    pos = 2
+    while pos + 4 <= len(view):
+        if view[pos] != 0xFF:
+            raise ValueError(f"corrupt JPEG marker at byte {pos}")
+        marker = view[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(view[pos + 2:pos + 4], "big")
+        if marker in _SOF_MARKERS and pos + 9 <= len(view):
+            return int.from_bytes(view[pos + 5:pos + 7], "big"), int.from_bytes(view[pos + 7:pos + 9], "big")
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image or scan data before any frame header
+            break
+        pos += 2 + length
+    raise ValueError("JPEG without a frame header")
+
+
+def check_image_size(height: int, width: int, *, max_pixels: int | None = None) -> None:
+    """Refuse an image too large to decode.
+
+    Args:
+        height: the image's height in pixels.
+        width: the image's width in pixels.
+        max_pixels: the limit (default :data:`MAX_IMAGE_PIXELS`).
+
+    Raises:
+        ValueError: when ``height * width`` is above the limit.
+    """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if height * width > limit:
+        raise ValueError(f"{height}x{width} image is above the limit of {limit} pixels")
 
 
 def _decode_jpeg_rgb(data: bytes) -> torch.Tensor:
@@ -173,6 +248,8 @@ def _decode_jpeg_rgb(data: bytes) -> torch.Tensor:
 
 def _decode_meta(data: bytes | str) -> dict[str, Any]:
     """The ``.json`` member: an object with at least ``video``, ``frame``, ``orig_size`` and ``size``."""
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"{len(data)} bytes, more than the {MAX_JSON_BYTES} a sample's JSON may hold")
     meta = json.loads(bytes(data).decode("utf-8") if not isinstance(data, str) else data)
     if not isinstance(meta, dict):
         raise ValueError("not a JSON object")
@@ -183,6 +260,7 @@ def _decode_meta(data: bytes | str) -> dict[str, Any]:
         v = meta[name]
         if not (isinstance(v, list) and len(v) == 2 and all(type(s) is int and s > 0 for s in v)):
             raise ValueError(f"{name} must be [H, W] (positive integers), got {v!r}")
+    check_image_size(*meta["size"])
     if type(meta["frame"]) is not int or meta["frame"] < 0:
         raise ValueError(f"frame must be an integer >= 0, got {meta['frame']!r}")
     if not isinstance(meta.get("source", DEFAULT_SOURCE), str):
@@ -215,6 +293,10 @@ def _check_boundary_array(array: np.ndarray) -> np.ndarray:
     if array.ndim != 1 or any(n not in names for n in BOUNDARY_FIELDS):
         raise ValueError(f"need a 1-D structured array with fields {', '.join(BOUNDARY_FIELDS)}, "
                          f"got {array.dtype} {array.shape}")
+    bad = {name: int(np.count_nonzero(~np.isfinite(array[name]))) for name in _FLOAT_BOUNDARY_FIELDS
+           if array.dtype[name].kind == "f"}
+    if any(bad.values()):
+        raise ValueError("non-finite values (" + ", ".join(f"{n} in {k}" for k, n in bad.items() if n) + ")")
     return array
 
 
@@ -306,6 +388,13 @@ def decode_image_member(item: dict[str, Any]) -> dict[str, Any]:
         ShardFormatError: when the bytes do not decode or the image is not the JSON ``size``.
     """
     meta = item["meta"]
+    try:
+        height, width = jpeg_size(item["image"])  # from the header: nothing is decoded yet
+    except ValueError as e:
+        raise ShardFormatError(meta["url"], meta["key"], f"jpg: {e}") from None
+    if (height, width) != meta["size"]:
+        raise ShardFormatError(meta["url"], meta["key"], f"jpg: image is {height}x{width} but json size says "
+                                                         f"{list(meta['size'])} (not decoded)")
     try:
         image = _decode_jpeg_rgb(item["image"])
     except Exception as e:  # noqa: BLE001 - any failure to decode is a format error of the member

@@ -18,11 +18,25 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["expand_tars", "iter_tar_members", "tar_members"]
+__all__ = ["MAX_MEMBER_BYTES", "expand_tars", "group_members", "is_compressed", "iter_tar_members", "tar_members"]
 
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file types, as tarfile's REGULAR_TYPES (sparse files aside)
 _WDS_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: such members are not sample files
+MAX_MEMBER_BYTES = 1 << 30  # a member claiming more is refused before anything is read into memory
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def is_compressed(head: bytes) -> bool:
+    """Tell a compressed file by its content, whatever it is named.
+
+    Args:
+        head: the file's first bytes (8 are enough).
+
+    Returns:
+        True when ``head`` starts with a gzip, bzip2, xz or zstd signature.
+    """
+    return head.startswith(_COMPRESSED_MAGIC)
 
 
 class _Prepended:
@@ -108,7 +122,9 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
 
     A lean equivalent of iterating ``tarfile.open(fileobj=stream, mode="r|*")``, with the same outcomes: the end
     of the data, a zero block or a bad header where a header should start ends the archive silently; pax
-    (``path``, ``size``) and GNU long-name headers apply to the member that follows.
+    (``path``, ``size``) and GNU long-name headers apply to the member that follows. Names are returned as they
+    are (``../x``, ``/etc/x``): nothing is ever extracted, they only group members into samples; links, devices
+    and folders are skipped.
 
     Args:
         stream: a binary stream with ``read``; gzip, bzip2 and xz are detected from its first bytes.
@@ -118,7 +134,8 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
 
     Raises:
         tarfile.ReadError: when the archive is empty or bad at its very start or right after a pax / long-name
-            header, when an extended header is malformed, and (``"unexpected end of data"``) when data is cut short.
+            header, when an extended header is malformed, (``"unexpected end of data"``) when data is cut short,
+            and before reading a member that claims more than :data:`MAX_MEMBER_BYTES`.
     """
     stream = _decompressed(stream)
     offset, pax, long_name = 0, {}, None
@@ -133,6 +150,9 @@ def tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
             return
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+        if not 0 <= size <= MAX_MEMBER_BYTES:
+            raise tarfile.ReadError(f"member {_member_name(header, pax, long_name)!r} claims {size} bytes "
+                                    f"(the limit is {MAX_MEMBER_BYTES})")
         data = stream.read(size)
         if len(data) < size:
             raise tarfile.ReadError("unexpected end of data")
@@ -170,19 +190,76 @@ def expand_tars(src: Iterator[dict[str, Any]], *,
     """
     for source in src:
         url, stream = source["url"], source["stream"]
+        error, closed = None, False
         try:
-            for name, data in tar_members(stream):
-                if not _WDS_META.match(name):
-                    yield {"fname": name, "data": data, "__url__": url}
-            yield {}
-        except Exception as exn:  # noqa: BLE001 - reported through the handler, as webdataset does
-            exn.args = exn.args + (url,)
-            if not handler(exn):
-                break
+            try:
+                for name, data in tar_members(stream):
+                    if not _WDS_META.match(name):
+                        yield {"fname": name, "data": data, "__url__": url}
+            except Exception as exn:  # noqa: BLE001 - reported through the handler, as webdataset does
+                error = exn
+            closed = True
+            try:
+                _close(stream)  # a pipe: or curl stream reports its command's exit status here
+            except Exception as exn:  # noqa: BLE001 - OSError("exit status 22"): the shard failed, not the epoch
+                error = error or exn
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            if not closed:  # the consumer stopped early (GeneratorExit): close quietly
+                try:
+                    _close(stream)
+                except Exception:  # noqa: BLE001 - a command killed because nobody reads it any more
+                    pass
+        if error is None:
+            yield {}
+            continue
+        error.args = error.args + (url,)
+        if not handler(error):
+            break
+
+
+_KEY_SUFFIX = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: key, then every extension
+
+
+def group_members(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Pipeline stage in place of webdataset's ``group_by_keys``: consecutive members with one key make a sample.
+
+    The same grouping (key = the name up to the first dot of its last part, suffix = the rest, lower-cased; a
+    shard's end, ``{}``, ends its last sample), except that a member whose suffix the current sample already has
+    starts a new sample with the same key instead of failing the rest of the shard, so a duplicate sample is one
+    sample whether its copies are adjacent or not (the reader then keeps the first, see
+    :func:`dynocc_data.datasets.dynocc`).
+
+    Args:
+        src: the output of :func:`expand_tars`.
+
+    Yields:
+        Samples: ``__key__``, ``__url__`` and one entry per member suffix.
+    """
+    current: dict[str, Any] | None = None
+    for member in src:
+        if not member:
+            if current is not None:
+                yield current
+            current = None
+            continue
+        match = _KEY_SUFFIX.match(member["fname"])
+        if not match:
+            continue
+        key, suffix = match.group(1), match.group(2).lower()
+        if current is None or key != current["__key__"] or suffix in current:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": member["__url__"]}
+        current[suffix] = member["data"]
+    if current is not None:
+        yield current
+
+
+def _close(stream: Any) -> None:
+    """Close ``stream`` if it can be closed."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
 
 
 def iter_tar_members(path: str | os.PathLike) -> Iterable[tarfile.TarInfo]:

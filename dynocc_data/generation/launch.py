@@ -75,6 +75,7 @@ from tqdm.auto import tqdm
 from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text
 from .config import GenerateConfig, GenerateSummary, RunOptions
+from .lock import hold_output
 from .pipeline import progress_bars, resolve_device, run_videos
 from .video import IMAGE_EXTENSIONS, VideoSource, discover_videos
 from .writer import RunState, read_run_state, run_upload, upload_command, write_index
@@ -479,7 +480,11 @@ def marker_path(out: str | os.PathLike, rank: int) -> Path:
 
 
 def _write_marker(out: Path, marker: Mapping[str, Any]) -> None:
-    atomic_write_text(marker_path(out, marker["rank"]), json.dumps(dict(marker), indent=1, sort_keys=True) + "\n")
+    path = marker_path(out, marker["rank"])
+    try:
+        atomic_write_text(path, json.dumps(dict(marker), indent=1, sort_keys=True) + "\n")
+    except OSError as e:  # a read-only or full output folder
+        raise DynOccError(f"{path}: cannot write the rank marker ({e.strerror or e})") from None
 
 
 def read_markers(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
@@ -594,7 +599,10 @@ def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
         summary = run_videos(job.sources, out, job.config, options, rank=job.rank, device=job.device, state=state)
     except BaseException as e:
         marker.update(status="failed", error=" ".join(str(e).split()) or type(e).__name__, finished=time.time())
-        _write_marker(out, marker)
+        try:
+            _write_marker(out, marker)
+        except DynOccError as marker_error:  # the folder that failed the run may refuse the marker too
+            log.warning("%s", marker_error)
         raise
     marker.update(status="done", summary=summary.to_dict(), finished=time.time())
     _write_marker(out, marker)
@@ -898,12 +906,13 @@ def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLik
     for e in errors if info.rank == 0 else []:
         log.warning("%s", e)
     input_errors = [{"video": e.path, "reason": e.reason} for e in errors] if info.rank == 0 else []
-    if info.distributed:
-        return _run_distributed(sources, input_errors, out, config, options, info, t0)
-    workers = min(resolve_workers(options.workers, options.device), max(1, len(sources)))
-    if workers == 1:
-        return _run_single(sources, input_errors, out, config, options, info, t0)
-    return _run_workers(sources, input_errors, out, config, options, workers, t0)
+    with hold_output(out, rank=info.rank if info.distributed else None):  # one writer per folder and rank
+        if info.distributed:
+            return _run_distributed(sources, input_errors, out, config, options, info, t0)
+        workers = min(resolve_workers(options.workers, options.device), max(1, len(sources)))
+        if workers == 1:
+            return _run_single(sources, input_errors, out, config, options, info, t0)
+        return _run_workers(sources, input_errors, out, config, options, workers, t0)
 
 
 def _run_single(sources, input_errors, out: Path, config, options: RunOptions, info: RankInfo,

@@ -44,7 +44,7 @@ import av
 import cv2
 import numpy as np
 
-from ..errors import InputError, InputNotFoundError
+from ..errors import DynOccError, InputError, InputNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoReader", "VideoSource", "as_source", "discover_videos",
            "frames_needed", "make_video_id", "open_video", "require_frames", "select_frames", "target_size"]
@@ -52,6 +52,7 @@ __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "VideoReader", "VideoSource",
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
+MAX_FRAME_PIXELS = 8192 * 8192  # default limit on a video's frame size (DYNOCC_MAX_FRAME_PIXELS changes it)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 LIST_EXTENSIONS = frozenset({".txt"})
 BACKENDS = ("auto", "decord", "pyav", "frames", "torchcodec")
@@ -331,6 +332,40 @@ def _short_reason(exc: BaseException) -> str:
     return line[0].lower() + line[1:] if line[:2] != line[:2].upper() else line
 
 
+def max_frame_pixels() -> int:
+    """The largest frame (in pixels) a video may have: ``DYNOCC_MAX_FRAME_PIXELS`` or :data:`MAX_FRAME_PIXELS`.
+
+    Returns:
+        The limit.
+
+    Raises:
+        DynOccError: when the environment variable is not a positive integer.
+    """
+    text = os.environ.get("DYNOCC_MAX_FRAME_PIXELS")
+    if text is None:
+        return MAX_FRAME_PIXELS
+    if not text.strip().isdigit() or int(text) < 1:
+        raise DynOccError(f"DYNOCC_MAX_FRAME_PIXELS={text!r}: must be a positive integer (pixels per frame)")
+    return int(text)
+
+
+def check_frame_size(path: str, height: int, width: int) -> None:
+    """Refuse a video whose frames are larger than :func:`max_frame_pixels` (a 16000x16000 video needs gigabytes).
+
+    Args:
+        path: the video, for the message.
+        height: frame height in pixels.
+        width: frame width in pixels.
+
+    Raises:
+        InputError: naming the video, its frame size and the limit.
+    """
+    limit = max_frame_pixels()
+    if height * width > limit:
+        raise InputError(path, f"{height}x{width} frames ({height * width} pixels) are above the limit of {limit} "
+                               f"(set DYNOCC_MAX_FRAME_PIXELS to allow them)")
+
+
 def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``frame`` at ``size`` (H, W); INTER_AREA because we only ever shrink."""
     if frame.shape[:2] == size:
@@ -357,6 +392,7 @@ class VideoReader(ABC):
 
     def __init__(self, path: str, *, num_frames: int, reported_frames: int, fps: float,
                  orig_size: tuple[int, int], size: tuple[int, int]):
+        check_frame_size(path, *orig_size)
         self.path = path
         self.num_frames = num_frames
         self.reported_frames = reported_frames
@@ -609,6 +645,7 @@ class PyAVReader(VideoReader):
         if not self._container.streams.video:
             raise InputError(path, "cannot decode (no video stream)")
         self._stream = stream = self._container.streams.video[0]
+        check_frame_size(path, int(stream.codec_context.height or 0), int(stream.codec_context.width or 0))
         stream.thread_type = "AUTO"
         packets = self._scan(path)
         pts = [p for p, _ in packets]
@@ -623,7 +660,13 @@ class PyAVReader(VideoReader):
             first = next(self._frames_from(0), None)
         if first is None:
             raise InputError(path, "cannot decode (no frame decodes)")
-        orig = (first[1].height, first[1].width)
+        # a phone video's display matrix says how to turn the coded frames upright; PyAV reports it, we apply it
+        self._quarter_turns = round(float(getattr(first[1], "rotation", 0) or 0) / 90) % 4
+        if self._quarter_turns * 90 != round(float(getattr(first[1], "rotation", 0) or 0)) % 360:
+            logger.warning("%s: display rotation of %s degrees is not a multiple of 90; rotating by %d",
+                           path, first[1].rotation, self._quarter_turns * 90)
+        orig = (first[1].height, first[1].width)[::-1] if self._quarter_turns % 2 else \
+            (first[1].height, first[1].width)
         num = self._count_decodable(len(packets))
         reported = max(int(stream.frames or 0), len(packets))  # stream.frames is 0 when the container omits it
         if num < reported:
@@ -698,7 +741,10 @@ class PyAVReader(VideoReader):
                     continue
                 if index > wanted[pos]:
                     break  # the wanted frame was skipped as undecodable
-                yield index, _resize(frame.to_ndarray(format="rgb24"), self.size)
+                rgb = frame.to_ndarray(format="rgb24")
+                if self._quarter_turns:  # counterclockwise, as the display matrix means it
+                    rgb = np.ascontiguousarray(np.rot90(rgb, self._quarter_turns))
+                yield index, _resize(rgb, self.size)
                 pos += 1
                 if pos == len(wanted):
                     return
@@ -726,7 +772,14 @@ def _frame_files(folder: str) -> list[str]:
 
 def _read_image(path: str) -> np.ndarray:
     """RGB ``uint8`` HxWx3 image, or :class:`InputError` naming the file."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(path, f"cannot decode image (cannot read it: {err.strerror or err})") from None
+    if data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # OpenCV decodes a cut JPEG silently (grey below the cut), which flow would then blame on a shot cut
+        raise InputError(path, "truncated JPEG (no end-of-image marker after its image data)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InputError(path, "cannot decode image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -516,7 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dynocc-data: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dynocc-data: interrupted", file=sys.stderr)
+        resume = " (committed shards are kept: run the same command with --resume to continue)" \
+            if args.func is cmd_generate else ""
+        print(f"dynocc-data: interrupted{resume}", file=sys.stderr)
         return 130
 
 
