@@ -83,7 +83,7 @@ from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
 from ..format.tar import expand_tars, group_members, is_compressed
 from ..sampling import create_sampler, sample_generator
-from ._distributed import DistributedStream, mix_seed, share_of
+from ._distributed import DistributedStream, mix_seed, share_of, worker_info
 
 logger = logging.getLogger(__name__)
 
