@@ -18,6 +18,7 @@ No assertion: numbers are measured in one run and printed.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import tempfile
 import time
@@ -48,8 +49,7 @@ def main() -> None:
         print(f"made a 640x360 clip of {args.frames} frames in {time.perf_counter() - t0:.1f} s")
         config = GenerateConfig()
         if args.flow == "raft":
-            config.flow = "raft"
-            config.flow_options = {"size": "large", "weights": args.raft_weights}
+            config = replace(config, flow="raft", flow_options={"size": "large", "weights": args.raft_weights})
         # warm up (imports, OpenCV and torch kernels) on a short run, so the measurement is steady state
         generate([str(video)], tmp / "warm", config, device=args.device, progress=False,
                  batch_size=args.batch_size).frames_processed

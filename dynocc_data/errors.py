@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DynOccError", "InputError", "InputNotFoundError", "ShardFormatError"]
+__all__ = ["ConfigError", "DynOccError", "InputError", "InputNotFoundError", "ShardFormatError"]
 
 
 class DynOccError(Exception):
@@ -50,3 +50,18 @@ class ShardFormatError(DynOccError, ValueError):
         self.reason = " ".join(str(reason).split())
         where = f"{shard}" + (f" [{key}]" if key else "")
         super().__init__(f"{where}: {self.reason}")
+
+
+class ConfigError(DynOccError, ValueError):
+    """An option has a value outside what it accepts: ``str(err)`` is ``"<option>: <reason>"``.
+
+    Args:
+        option: the option's name (a config field or a command-line flag).
+        reason: what it accepts and what it got; folded into one line.
+    """
+
+    def __init__(self, option: str, reason: str):
+        """Keep the parts and build the one-line message."""
+        self.option = option
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{option}: {self.reason}")

@@ -1,5 +1,8 @@
 """Ordinal-depth training loss and evaluation metric for point pairs.
 
+Longer than 500 lines because the loss, the metric and the reference threshold sweep share one input
+normalisation and one gather, and keeping them together keeps their conventions in one place.
+
 Conventions (docs/FORMAT.md): ``pairs`` are integer pixel indices ``(yA, xA, yB, xB)`` into the prediction and
 ``ordinal`` is ``+1`` when A is farther (depth_A > depth_B), ``-1`` when A is closer and ``0`` when equal.
 
@@ -25,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ranking_loss", "RankingLoss", "scale_and_shift", "ssi_loss", "whdr", "WHDRResult"]
+__all__ = ["NYU_THRESHOLDS", "YOUTUBE3D_THRESHOLDS", "RankingLoss", "SweepRow", "WHDRResult", "WHDRSweep",
+           "ranking_loss", "scale_and_shift", "ssi_loss", "whdr"]
 
 PairsLike = torch.Tensor | Sequence[torch.Tensor]
 Reduction = Literal["mean", "sum", "none"]
@@ -142,6 +146,7 @@ def ranking_loss(
     *,
     inverse: bool = False,
     reduction: Reduction = "mean",
+    keep_largest: float | None = None,
 ) -> torch.Tensor:
     """Pairwise ranking loss of Chen et al. 2016 ("Single-Image Depth Perception in the Wild").
 
@@ -157,6 +162,8 @@ def ranking_loss(
         mask: ``[B,N]`` bool marking the real pairs of a padded batch; ``None``: all are real.
         inverse: the prediction grows as things get closer (inverse depth, disparity).
         reduction: ``'mean'`` over valid pairs (a differentiable 0 when there are none), ``'sum'``, or ``'none'``.
+        keep_largest: the YouTube3D code's ``b_sort`` with ``0.75`` (src/RelativeLoss.py): per image only the
+            ``int(keep_largest * n)`` largest pair losses count, and ``'mean'`` divides by the number kept.
 
     Returns:
         The loss: a scalar, or ``[B,N]`` in the padded layout with 0 at invalid pairs for ``'none'``.
@@ -167,6 +174,8 @@ def ranking_loss(
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if keep_largest is not None and not 0.0 < keep_largest <= 1.0:
+        raise ValueError(f"keep_largest must be in (0, 1], got {keep_largest!r}")
     depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
     g = _gather(depth, pairs_t, ordinal_t, valid)
     diff = g.z_a - g.z_b
@@ -176,12 +185,21 @@ def ranking_loss(
     # Both branches are finite everywhere, so torch.where keeps gradients clean.
     per_pair = torch.where(g.ordinal == 0, diff * diff, F.softplus(-r * diff))
     per_pair = torch.where(g.valid, per_pair, torch.zeros_like(per_pair))
+    kept = g.valid
+    if keep_largest is not None:  # the n_keep largest losses of each image (invalid pairs sort last)
+        n_keep = (g.valid.sum(1) * keep_largest).floor().long()  # int() of the reference: floor of a positive
+        ranked = torch.where(g.valid, per_pair.detach(), torch.full_like(per_pair, -math.inf))
+        order = ranked.argsort(1, descending=True)
+        positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, positions)
+        kept = g.valid & (rank < n_keep[:, None])
+        per_pair = torch.where(kept, per_pair, torch.zeros_like(per_pair))
     if reduction == "none":
         return per_pair
     total = per_pair.sum()
     if reduction == "sum":
         return total
-    return total / g.valid.sum().clamp(min=1).to(total.dtype)
+    return total / kept.sum().clamp(min=1).to(total.dtype)
 
 
 class RankingLoss(nn.Module):
@@ -274,9 +292,9 @@ def whdr(
     depth: torch.Tensor,
     pairs: PairsLike,
     ordinal: PairsLike,
-    weights: PairsLike | None = None,
-    *,
     mask: PairsLike | None = None,
+    *,
+    weights: PairsLike | None = None,
     inverse: bool = False,
     rule: Literal["difference", "ratio"] = "difference",
     threshold: float | None = None,
@@ -300,14 +318,19 @@ def whdr(
       ``threashold = 1.1`` on ``exp`` of the log-depth output). Needs positive depth; with ``inverse`` the
       values are disparities and the ratio is taken the other way round.
 
+    The arguments come in the order of :func:`ranking_loss` (``mask`` fourth, ``weights`` keyword-only), so a
+    copied loss call gives the metric of the same pairs. The comparison runs in the prediction's dtype, as in
+    the references (float32 outputs compared with a float32 threshold): a float64 recomputation would move
+    pairs whose difference sits on a quantised threshold. Rates are summed in float64.
+
     Runs without gradients.
 
     Args:
         depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]``.
         pairs: the pairs, padded or a list, as in :func:`ranking_loss`.
         ordinal: the ground-truth ordinal labels, as in :func:`ranking_loss`.
-        weights: ``[B,N]`` (or a list) finite non-negative weight per pair; default 1.
         mask: ``[B,N]`` bool marking the real pairs of a padded batch.
+        weights: ``[B,N]`` (or a list) finite non-negative weight per pair; default 1 (keyword-only).
         inverse: the prediction grows as things get closer (inverse depth, disparity).
         rule: ``"difference"`` or ``"ratio"`` (above).
         threshold: the rule's ``t`` (>= 0); default 0.0 for ``"difference"``, 0.1 for ``"ratio"``.
@@ -329,7 +352,7 @@ def whdr(
     w = torch.ones_like(g.z_a, dtype=torch.float64) if weights_t is None else weights_t.to(torch.float64)
     if bool((valid & ~(torch.isfinite(w) & (w >= 0))).any()):
         raise ValueError("weights must be finite and non-negative")
-    z_a, z_b = g.z_a.to(torch.float64), g.z_b.to(torch.float64)
+    z_a, z_b = g.z_a, g.z_b
     # Predictions at padded pairs are irrelevant; make them valid numbers for the ratio rule's check.
     z_a = torch.where(g.valid, z_a, torch.ones_like(z_a))
     z_b = torch.where(g.valid, z_b, torch.ones_like(z_b))
@@ -346,6 +369,141 @@ def whdr(
         num_equal=int(equal.sum()),
         num_unequal=int(unequal.sum()),
     )
+
+
+# The two published threshold sweeps: YouTube3D's validation (src/valid.py: ``0.1 + 0.01 * i`` for ``i`` in
+# 0..139) and the DIW code's NYU test (test_model_on_NYU.lua: ``0.1 + i * 0.01`` for ``i`` in 1..140).
+YOUTUBE3D_THRESHOLDS = tuple(0.1 + 0.01 * i for i in range(140))
+NYU_THRESHOLDS = tuple(0.1 + i * 0.01 for i in range(1, 141))
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """WHDR at one threshold of a sweep (fractions in [0, 1]; ``nan`` for a part without pairs).
+
+    Args:
+        threshold: the difference threshold ``t``.
+        whdr: the rate over all pairs.
+        whdr_equal: the rate over the ``r = 0`` pairs.
+        whdr_unequal: the rate over the ``r = ±1`` pairs.
+    """
+
+    threshold: float
+    whdr: float
+    whdr_equal: float
+    whdr_unequal: float
+
+
+class WHDRSweep:
+    """WHDR over a range of difference thresholds, accumulated image by image (images may differ in size).
+
+    Each :meth:`update` takes a batch (padded or lists, as :func:`whdr`) and keeps, per image and threshold, the
+    counts of correct equal and unequal pairs, compared in the prediction's dtype as the references do.
+    :meth:`table` gives the rates either ``"pooled"`` over all pairs (YouTube3D src/valid.py ``valid``) or
+    averaged ``"per_image"`` (the DIW code's test_model_on_NYU.lua: a rate per image, then the mean);
+    :meth:`best` picks the threshold by the references' max-min rule: the one whose worse part
+    (equal or unequal) is best. Where there are no equal pairs at all, ``whdr_equal`` is ``nan`` and the
+    threshold with the lowest ``whdr_unequal`` is picked; YouTube3D's ``valid`` reports its placeholder
+    (threshold -1, WKDR 100 %) in that case, because its correct-equal rate is 0 there and never beats 0.
+    Per image, an image without equal (or unequal) pairs is left out of that part's mean (the Lua code's
+    ``0 / 0`` would make the whole mean ``nan``).
+
+    Args:
+        thresholds: the sweep (default :data:`YOUTUBE3D_THRESHOLDS`).
+        inverse: the prediction grows as things get closer (disparity): the difference is negated.
+
+    Raises:
+        ValueError: for an empty sweep or a negative threshold.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = YOUTUBE3D_THRESHOLDS, *, inverse: bool = False) -> None:
+        self.thresholds = tuple(float(t) for t in thresholds)
+        if not self.thresholds or not all(t >= 0.0 for t in self.thresholds):
+            raise ValueError("thresholds must be a non-empty sequence of values >= 0")
+        self.inverse = bool(inverse)
+        self._eq_correct: list[torch.Tensor] = []  # one float64 [K] row per image
+        self._neq_correct: list[torch.Tensor] = []
+        self._eq_count: list[int] = []
+        self._neq_count: list[int] = []
+
+    def __len__(self) -> int:
+        """Number of images seen."""
+        return len(self._eq_count)
+
+    @torch.no_grad()
+    def update(
+        self, depth: torch.Tensor, pairs: PairsLike, ordinal: PairsLike, mask: PairsLike | None = None
+    ) -> None:
+        """Add the images of one batch.
+
+        Args:
+            depth: the prediction, ``[B,H,W]`` or ``[B,1,H,W]``.
+            pairs: the pairs, padded or a list, as in :func:`ranking_loss`.
+            ordinal: the ground-truth labels, as in :func:`ranking_loss`.
+            mask: ``[B,N]`` bool marking the real pairs of a padded batch.
+        """
+        depth, pairs_t, ordinal_t, valid, _ = _as_batch(depth, pairs, ordinal, mask)
+        g = _gather(depth, pairs_t, ordinal_t, valid)
+        diff = g.z_a - g.z_b
+        if self.inverse:
+            diff = -diff
+        limits = torch.tensor(self.thresholds, dtype=diff.dtype, device=diff.device)[:, None]  # [K,1]
+        for b in range(diff.shape[0]):
+            keep = g.valid[b]
+            d, r = diff[b][keep][None], g.ordinal[b][keep][None]  # [1,N]
+            predicted = (d > limits).long() - (d < -limits).long()  # [K,N]
+            equal = r == 0
+            self._eq_correct.append(((predicted == 0) & equal).sum(1).to(torch.float64).cpu())
+            self._neq_correct.append(((predicted == r) & ~equal).sum(1).to(torch.float64).cpu())
+            self._eq_count.append(int(equal.sum()))
+            self._neq_count.append(int((~equal).sum()))
+
+    def table(self, *, average: Literal["pooled", "per_image"] = "pooled") -> list[SweepRow]:
+        """The rates at every threshold.
+
+        Args:
+            average: ``"pooled"`` over all pairs, or the mean of the ``"per_image"`` rates.
+
+        Returns:
+            One :class:`SweepRow` per threshold, in the sweep's order.
+
+        Raises:
+            ValueError: for an unknown ``average``, or before any :meth:`update`.
+        """
+        if average not in ("pooled", "per_image"):
+            raise ValueError(f"average must be 'pooled' or 'per_image', got {average!r}")
+        if not self._eq_count:
+            raise ValueError("WHDRSweep.table: no images were added (call update first)")
+        eq_c, neq_c = torch.stack(self._eq_correct), torch.stack(self._neq_correct)  # [I,K]
+        n_eq = torch.tensor(self._eq_count, dtype=torch.float64)[:, None]
+        n_neq = torch.tensor(self._neq_count, dtype=torch.float64)[:, None]
+        if average == "pooled":
+            eq_c, neq_c, n_eq, n_neq = eq_c.sum(0, keepdim=True), neq_c.sum(0, keepdim=True), n_eq.sum(), n_neq.sum()
+
+        def mean_error(correct: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+            rates = 1.0 - correct / count  # nan where an image has no pairs of this part
+            return rates.nanmean(0) if bool((count > 0).any()) else torch.full(rates.shape[1:], math.nan)
+
+        overall = mean_error(eq_c + neq_c, n_eq + n_neq)
+        equal, unequal = mean_error(eq_c, n_eq), mean_error(neq_c, n_neq)
+        return [SweepRow(t, float(a), float(e), float(u))
+                for t, a, e, u in zip(self.thresholds, overall, equal, unequal, strict=True)]
+
+    def best(self, *, average: Literal["pooled", "per_image"] = "pooled") -> SweepRow:
+        """The row of the threshold the references would pick (max-min rule, first one on ties).
+
+        Args:
+            average: as in :meth:`table`.
+
+        Returns:
+            The chosen :class:`SweepRow`.
+        """
+        rows = self.table(average=average)
+
+        def worse(row: SweepRow) -> float:
+            return row.whdr_unequal if math.isnan(row.whdr_equal) else max(row.whdr_equal, row.whdr_unequal)
+
+        return min(rows, key=worse)  # min() keeps the first of equal keys, as the references' strict compare
 
 
 # ----------------------------------------------------------------------------------------------------------------

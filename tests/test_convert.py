@@ -189,7 +189,7 @@ def test_diw_bad_lines_resync(tmp_path: Path, caplog) -> None:
     text = caplog.text
     assert f"{csv_path}: line 3: image path without an annotation line after it" in text
     assert f"{csv_path}: line 5: relation must be '>' or '<'" in text
-    assert f"{csv_path}: line 6: annotation line without an image path line before it" in text
+    assert f"{csv_path}: line 6: expected an image path, got an annotation line" in text
     got = sorted(Path(v).name for v in by_video(DynOccDataset(tmp_path / "out")))
     assert got == ["0001.thumb", "0003.thumb", "0004.thumb"]
 

@@ -273,7 +273,7 @@ def test_equalize_gives_every_rank_the_same_count(tmp_path, caplog):
 
 
 def test_too_few_shards_is_a_clear_error(shards, caplog):
-    three = DynOccDataset(shards.paths[:3], rank=0, world_size=2)
+    three = DynOccDataset(shards.paths[:3], rank=0, world_size=2, too_few_shards="error")
     with pytest.raises(InputError, match="3 shards cannot be split over 2 ranks x 2 DataLoader workers"):
         three.check_readers(2)
     with pytest.raises(RuntimeError, match="3 shards cannot be split"):  # re-raised from the worker
@@ -282,6 +282,29 @@ def test_too_few_shards_is_a_clear_error(shards, caplog):
     with caplog.at_level(logging.WARNING):
         assert len(list(resample)) == 6 == len(resample)
     assert "resampling shards instead" in caplog.text
+
+
+def test_too_few_shards_split_by_sample(tmp_path, caplog):
+    """One shard of 7 samples over 2 ranks x 2 workers: no sample twice, every rank the same count, one warning."""
+    s = write_shards(tmp_path / "s", [7])
+    got = []
+    for r in (0, 1):
+        ds = DynOccDataset(s.root, rank=r, world_size=2, num_workers=2, shuffle=4, seed=3)
+        got.append(keys(read(ds, num_workers=2)))
+        assert len(got[-1]) == len(ds) == 2 * (7 // 4)  # 7 // 4 readers = 1 each: 3 dropped
+    assert not set(got[0]) & set(got[1])
+    for r in range(4):  # in the main process (caplog sees it): 4 ranks x 1 reader; the warning once, on rank 0
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dynocc_data"):
+            assert len(list(DynOccDataset(s.root, rank=r, world_size=4))) == 1
+        warned = [rec for rec in caplog.records if "keeps 1 sample in 4" in rec.getMessage()]
+        assert len(warned) == (1 if r == 0 else 0) and len(caplog.records) == len(warned)
+    # one rank, two workers: every sample exactly once, nothing dropped
+    one = DynOccDataset(s.root, num_workers=2)
+    assert sorted(keys(read(one, num_workers=2))) == sorted(s.keys) and len(one) == 7
+    # two shards, one rank, three workers: still every sample once
+    s2 = write_shards(tmp_path / "s2", [4, 5])
+    assert sorted(keys(read(DynOccDataset(s2.root), num_workers=3))) == sorted(s2.keys)
 
 
 # ------------------------------------------------------------------------------------------ shuffle, resampling

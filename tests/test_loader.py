@@ -58,7 +58,7 @@ def test_dataset_options_only_with_urls(shards):
 
 def test_too_few_shards_fail_in_the_main_process(shards):
     with pytest.raises(InputError, match="4 shards cannot be split over 1 ranks x 5 DataLoader workers"):
-        create_loader(shards.root, batch_size=2, num_workers=5, collate_fn=as_list)
+        create_loader(shards.root, batch_size=2, num_workers=5, collate_fn=as_list, too_few_shards="error")
 
 
 def test_length_follows_the_worker_count_under_equalize(tmp_path):

@@ -182,7 +182,7 @@ def test_whdr_difference_rule() -> None:
     assert (r.whdr, r.whdr_equal, r.whdr_unequal) == pytest.approx((3 / 5, 1 / 2, 2 / 3))
     # weights 1..5 with threshold 0.1: wrong weight 2 + 3 + 5 of 15; unequal (2 + 3) / 6; equal 5 / 9
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
-    r = whdr(depth, pairs, ordinal, w, threshold=0.1)
+    r = whdr(depth, pairs, ordinal, weights=w, threshold=0.1)
     assert (r.whdr, r.whdr_equal, r.whdr_unequal) == pytest.approx((10 / 15, 5 / 9, 5 / 6))
     assert (r.num_pairs, r.num_equal, r.num_unequal) == (5, 2, 3)
 
@@ -227,4 +227,4 @@ def test_whdr_inverse_difference_and_batched_forms() -> None:
     pooled = sum(p.whdr * p.num_pairs for p in per_image) / 4
     assert expected.whdr == pytest.approx(pooled)
     with pytest.raises(ValueError, match="non-negative"):
-        whdr(depth, pairs_list, ordinal_list, [torch.tensor([1.0, -1.0, 1.0]), torch.tensor([1.0])])
+        whdr(depth, pairs_list, ordinal_list, weights=[torch.tensor([1.0, -1.0, 1.0]), torch.tensor([1.0])])

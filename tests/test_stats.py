@@ -175,9 +175,21 @@ def test_plots_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_cli_stats(tmp_path: Path) -> None:
     root = write_hand_shards(tmp_path / "h")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", "stats", str(root), "--plots",
+    done = subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", "stats", str(root), "--json", "--plots",
                            str(tmp_path / "plots")], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)
     assert s["samples"] == 4 and s["labels"]["counts"] == {"+1": 4, "-1": 3, "0": 1}
     assert len(s["plots"]) == 6 and all(Path(p).is_file() for p in s["plots"])
+
+
+def test_cli_stats_prints_the_summary_by_default(tmp_path: Path) -> None:
+    root = write_hand_shards(tmp_path / "h")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "dynocc_data.tools.cli", "stats", str(root), "-v"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("videos ") and "samples 4, pairs 8" in lines[0]
+    assert lines[1].startswith("pairs per frame") and "+1 50.0%  -1 37.5%  0 12.5%" in done.stdout
+    assert len(lines) < 12 and "{" not in done.stdout

@@ -24,8 +24,11 @@ remote/``pipe:`` URLs by its file name appearing in the URL.
 
 **Splitting** (one epoch, without ``resampled``): the shard list (shuffled identically on every rank when
 ``shuffle > 0``, seeded by ``(seed, epoch)``) is dealt round-robin to the ranks, then each rank's shards
-round-robin to its DataLoader workers, so no sample is read twice. Fewer shards than ranks x workers is an error
-(``too_few_shards="resample"`` switches to resampled mode with a warning instead). With several ranks,
+round-robin to its DataLoader workers, so no sample is read twice. With fewer shards than ranks x workers
+(``too_few_shards="split"``, the default) every reader reads every shard, in the same order, and keeps every
+``R``-th sample (``R`` readers), with one warning that each shard is then read ``R`` times; with known counts and
+several ranks every reader keeps ``total // R`` of them (at most ``R - 1`` dropped), so every rank yields the same
+count; ``"error"`` raises instead, ``"resample"`` switches to resampled mode with a warning. With several ranks,
 ``equalize=True`` and known counts, every (rank, worker) reader yields exactly ``q`` samples, the minimum over all
 readers of the samples their shards hold: the rest (the last samples of the larger readers, or random ones after
 the shuffle buffer) are dropped for this epoch and the drop is logged (a warning above 10 %). Every rank then yields
@@ -80,7 +83,7 @@ from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
 from ..format.tar import expand_tars, group_members, is_compressed
 from ..sampling import create_sampler, sample_generator
-from ._distributed import DistributedStream, mix_seed, share_of
+from ._distributed import DistributedStream, mix_seed, share_of, worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ __all__ = [
     "load_index",
     "plan_epoch",
     "resolve_shards",
+    "sample_split_quota",
 ]
 
 _MAX_STAT_ROWS = 256  # one counter row per DataLoader worker id (wraps around beyond that)
@@ -277,6 +281,32 @@ def plan_epoch(
     sums = tuple(None if any(counts[i] is None for i in r) else sum(counts[i] for i in r) for r in readers)
     quota = min(sums) if equalize and sums and all(s is not None for s in sums) else None
     return EpochPlan(readers, sums, quota, num_workers)
+
+
+def sample_split_quota(counts: Sequence[int | None], *, readers: int, equalize: bool) -> tuple[int | None, ...]:
+    """Samples each reader yields when the readers share the samples of all shards round-robin.
+
+    Sample ``i`` goes to reader ``i % readers``; with ``equalize`` every reader yields ``total // readers``.
+
+    Args:
+        counts: samples per shard (``None`` where unknown).
+        readers: ranks x DataLoader workers.
+        equalize: every reader yields the same number (the rest is dropped).
+
+    Returns:
+        One count per reader, ``None`` each when a shard count is unknown.
+    """
+    if any(c is None for c in counts):
+        return (None,) * readers
+    total = sum(counts)
+    if equalize:
+        return (total // readers,) * readers
+    return tuple(total // readers + (r < total % readers) for r in range(readers))
+
+
+def _every_nth(src: Iterator[dict[str, Any]], *, start: int, step: int) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: the samples ``start, start + step, ...`` of the stream (the split by sample)."""
+    return itertools.islice(src, start, None, step)
 
 
 # ------------------------------------------------------------------------------------------ errors and counters
@@ -625,7 +655,7 @@ class DynOccDataset(DistributedStream):
         num_workers: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        too_few_shards: Literal["error", "resample"] = "error",
+        too_few_shards: Literal["split", "error", "resample"] = "split",
         decode_chunk: int = 8,
         short_reader: Literal["repeat", "raise"] = "repeat",
     ) -> None:
@@ -635,8 +665,8 @@ class DynOccDataset(DistributedStream):
             raise ValueError(f"handler must be 'warn', 'raise', 'ignore' or a callable, got {handler!r}")
         if short_reader not in ("repeat", "raise"):
             raise ValueError(f"short_reader must be 'repeat' or 'raise', got {short_reader!r}")
-        if too_few_shards not in ("error", "resample"):
-            raise ValueError(f"too_few_shards must be 'error' or 'resample', got {too_few_shards!r}")
+        if too_few_shards not in ("split", "error", "resample"):
+            raise ValueError(f"too_few_shards must be 'split', 'error' or 'resample', got {too_few_shards!r}")
         if shuffle < 0 or (epoch_length is not None and epoch_length < 0):
             raise ValueError("shuffle and epoch_length must be >= 0")
         if not isinstance(decode_chunk, int) or isinstance(decode_chunk, bool) or decode_chunk < 1:
@@ -689,10 +719,15 @@ class DynOccDataset(DistributedStream):
             raise InputError(self.description, "resampling needs epoch_length when sample counts are unknown")
         return sum(counts) // world
 
+    def _split_by_sample(self, world: int, num_workers: int) -> bool:
+        """True when readers share every shard sample by sample (fewer shards than readers, ``"split"``)."""
+        return (not self.resampled and self.too_few_shards == "split"
+                and len(self.shards) < world * num_workers)
+
     def _mode(self, world: int, num_workers: int) -> tuple[bool, int | None]:
-        """``(resampled, epoch_length)`` for this setup; raises on too few shards unless told to resample."""
+        """``(resampled, epoch_length)`` for this setup; raises on too few shards when told to."""
         readers = world * num_workers
-        if self.resampled or len(self.shards) >= readers:
+        if self.resampled or len(self.shards) >= readers or self.too_few_shards == "split":
             return self.resampled, self.epoch_length
         reason = (f"{len(self.shards)} shards cannot be split over {world} ranks x {num_workers} DataLoader workers "
                   f"({readers} readers) without reading samples twice")
@@ -738,7 +773,13 @@ class DynOccDataset(DistributedStream):
         resampled, length = self._mode(world, workers)
         if resampled:
             return length
-        n = self.plan(num_workers=workers).rank_length(rank)
+        if self._split_by_sample(world, workers):
+            shares = sample_split_quota([s.count for s in self.shards], readers=world * workers,
+                                        equalize=self.equalize and world > 1)
+            mine = shares[rank * workers:(rank + 1) * workers]
+            n = None if any(c is None for c in mine) else sum(mine)
+        else:
+            n = self.plan(num_workers=workers).rank_length(rank)
         if n is None:
             raise TypeError(f"{self.description}: length unknown (no index.json with every shard's sample count)")
         return n
@@ -798,12 +839,36 @@ class DynOccDataset(DistributedStream):
             state.give_up_after = max(20, 2 * len(urls))  # an endless stream of broken shards must not spin forever
             return wds.ResampledShards(urls, seed=mix_seed(self.seed, epoch), deterministic=True,
                                        worker_seed=lambda: mix_seed(rank, worker)), share_of(length, worker, workers)
+        if self._split_by_sample(world, workers):
+            return self._sample_split_source(rank, world, worker, workers, epoch, state)
         plan = self.plan(num_workers=workers, epoch=epoch)
         if plan.quota is not None:
             state.count("dropped", plan.counts[rank * workers + worker] - plan.quota)
         if rank == 0 and worker == 0:
             self._log_plan(plan, world, workers)
         return wds.SimpleShardList([urls[i] for i in plan.reader(rank, worker)]), plan.quota
+
+    def _sample_split_source(self, rank: int, world: int, worker: int, workers: int, epoch: int,
+                             state: _ReaderState) -> tuple[IterableDataset, int | None]:
+        """Every shard, in the epoch's order; the ``__iter__`` stage :func:`_every_nth` keeps this reader's share."""
+        readers = world * workers
+        order = plan_epoch([s.count for s in self.shards], world_size=1, num_workers=1, epoch=epoch, seed=self.seed,
+                           shuffle=self.shuffle > 0, equalize=False).reader(0, 0)
+        counts = [s.count for s in self.shards]
+        equalize = self.equalize and world > 1
+        quota = sample_split_quota(counts, readers=readers, equalize=equalize)[rank * workers + worker]
+        if equalize and quota is not None:
+            state.count("dropped", sample_split_quota(counts, readers=readers, equalize=False)[rank * workers + worker]
+                        - quota)
+        if rank == 0 and worker == 0:
+            logger.warning("%s: %d shards for %d ranks x %d DataLoader workers: every reader reads every shard and "
+                           "keeps 1 sample in %d (%dx the reading; write more, smaller shards for speed, or pass "
+                           "too_few_shards='error')", self.description, len(self.shards), world, workers, readers,
+                           readers)
+            if equalize and quota is None:
+                logger.warning("%s: sample counts unknown (no index.json entry for some shards): cannot equalize, "
+                               "so ranks may see different numbers of batches", self.description)
+        return wds.SimpleShardList([self.shards[i].url for i in order]), quota
 
     def _log_plan(self, plan: EpochPlan, world: int, workers: int) -> None:
         """Say once per epoch (rank 0, worker 0) what equalizing drops, or why it cannot."""
@@ -821,6 +886,13 @@ class DynOccDataset(DistributedStream):
             log("%s: len() assumed num_workers=%s but %d workers read: pass num_workers= (create_loader does)",
                 self.description, self.num_workers, workers)
 
+    def _sample_split_stage(self, rank: int, worker: int) -> Any:
+        """The stage keeping this reader's share of the samples when readers split shards by sample, else None."""
+        world, workers = self._node()[1], worker_info()[1]
+        if not self._split_by_sample(world, workers):
+            return None
+        return wds.pipelinefilter(_every_nth)(start=rank * workers + worker, step=world * workers)
+
     def _stages(self, source: Any, state: _ReaderState, epoch: int, rank: int, worker: int, *,
                 first_pass: bool = True, unique: bool = True) -> tuple[list[Any], list[Any]]:
         """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
@@ -836,6 +908,7 @@ class DynOccDataset(DistributedStream):
             wds.pipelinefilter(group_members)(),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
             wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
+            self._sample_split_stage(rank, worker) if first_pass else None,
         ]
         decode = [
             wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker))
@@ -873,8 +946,10 @@ class DynOccDataset(DistributedStream):
                 if state.local["samples"] < limit:
                     yield from self._repeat(state, limit, source.urls, epoch, rank, worker)
         finally:
-            logger.info("%s epoch %d rank %d/%d worker %d/%d: %s", self.description, epoch, rank, world, worker,
-                        workers, ", ".join(f"{k} {v}" for k, v in state.local.items()))
+            troubled = state.local["skipped_samples"] or state.local["shard_errors"]  # else: a debug line only
+            logger.log(logging.INFO if troubled else logging.DEBUG, "%s epoch %d rank %d/%d worker %d/%d: %s",
+                       self.description, epoch, rank, world, worker, workers,
+                       ", ".join(f"{k} {v}" for k, v in state.local.items()))
 
     def _repeat(self, state: _ReaderState, limit: int, own: Sequence[str], epoch: int, rank: int,
                 worker: int) -> Iterator[Any]:

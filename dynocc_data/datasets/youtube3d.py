@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ._common import read_image_rgb, relative_key, resolve_path
+from .reference import Collapsed, check_collapsed, check_size, handle_collapsed, resize_like_reference
 
 logger = logging.getLogger(__name__)
 
@@ -286,12 +287,20 @@ class YouTube3DDataset(Dataset[Item]):
     The CSV is parsed on construction; images and targets are opened only in ``__getitem__``, where a missing or
     bad file raises :class:`InputError` naming it.
 
+    ``size=(240, 320)`` (or ``(384, 384)``) gives the items of the reference training loader
+    (princeton-vl/YouTube3D src/YT_DIWDataset.py): the image resized with ``cv2.resize`` and the pairs mapped from
+    the normalised target straight to that size (see :mod:`dynocc_data.datasets.reference`), pixel for pixel the
+    same. Without ``size`` the pairs are in pixels of the decoded image (the reference's validation loader).
+
     Args:
         csv_path: the release's CSV (:func:`parse_youtube3d_csv`).
         root: the folder the CSV's relative paths start from (default: the CSV's folder); absolute paths in the
             CSV are used as they are.
         transform: maps an item to an item.
         loader: decodes an image path to ``uint8 [3,H,W]`` RGB.
+        size: ``(height, width)`` of the network input, or ``None`` for the decoded image's own size.
+        collapsed: pairs whose two points land on one pixel: ``"keep"`` (the reference, default), ``"nudge"``
+            (move A by a row, as the Lua DIW loader) or ``"drop"``.
 
     Raises:
         InputError: when the CSV cannot be read or is malformed.
@@ -304,7 +313,10 @@ class YouTube3DDataset(Dataset[Item]):
         *,
         transform: Callable[[Item], Item] | None = None,
         loader: Callable[[Path], torch.Tensor] = read_image_rgb,
+        size: tuple[int, int] | None = None,
+        collapsed: Collapsed = "keep",
     ) -> None:
+        self.size, self.collapsed = check_size(size), check_collapsed(collapsed)
         self.csv_path = Path(csv_path)
         self.root = Path(root) if root is not None else self.csv_path.parent
         self.transform = transform
@@ -324,7 +336,10 @@ class YouTube3DDataset(Dataset[Item]):
         image = self.loader(image_path)
         target = load_youtube3d_pkl(target_path)
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        pairs, ordinal = from_youtube3d_target(torch.from_numpy(target), (height, width))
+        pairs, ordinal = from_youtube3d_target(torch.from_numpy(target), self.size or (height, width))
+        if self.size is not None:
+            image = resize_like_reference(image, self.size)
+        pairs, ordinal = handle_collapsed(pairs, ordinal, self.collapsed)
         item: Item = {
             "image": image,
             "pairs": pairs,

@@ -6,14 +6,21 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
+from ..errors import ConfigError
+from ..sampling import available_strategies, create_sampler
 from .boundaries import BoundaryConfig
 from .cuts import ReliabilityConfig
 from .ordering import OrderConfig
 from .refine import RefineConfig
 
-__all__ = ["DIS_DEFAULTS", "STAGES", "GenerateConfig", "GenerateSummary", "RunOptions"]
+__all__ = ["DIS_DEFAULTS", "STAGES", "DecoderName", "FlowName", "GenerateConfig", "GenerateSummary", "RunOptions",
+           "check_int"]
+
+FlowName = Literal["dis", "raft"]
+DecoderName = Literal["auto", "decord", "pyav", "torchcodec"]
+DeviceName = Literal["auto", "cpu", "cuda"]
 
 # DIS "medium" with denser patches and a stronger, longer variational refinement: smoother flow inside
 # surfaces and flow edges closer to the true outlines (measured on synthetic scenes with ground truth:
@@ -24,9 +31,29 @@ DIS_DEFAULTS = {"preset": "medium", "patch_stride": 2, "variational_refinement_a
 STAGES = ("decode", "flow", "boundaries", "order", "refine", "sampling", "encode/write")
 
 
-@dataclass
+def check_int(option: str, value: Any, low: int, high: int | None = None, *, none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int in ``[low, high]`` (or ``None`` when allowed)."""
+    if value is None and none:
+        return
+    inside = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not inside:
+        allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        raise ConfigError(option, f"must be {allowed}{' or None' if none else ''}, got {value!r}")
+
+
+def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(option, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
-    """Every parameter of a generation run that changes what it writes (recorded in each sample)."""
+    """Every parameter of a generation run that changes what it writes (recorded in each sample).
+
+    Frozen and checked when built: a value outside its range raises :class:`~dynocc_data.errors.ConfigError`
+    naming the option and what it accepts. Change a field with ``dataclasses.replace(config, stride=2)``.
+    """
 
     stride: int = 4
     """Process every ``stride``-th frame."""
@@ -36,16 +63,19 @@ class GenerateConfig:
     """Frames are resized so that their longer side is at most this (None: keep)."""
     max_frames: int | None = None
     """At most this many selected frames per video."""
-    flow: str = "dis"
+    flow: FlowName = "dis"
+    """Optical flow backend: ``"dis"`` (OpenCV, CPU) or ``"raft"`` (torchvision)."""
     flow_options: dict[str, Any] = field(default_factory=lambda: dict(DIS_DEFAULTS))
     """Options of the flow backend (defaults: DIS tuned on synthetic scenes with ground truth, see
     ``DIS_DEFAULTS``)."""
-    decoder: str = "auto"
+    decoder: DecoderName = "auto"
+    """Video decoder: ``"auto"`` (PyAV on the CPU, decord on CUDA), ``"decord"``, ``"pyav"`` or ``"torchcodec"``."""
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
     order: OrderConfig = field(default_factory=OrderConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
     sampler: str = "uniform"
+    """Strategy drawing the stored pairs (a name of ``sampling.available_strategies()`` other than ``"stored"``)."""
     sampler_options: dict[str, Any] = field(default_factory=lambda: {"spacing": 1.5, "offset": 6.0})
     """Boundary points 1.5 px apart along each outline, one pair each (after the shadow test of
     :class:`RefineConfig` removed most same-surface pairs, denser sampling adds pairs at the same precision)."""
@@ -54,9 +84,37 @@ class GenerateConfig:
     min_pairs: int = 1
     """Frames with fewer pairs are not written."""
     jpeg_quality: int = 92
+    """JPEG quality of the stored frames (1-100)."""
     seed: int = 0
+    """Seed of pair sampling: the same seed gives byte-identical shards."""
+
+    def __post_init__(self) -> None:
+        """Check every option (one-line :class:`ConfigError` naming the option and its range)."""
+        check_int("stride", self.stride, 1)
+        check_int("gap", self.gap, 1)
+        check_int("max_side", self.max_side, 16, none=True)
+        check_int("max_frames", self.max_frames, 1, none=True)
+        _check_choice("flow", self.flow, get_args(FlowName))
+        _check_choice("decoder", self.decoder, get_args(DecoderName))
+        strategies = tuple(name for name in available_strategies() if name != "stored")
+        _check_choice("sampler", self.sampler, strategies)
+        check_int("max_pairs", self.max_pairs, 1)
+        check_int("min_pairs", self.min_pairs, 0)
+        check_int("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_int("seed", self.seed, 0)
+        for name, kind in (("boundary", BoundaryConfig), ("order", OrderConfig), ("refine", RefineConfig),
+                           ("reliability", ReliabilityConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(name, f"must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.flow_options, dict) or not isinstance(self.sampler_options, dict):
+            raise ConfigError("flow_options/sampler_options", "must be dicts")
+        try:
+            create_sampler(self.sampler, **self.sampler_options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError("sampler_options", str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
@@ -178,15 +236,18 @@ class RunOptions:
     poll: float = 1.0
 
     def __post_init__(self) -> None:
-        """Check every value where it enters."""
-        for name in ("batch_size", "shard_size", "shard_bytes"):
-            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if self.workers is not None and (type(self.workers) is not int or self.workers < 1):
-            raise ValueError(f"workers must be an integer >= 1 or None (auto), got {self.workers!r}")
-        if not (isinstance(self.prefix, str) and self.prefix and "/" not in self.prefix):
-            raise ValueError(f"prefix must be a non-empty file name part, got {self.prefix!r}")
-        if not self.merge_timeout >= 0:
-            raise ValueError(f"merge_timeout must be >= 0 seconds, got {self.merge_timeout!r}")
-        if not self.poll > 0:
-            raise ValueError(f"poll must be > 0 seconds, got {self.poll!r}")
+        """Check every option (one-line :class:`ConfigError`)."""
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
+                                                    or self.device.startswith(("cuda:", "mps"))):
+            raise ConfigError("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_int("batch_size", self.batch_size, 1)
+        check_int("shard_size", self.shard_size, 1)
+        check_int("shard_bytes", self.shard_bytes, 1 << 16)
+        check_int("workers", self.workers, 1, none=True)
+        if not isinstance(self.prefix, str) or not self.prefix or "/" in self.prefix or "{" in self.prefix:
+            raise ConfigError("prefix", "must be a non-empty file name part without '/' or braces, "
+                                        f"got {self.prefix!r}")
+        for name, low in (("merge_timeout", 0.0), ("poll", 1e-9)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+                raise ConfigError(name, f"must be a number of seconds {'>= 0' if low == 0 else '> 0'}, got {value!r}")

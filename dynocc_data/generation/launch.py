@@ -76,7 +76,7 @@ from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text
 from .config import GenerateConfig, GenerateSummary, RunOptions
 from .lock import hold_output
-from .pipeline import resolve_device, run_videos
+from .pipeline import progress_bars, resolve_device, run_videos
 from .video import IMAGE_EXTENSIONS, VideoSource, discover_videos
 from .writer import RunState, read_run_state, run_upload, upload_command, write_index
 
@@ -452,11 +452,20 @@ def prepare_state(out: Path, resume: bool, digest: str, ranks: Callable[[int], b
     duplicate its samples).
     """
     if not resume:
-        for path in sorted(out.glob("ledger-r*.jsonl")):
-            match = re.match(r"^ledger-r(\d+)\.jsonl$", path.name)
-            if match and (ranks is None or ranks(int(match.group(1)))):
-                raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an "
-                                  f"empty --out")
+        ledgers = [path for path in sorted(out.glob("ledger-r*.jsonl"))
+                   if (match := re.match(r"^ledger-r(\d+)\.jsonl$", path.name))
+                   and (ranks is None or ranks(int(match.group(1))))]
+        if ledgers and not read_run_state(out).shards and not any(out.glob("*.tar*")):
+            # a run that failed before committing any shard (every input bad, killed early): nothing to keep
+            for path in ledgers:
+                rank = int(path.name[len("ledger-r"):-len(".jsonl")])
+                log.info("%s: left by a run that wrote no shard; starting afresh", path)
+                path.unlink(missing_ok=True)
+                marker_path(out, rank).unlink(missing_ok=True)
+            return RunState()
+        if ledgers:
+            raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an "
+                              f"empty --out")
         return RunState()
     state = repair_run(out, ranks)
     digests = {h.get("digest") for h in state.headers}
@@ -982,7 +991,8 @@ def _wait_for_processes(procs: Sequence[multiprocessing.Process], out: Path, sou
     """Block until every process has exited, showing finished videos (read from the ledgers)."""
     ids = {s.video_id for s in sources}
     tail = LedgerTail(out)
-    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video", disable=not progress) as bar:
+    with tqdm(total=len(sources), desc=f"videos ({len(procs)} workers)", unit="video",
+              disable=not progress_bars(progress)) as bar:
         pending = list(procs)
         while pending:
             multiprocessing.connection.wait([p.sentinel for p in pending], timeout=1.0)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -471,13 +472,15 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
                               f"ones (or use a new --out)")
     header = {"digest": config.digest(), "params": config.to_dict(), "version": _version.__version__, "rank": rank}
     rejected: Counter[str] = Counter(summary.frames_rejected)
-    bar_v = tqdm(total=len(sources), desc=f"videos r{rank}", unit="video", disable=not progress, position=0)
-    bar_f = tqdm(desc="frames", unit="frame", disable=not progress, position=1, leave=False)
+    bars = progress_bars(progress)
+    bar_v = tqdm(total=len(sources), desc=f"videos r{rank}", unit="video", disable=not bars, position=0)
+    bar_f = tqdm(desc="frames", unit="frame", disable=not bars, position=1, leave=False)
     with ShardWriter(out, prefix=options.prefix, rank=rank, max_count=options.shard_size,
                      max_bytes=options.shard_bytes, header=header, upload=options.upload) as shard_writer:
         writer = BackgroundWriter(shard_writer, config.jpeg_quality)
         try:
-            _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start)
+            _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start,
+                         log_videos=progress and not bars)
         finally:
             writer.close()
         timer.seconds["encode/write (background)"] += writer.seconds
@@ -491,8 +494,9 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
 
 
 def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, config: GenerateConfig, state,
-                 summary: GenerateSummary, rejected: Counter, bar_v, bar_f, t_start: float) -> None:
-    """The per-video loop of :func:`run_videos`."""
+                 summary: GenerateSummary, rejected: Counter, bar_v, bar_f, t_start: float, *,
+                 log_videos: bool = False) -> None:
+    """The per-video loop of :func:`run_videos`; ``log_videos``: one plain log line per video (no terminal)."""
     timer = processor.timer
     for src in sources:
         summary.videos_total += 1
@@ -546,6 +550,14 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
             log.warning("%s: no pairs (%s)", src.rel, reason)
             summary.no_pairs.append({"video": src.rel, "reason": reason})
         writer.video_done({"video_id": src.video_id, "video": src.rel, "status": "done", "samples": written})
+        if log_videos:
+            log.info("video %d/%d %s: %d frames written, %d pairs (%.0f s)", summary.videos_total, len(sources),
+                     src.rel, written, pairs, time.perf_counter() - t_start)
+
+
+def progress_bars(progress: bool) -> bool:
+    """Progress bars only when asked for and on a terminal (redirected logs get plain lines instead)."""
+    return bool(progress) and sys.stderr.isatty()
 
 
 def _no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:

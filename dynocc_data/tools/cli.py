@@ -9,6 +9,9 @@
     dynocc-data convert youtube3d|diw|dense CSV --out DIR    re-pack YouTube3D / DIW / dense depth as shards
 
 The library logs; this module prints the summaries.
+
+Longer than 500 lines because every option is declared here with its help text, default and parse-time check
+(one place for what the command line accepts).
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, get_args
 
 from .. import _version
 from ..errors import DynOccError
 from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
+from ..generation.config import DIS_DEFAULTS, DecoderName, FlowName
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
 from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
@@ -40,7 +46,7 @@ from .evaluate import (
 )
 from .reference import format_mask_result
 from .semireal import SEMIREAL_CONFIG
-from .stats import shard_stats
+from .stats import format_summary, shard_stats
 from .viz import show
 
 __all__ = ["main", "build_parser"]
@@ -49,52 +55,96 @@ log = logging.getLogger("dynocc_data")
 
 
 # ------------------------------------------------------------------------------------- options
+# Values are checked here, at parse time (argparse type functions: one line naming the option and the allowed
+# range, exit status 2), and again by the frozen configs they build (GenerateConfig, RunOptions).
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in some messages
+    return parse
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text!r}")
+        return value
+    parse.__name__ = f"integer {low}-{high}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def _add_generation_options(p: argparse.ArgumentParser) -> None:
-
+    """The options of a generation run (``generate`` and ``evaluate``)."""
     d = GenerateConfig()
     g = p.add_argument_group("frames")
-    g.add_argument("--stride", type=int, default=d.stride, help=f"process every STRIDE-th frame (default {d.stride})")
-    g.add_argument("--gap", type=int, default=d.gap, help=f"flow between frames GAP apart (default {d.gap})")
-    g.add_argument("--max-side", type=int, default=d.max_side,
-                   help=f"resize so the longer side is at most this; 0 keeps the size (default {d.max_side})")
-    g.add_argument("--max-frames", type=int, default=None, help="at most this many frames per video")
-    g.add_argument("--decoder", default=d.decoder, choices=["auto", "decord", "pyav", "torchcodec"],
-                   help="video decoder (default auto: decord, PyAV fallback)")
+    g.add_argument("--stride", type=int_at_least(1), default=d.stride, help="process every STRIDE-th frame")
+    g.add_argument("--gap", type=int_at_least(1), default=d.gap, help="flow between frames GAP apart")
+    g.add_argument("--max-side", type=int_at_least(0), default=d.max_side,
+                   help="resize so the longer side is at most this (>= 16); 0 keeps the size")
+    g.add_argument("--max-frames", type=int_at_least(1), default=None,
+                   help="at most this many selected frames per video (default: all)")
+    g.add_argument("--decoder", default=d.decoder, choices=get_args(DecoderName),
+                   help="video decoder; auto: PyAV on the CPU, decord on CUDA (decord falls back to PyAV on a file "
+                        "it cannot read)")
     f = p.add_argument_group("flow")
-    f.add_argument("--flow", default=d.flow, choices=["dis", "raft"], help=f"optical flow backend (default {d.flow})")
+    f.add_argument("--flow", default=d.flow, choices=get_args(FlowName), help="optical flow backend")
     f.add_argument("--dis-preset", default=None, choices=["ultrafast", "fast", "medium"],
                    help="plain OpenCV DIS preset instead of the tuned default (medium, denser patches, "
                         "stronger variational refinement)")
-    f.add_argument("--raft-size", default="large", choices=["large", "small"])
+    f.add_argument("--raft-size", default="large", choices=["large", "small"], help="RAFT model (with --flow raft)")
     f.add_argument("--raft-weights", default="default",
                    help="RAFT checkpoint path, or 'default' for torchvision's weights (needs them cached or a "
                         "connected machine)")
-    f.add_argument("--raft-iters", type=int, default=12, help="RAFT refinement iterations (default 12)")
+    f.add_argument("--raft-iters", type=int_at_least(1), default=12, help="RAFT refinement iterations")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where flow (RAFT) and post-processing run (default auto)")
-    f.add_argument("--batch-size", type=int, default=4, help="frames processed together (default 4)")
+                   help="where flow (RAFT) and post-processing run")
+    f.add_argument("--batch-size", type=int_at_least(1), default=4, help="frames processed together")
     o = p.add_argument_group("output")
-    o.add_argument("--seed", type=int, default=d.seed, help="seed of pair sampling (same seed, same output)")
-    o.add_argument("--max-pairs", type=int, default=d.max_pairs,
-                   help=f"stored pairs per frame at most (default {d.max_pairs})")
-    o.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
-    o.add_argument("--shard-size", type=int, default=1000, help="samples per shard at most (default 1000)")
-    o.add_argument("--prefix", default="dynocc", help="shard name prefix (default dynocc)")
+    o.add_argument("--seed", type=int_at_least(0), default=d.seed,
+                   help="seed of pair sampling (the same seed gives byte-identical shards)")
+    o.add_argument("--max-pairs", type=int_at_least(1), default=d.max_pairs, help="stored pairs per frame at most")
+    o.add_argument("--jpeg-quality", type=int_between(1, 100), default=d.jpeg_quality,
+                   help="JPEG quality of the stored frames")
+    o.add_argument("--shard-size", type=int_at_least(1), default=1000, help="samples per shard at most")
+    o.add_argument("--prefix", default="dynocc", help="shard name prefix")
 
 
-def _generate_config(args: argparse.Namespace):
-
-    config = GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
-                            max_frames=args.max_frames, flow=args.flow, decoder=args.decoder,
-                            max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality, seed=args.seed)
+def _generate_config(args: argparse.Namespace) -> GenerateConfig:
+    """The :class:`GenerateConfig` of parsed options."""
     if args.flow == "raft":
-        config.flow_options = {"size": args.raft_size, "weights": args.raft_weights,
-                               "num_flow_updates": args.raft_iters}
+        flow_options = {"size": args.raft_size, "weights": args.raft_weights, "num_flow_updates": args.raft_iters}
     elif args.dis_preset:
-        config.flow_options = {"preset": args.dis_preset}
-    return config
+        flow_options = {"preset": args.dis_preset}
+    else:
+        flow_options = dict(DIS_DEFAULTS)
+    return GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
+                          max_frames=args.max_frames, flow=args.flow, flow_options=flow_options, decoder=args.decoder,
+                          max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality, seed=args.seed)
 
 
 def _print_summary(summary) -> None:
@@ -306,7 +356,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
 
     stats = shard_stats(args.shards, plots=args.plots)
-    print(json.dumps(stats, indent=1, sort_keys=True))
+    print(json.dumps(stats, indent=1, sort_keys=True) if args.json else format_summary(stats))
     return 0
 
 
@@ -323,46 +373,73 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to every option's help, except flags and texts that already say their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and a pointer to ``--help``; exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dynocc-data`` argument parser, one sub-command per tool.
+
+    Every option has a help text, and ``--help`` shows its default.
 
     Returns:
         The parser; each sub-command sets ``func``, the function that runs it.
     """
-    p = argparse.ArgumentParser(prog="dynocc-data", description="Ordinal depth pairs from dynamic occlusions "
-                                                                 "in videos (DynOcc), as WebDataset shards.")
+    formatter = _HelpFormatter
+    # -v works before and after the subcommand: the subcommands' copy leaves the value alone when not given
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
+    p = _Parser(prog="dynocc-data", formatter_class=formatter,
+                                description="Ordinal depth pairs from dynamic occlusions in videos (DynOcc), as "
+                                            "WebDataset shards.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version.__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="make shards from videos")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[verbose], formatter_class=formatter)
+
+    g = command("generate", "make shards from videos")
     g.add_argument("inputs", nargs="+", help="video files, folders (recursive), frame folders, .txt lists, URLs")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--resume", action="store_true", help="skip videos (and frames) already in --out")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any input fails")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
-                   help="worker processes on this machine (default auto: one per GPU on CUDA, else 1); under "
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
+    g.add_argument("--workers", type=_workers_arg, default="auto", metavar="N|auto",
+                   help="worker processes on this machine (auto: one per GPU on CUDA, else 1); under "
                         "torchrun/srun each rank is one worker")
     g.add_argument("--upload", default=None, metavar="CMD",
                    help="shell command that receives each finished shard on stdin, {name} replaced by its file "
                         "name, e.g. 'aws s3 cp - s3://bucket/run/{name}'; --out keeps ledgers and index")
-    g.add_argument("--merge-timeout", type=float, default=3600.0, metavar="S",
-                   help="under torchrun/srun: seconds rank 0 waits for the other ranks before merging "
-                        "(default 3600)")
+    g.add_argument("--merge-timeout", type=positive_float, default=3600.0, metavar="S",
+                   help="under torchrun/srun: seconds rank 0 waits for the other ranks before merging")
     _add_generation_options(g)
     g.set_defaults(func=cmd_generate)
 
-    m = sub.add_parser("merge", help="merge the per-rank ledgers and stats of a parallel run (index.json, "
-                                     "stats.json)")
+    m = command("merge", "merge the per-rank ledgers and stats of a parallel run (index.json, stats.json)")
     m.add_argument("out", help="the --out folder of the run")
-    m.add_argument("--world-size", type=int, default=None, help="ranks of the run (default: from the markers)")
+    m.add_argument("--world-size", type=int_at_least(1), default=None, help="ranks of the run (default: from the "
+                                                                            "markers)")
     m.add_argument("--upload", default=None, metavar="CMD", help="also upload index.json and stats.json "
                                                                  "(default: the run's --upload)")
     m.set_defaults(func=cmd_merge)
 
-    e = sub.add_parser("evaluate", help="score the pipeline on synthetic scenes with ground-truth depth, semi-real "
-                                        "scenes over real footage, or static-camera clips")
+    e = command("evaluate", "score the pipeline on synthetic scenes with ground-truth depth, semi-real scenes over "
+                         "real footage, or static-camera clips")
     mode = e.add_mutually_exclusive_group()
     mode.add_argument("--background", nargs="+", metavar="VIDEO", default=None,
                       help="semi-real scenes: these videos as the background, composited objects in front")
@@ -373,37 +450,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scene-seed", type=_seeds_arg, default=[1000], metavar="S[,S...]",
                    help="seed of the first scene of each set; several seeds, comma-separated, score several sets "
                         "(default 1000)")
-    e.add_argument("--size", type=_size_arg, default=None, help="scene size HxW (default 360x640)")
+    e.add_argument("--size", type=_size_arg, default=None, metavar="HxW", help="scene size (default 360x640)")
     e.add_argument("--frames", type=_positive_int, default=None, help="frames per scene (default 40)")
     e.add_argument("--shadows", action=argparse.BooleanOptionalAction, default=True,
                    help="moving objects cast soft shadows on the ground (default on)")
-    e.add_argument("--radius", type=float, default=4.0, help="coverage radius in pixels (default 4)")
-    e.add_argument("--out", default="runs/evaluate", help="work folder (default runs/evaluate)")
+    e.add_argument("--radius", type=positive_float, default=4.0, help="coverage radius in pixels")
+    e.add_argument("--out", default="runs/evaluate", help="work folder")
     e.add_argument("--json", action="store_true", help="print the scores as JSON instead of the summary")
     e.add_argument("--per-scene", action="store_true", help="also print one line per scene")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
     _add_generation_options(e)
     e.set_defaults(func=cmd_evaluate)
 
-    d = sub.add_parser("demo", help="generate from built-in scenes, read back, write an overlay (no download)")
-    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--no-progress", action="store_true")
+    d = command("demo", "generate from built-in scenes, read back, write an overlay (no download)")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("show", help="overlays of samples and a contact sheet")
+    s = command("show", "overlays of samples and a contact sheet")
     s.add_argument("shards", help="a generate output folder, a shard, or a brace pattern")
-    s.add_argument("--out", required=True)
-    s.add_argument("--limit", type=int, default=24, help="samples to draw (default 24)")
-    s.add_argument("--columns", type=int, default=4)
+    s.add_argument("--out", required=True, help="folder for the overlays and contact_sheet.png")
+    s.add_argument("--limit", type=int_at_least(1), default=24, help="samples to draw")
+    s.add_argument("--columns", type=int_at_least(1), default=4, help="tiles per row of the contact sheet")
     s.set_defaults(func=cmd_show)
 
-    st = sub.add_parser("stats", help="statistics of shards")
-    st.add_argument("shards")
+    st = command("stats", "statistics of shards (a summary; --json for everything)")
+    st.add_argument("shards", help="a generate output folder, a shard, or a brace pattern")
+    st.add_argument("--json", action="store_true", help="print every figure as JSON instead of the summary")
     st.add_argument("--plots", default=None, help="write histograms (matplotlib) to this folder")
     st.set_defaults(func=cmd_stats)
 
-    c = sub.add_parser("convert", help="write YouTube3D, DIW or a dense-depth source as shards")
-    c.add_argument("format", choices=list(CONVERT_FORMATS))
+    c = command("convert", "write YouTube3D, DIW or a dense-depth source as shards")
+    c.add_argument("format", choices=list(CONVERT_FORMATS), help="the dataset's layout")
     c.add_argument("csv", help="the dataset's CSV (dense: a CSV of image,depth paths or a ReDWeb folder)")
     c.add_argument("--depth-kind", default=None, choices=list(DEPTH_KINDS),
                    help="dense: what the maps hold (default depth; ReDWeb: disparity_affine)")
@@ -412,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--num-pairs", type=_non_negative_int, default=3000,
                    help="dense: ordinal pairs drawn from each depth map and stored")
     c.add_argument("--root", default=None, help="folder the CSV's paths are relative to (default: its folder)")
-    c.add_argument("--out", required=True)
-    c.add_argument("--shard-size", type=int, default=1000)
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--shard-size", type=int_at_least(1), default=1000, help="samples per shard at most")
     c.set_defaults(func=cmd_convert)
     return p
 

@@ -43,11 +43,7 @@ from torchvision.io import encode_jpeg
 from .. import _version
 from ..datasets._common import read_image_rgb, relative_key, resolve_path
 from ..datasets.dense import DenseDepthDataset
-from ..datasets.diw import (
-    _looks_like_annotation,
-    _parse_coordinate_line,
-    scale_diw_coordinates,
-)
+from ..datasets.diw import iter_diw_rows, scale_diw_coordinates
 from ..datasets.youtube3d import from_youtube3d_target, load_youtube3d_pkl
 from ..errors import InputError
 from ..format.sample import BOUNDARY_DTYPE, encode_sample
@@ -160,35 +156,17 @@ def _diw_labels(coords: list[float], ordinal: int, annotated: tuple[int, int]) -
 
 
 def _diw_rows(csv_path: Path, root: Path) -> Iterator[Row]:
-    """Rows of a DIW CSV: an image path line then ``y_A,x_A,y_B,x_B,rel,width,height`` (1-based).
+    """Rows of a DIW CSV in either layout, from the one DIW reader (:func:`~dynocc_data.datasets.diw.iter_diw_rows`).
 
-    Resyncs after a line that breaks the two-line pattern.
+    Reads on after a malformed sample.
     """
     del root  # DIW rows hold no other file than the image
-    lines = _read_lines(csv_path)
-    i = 0
-    while i < len(lines):
-        path_no, path_line = lines[i]
-        if _looks_like_annotation(path_line):
-            yield InputError(csv_path, f"line {path_no}: annotation line without an image path line before it")
-            i += 1
+    for row in iter_diw_rows(csv_path):
+        if isinstance(row, InputError):
+            yield row
             continue
-        image = next(csv.reader([path_line]), [""])[0].strip()
-        follows = lines[i + 1] if i + 1 < len(lines) else None
-        if follows is None or follows[1].count(",") < 4:  # the next line is another path (or there is none)
-            yield InputError(csv_path, f"line {path_no}: image path without an annotation line after it")
-            i += 1
-            continue
-        i += 2
-        coord_no, coord_line = follows
-        try:
-            coords, ordinal, height, width = _parse_coordinate_line(csv_path, coord_no, coord_line)
-        except InputError as err:
-            yield err
-            continue
-        extra = {"annotated_size": [height, width]}
-        yield SourceRow(path_no, image, f"{relative_key(image)}\n{coord_line}",
-                        _diw_labels(coords, ordinal, (height, width)), extra)
+        yield SourceRow(row.line, row.image, f"{relative_key(row.image)}\n{row.coord_line}",
+                        _diw_labels(row.coords, row.ordinal, row.size), {"annotated_size": list(row.size)})
 
 
 _READERS: dict[str, Callable[[Path, Path], Iterator[Row]]] = {"youtube3d": _youtube3d_rows, "diw": _diw_rows}

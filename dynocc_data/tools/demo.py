@@ -15,11 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..datasets.dynocc import DynOccDataset
 from ..generation import generate
 from .evaluate import evaluate_shards
 from .synthetic import demo_scenes
-from .viz import contact_sheet, draw_overlay, save_png
+from .viz import contact_sheet, draw_overlay, legend_strip, save_png
 
 __all__ = ["run_demo"]
 
@@ -50,6 +52,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, progress: bool = True) -> 
     scores = evaluate_shards(out / "shards", scenes)
     tiles = [draw_overlay(item, scale=2) for item in items]
     captions = [f"{it['meta']['key']}: {len(it['pairs'])} pairs" for it in items]
-    overlay = save_png(out / "overlay.png", contact_sheet(tiles, captions=captions, columns=2, tile_width=640))
+    sheet = contact_sheet(tiles, captions=captions, columns=2, tile_width=640)
+    overlay = save_png(out / "overlay.png", np.concatenate([legend_strip(sheet.shape[1]), sheet], 0))
     (out / "demo.json").write_text(json.dumps({"items": len(items), "scores": scores.to_dict()}, indent=1))
     return {"summary": summary, "items": len(items), "scores": scores, "overlay": overlay}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int
     """Make synthetic scenes, generate shards from them and score them.
 
     Args:
-        out: the work folder: scenes go to ``<out>/scenes``, shards to ``<out>/shards``.
+        out: the work folder: scenes go to ``<out>/scenes``, shards to ``<out>/shards`` (both replaced when
+            they exist: running twice into one folder gives the second run's figures).
         num_scenes: the number of scenes.
         seed: the seed of the first scene (then ``seed+1``, ...).
         scene_config: the scene parameters; default :data:`EVAL_SCENE_CONFIG` (with cast shadows).
@@ -170,6 +172,8 @@ def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int
     """
     out = Path(out)
     scene_dir = out / "scenes"
+    for old in (scene_dir, out / "shards"):  # the evaluation owns its work folder: a second run starts afresh
+        shutil.rmtree(old, ignore_errors=True)
     make_scenes(scene_dir, num_scenes, seed=seed, config=scene_config if scene_config is not None
                 else EVAL_SCENE_CONFIG)
     generate([str(scene_dir)], out / "shards", generate_config, progress=progress, **generate_kwargs)

@@ -39,7 +39,7 @@ import numpy as np
 from ..datasets.dynocc import DynOccDataset
 from ..errors import DynOccError
 
-__all__ = ["shard_stats", "Accumulator", "summarize", "plot_stats", "RESERVOIR", "MAX_BINS"]
+__all__ = ["format_summary", "shard_stats", "Accumulator", "summarize", "plot_stats", "RESERVOIR", "MAX_BINS"]
 
 log = logging.getLogger(__name__)
 
@@ -315,3 +315,40 @@ def shard_stats(shards: Any, *, plots: str | os.PathLike | None = None) -> dict[
         stats["plots"] = [str(p) for p in plot_stats(stats, plots)]
     log.info("%d samples of %d videos, %d pairs", stats["samples"], stats["videos"], num_pairs)
     return stats
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """The few lines ``dynocc-data stats`` prints by default (``--json`` prints all of ``stats``).
+
+    Args:
+        stats: what :func:`shard_stats` returned.
+
+    Returns:
+        The summary, one line per quantity, without a final newline.
+    """
+    def line(name: str, key: str, fmt: str = ".1f") -> str:
+        q = stats[key]
+        if not q.get("count"):
+            return f"{name:<20} none"
+        return (f"{name:<20} mean {q['mean']:{fmt}}  median {q['median']:{fmt}}  p10 {q['p10']:{fmt}}  "
+                f"p90 {q['p90']:{fmt}}  max {q['max']:{fmt}}")
+
+    videos = ", ".join(f"{name} {n}" for name, n in list(stats["frames_per_video"].items())[:6])
+    more = " ..." if len(stats["frames_per_video"]) > 6 else ""
+    shares = stats["labels"]["shares"]
+    read = stats["read"]
+    lines = [
+        f"videos {stats['videos']} (samples per video: {videos}{more}), samples {stats['samples']}, "
+        f"pairs {stats['pairs']}",
+        line("pairs per frame", "pairs_per_frame"),
+        line("pair offset (px)", "pair_offset"),
+        line("boundary confidence", "boundary_confidence", ".3f"),
+        f"{'labels':<20} +1 {shares['+1']:.1%}  -1 {shares['-1']:.1%}  0 {shares['0']:.1%}",
+        f"{'image sizes':<20} " + ", ".join(f"{k} ({v})" for k, v in stats["image_sizes"].items()),
+    ]
+    if read["skipped_samples"] or read["shard_errors"]:
+        lines.append(f"{'read errors':<20} {read['skipped_samples']} samples skipped, {read['shard_errors']} "
+                     "broken shards")
+    if "plots" in stats:
+        lines.append(f"{'plots':<20} " + ", ".join(stats["plots"]))
+    return "\n".join(lines)

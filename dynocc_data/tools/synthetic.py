@@ -1122,15 +1122,25 @@ def scene_gt_path(video: str | os.PathLike) -> Path:
     return video.with_name(video.stem + GT_SUFFIX)
 
 
-def _encode(frames: np.ndarray, fps: float, crf: int, preset: str, path: Path) -> None:
-    """Encode RGB frames as H.264 (yuv420p) MP4 at ``path`` with PyAV."""
+def _encode(frames: np.ndarray, fps: float, crf: int, preset: str, path: Path, *, lossless: bool = False) -> None:
+    """Encode RGB frames as H.264 (yuv420p) MP4 at ``path`` with PyAV.
+
+    x264's output is not reproducible from run to run here (measured: encodes of the same frames differ, even with
+    one thread), so the lossy files, and the pairs made from them, vary a little between runs. ``lossless``
+    (``qp 0`` on frames converted to YUV 4:2:0 by OpenCV, a fixed conversion) decodes to the very same frames
+    every time, whatever bytes the encoder writes: what the demo uses.
+    """
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(int(crf)), "preset": preset}
+        stream.options = {"qp": "0", "preset": preset} if lossless else {"crf": str(int(crf)), "preset": preset}
         for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if lossless:
+                yuv = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420)
+                video_frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            else:
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode(None))
 
@@ -1152,7 +1162,7 @@ def _gt_arrays(gt: SceneGT, depth_dtype: str) -> dict[str, np.ndarray]:
 
 
 def write_scene(scene: Scene, out_dir: str | os.PathLike, name: str,
-                depth_dtype: str = "float32") -> tuple[Path, Path]:
+                depth_dtype: str = "float32", *, lossless: bool = False) -> tuple[Path, Path]:
     """Write ``<name>.mp4`` (H.264 via PyAV, crf and preset from the scene's config) and ``<name>.gt.npz``.
 
     Both are written under temporary names in ``out_dir`` and renamed only once complete (ground truth first,
@@ -1163,6 +1173,7 @@ def write_scene(scene: Scene, out_dir: str | os.PathLike, name: str,
         out_dir: the folder (created when missing).
         name: a plain file stem.
         depth_dtype: ``"float16"`` or ``"float32"``.
+        lossless: ``qp 0`` encoding of OpenCV-converted YUV frames: decodes to the same frames on every run.
 
     Returns:
         ``(video_path, gt_path)``.
@@ -1183,7 +1194,7 @@ def write_scene(scene: Scene, out_dir: str | os.PathLike, name: str,
     token = f"{os.getpid()}-{secrets.token_hex(4)}"  # unique hidden names, normal (umask) permissions
     temps = [out / f".{name}.{token}.mp4.part", out / f".{name}.{token}.npz.part"]
     try:
-        _encode(scene.frames, scene.fps, scene.config.crf, scene.config.preset, temps[0])
+        _encode(scene.frames, scene.fps, scene.config.crf, scene.config.preset, temps[0], lossless=lossless)
         with open(temps[1], "wb") as fh:
             np.savez_compressed(fh, **_gt_arrays(scene, depth_dtype))
         os.replace(temps[1], gt_file)
@@ -1270,7 +1281,7 @@ _DEMO_SEEDS = (7, 11)
 
 
 def demo_scenes(out_dir: str | os.PathLike) -> list[Path]:
-    """Write the two small built-in demo scenes (240x320, 24 frames).
+    """Write the two small built-in demo scenes (240x320, 24 frames), losslessly: every run gives the same pairs.
 
     Args:
         out_dir: the folder (created when missing).
@@ -1278,4 +1289,5 @@ def demo_scenes(out_dir: str | os.PathLike) -> list[Path]:
     Returns:
         Their video paths.
     """
-    return [write_scene(make_scene(_DEMO_CONFIG, s), out_dir, f"demo_{i}")[0] for i, s in enumerate(_DEMO_SEEDS)]
+    return [write_scene(make_scene(_DEMO_CONFIG, s), out_dir, f"demo_{i}", lossless=True)[0]
+            for i, s in enumerate(_DEMO_SEEDS)]
