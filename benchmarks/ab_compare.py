@@ -7,7 +7,9 @@ Each run starts ``python benchmarks/<bench> ... --json FILE`` in checkout A, the
 ``PYTHONPATH`` set to that checkout, so each imports its own ``dynocc_data``), ``--runs`` times. Alternating
 the two on one machine in one session is what makes the ratio meaningful when the machine's speed drifts
 (shared machines vary by 2x from day to day). Prints, for every numeric field named by ``--field`` (dotted
-paths into the JSON), each pair's B/A ratio, and their median and range. No assertion.
+paths into the JSON), each pair's B/A ratio, and their median and range; also ``cpu_seconds``, the CPU time
+each whole run used (a steadier figure than wall-clock rates when other work shares the machine: there, a B/A
+above 1 means B needed more CPU). No assertion.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,11 +32,18 @@ def _field(data: dict, path: str) -> float:
     return float(value)
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(checkout: Path, bench: str, args: list[str], out: Path) -> dict:
+    """One benchmark run; its JSON figures plus ``cpu_seconds``, the CPU time the whole run used."""
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     cmd = [sys.executable, str(checkout / "benchmarks" / bench), *args, "--json", str(out)]
+    before = _cpu_seconds()
     subprocess.run(cmd, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    return {**json.loads(out.read_text()), "cpu_seconds": _cpu_seconds() - before}
 
 
 def main() -> None:
@@ -45,12 +55,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5, help="A/B pairs (default 5)")
     p.add_argument("bench_args", nargs="*", help="arguments after -- go to the benchmark")
     args = p.parse_args()
-    ratios: dict[str, list[float]] = {f: [] for f in args.field}
+    fields = [*args.field, "cpu_seconds"]
+    ratios: dict[str, list[float]] = {f: [] for f in fields}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
             a = _run(args.a.resolve(), args.bench, args.bench_args, Path(tmp) / f"a{i}.json")
             b = _run(args.b.resolve(), args.bench, args.bench_args, Path(tmp) / f"b{i}.json")
-            for f in args.field:
+            for f in fields:
                 va, vb = _field(a, f), _field(b, f)
                 ratios[f].append(vb / va)
                 print(f"run {i + 1}: {f}: A {va:.4g}  B {vb:.4g}  B/A {vb / va:.3f}", flush=True)

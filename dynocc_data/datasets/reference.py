@@ -61,7 +61,15 @@ def check_collapsed(collapsed: str) -> Collapsed:
 
 
 def resize_like_reference(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``uint8 [3,H,W]`` resized to ``size`` with ``cv2.resize`` (bilinear), as the reference loaders do."""
+    """``uint8 [3,H,W]`` resized to ``size`` with ``cv2.resize`` (bilinear), as the reference loaders do.
+
+    Args:
+        image: ``uint8 [3,H,W]``.
+        size: ``(H, W)`` wanted.
+
+    Returns:
+        The resized image (``image`` itself when it has that size already).
+    """
     height, width = size
     if tuple(image.shape[-2:]) == (height, width):
         return image
@@ -75,6 +83,14 @@ def diw_pairs_at(coords: np.ndarray, source_size: tuple[int, int], size: tuple[i
 
     ``c / S_source * S`` in float64 (division first, as both references), clamped to ``[1, S]``, truncated,
     minus one.
+
+    Args:
+        coords: ``[N,4]`` 1-based coordinates as in the CSV.
+        source_size: ``(H, W)`` the coordinates refer to.
+        size: ``(H, W)`` of the image the pairs are for.
+
+    Returns:
+        ``int64 [N,4]`` 0-based pixels of ``size``.
     """
     c = np.asarray(coords, dtype=np.float64).reshape(-1, 4)
     (src_h, src_w), (height, width) = source_size, size
@@ -87,7 +103,16 @@ def diw_pairs_at(coords: np.ndarray, source_size: tuple[int, int], size: tuple[i
 def handle_collapsed(
     pairs: torch.Tensor, ordinal: torch.Tensor, collapsed: Collapsed
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep, nudge (the Lua DIW loader: A one row up, or down from row 0) or drop pairs whose points coincide."""
+    """Keep, nudge (the Lua DIW loader: A one row up, or down from row 0) or drop pairs whose points coincide.
+
+    Args:
+        pairs: ``int64 [N,4]``.
+        ordinal: ``int64 [N]``.
+        collapsed: ``"keep"``, ``"nudge"`` or ``"drop"``.
+
+    Returns:
+        ``(pairs, ordinal)`` after the rule.
+    """
     same = (pairs[:, 0] == pairs[:, 2]) & (pairs[:, 1] == pairs[:, 3])
     if collapsed == "keep" or not bool(same.any()):
         return pairs, ordinal

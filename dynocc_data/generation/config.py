@@ -32,7 +32,18 @@ STAGES = ("decode", "flow", "boundaries", "order", "refine", "sampling", "encode
 
 
 def check_int(option: str, value: Any, low: int, high: int | None = None, *, none: bool = False) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is an int in ``[low, high]`` (or ``None`` when allowed)."""
+    """Raise :class:`ConfigError` unless ``value`` is an int in ``[low, high]`` (or ``None`` when allowed).
+
+    Args:
+        option: the option's name, for the message.
+        value: the value given.
+        low: the smallest value allowed.
+        high: the largest value allowed (``None``: no upper bound).
+        none: whether ``None`` is allowed.
+
+    Raises:
+        ConfigError: naming the option and the allowed range.
+    """
     if value is None and none:
         return
     inside = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
@@ -53,40 +64,52 @@ class GenerateConfig:
 
     Frozen and checked when built: a value outside its range raises :class:`~dynocc_data.errors.ConfigError`
     naming the option and what it accepts. Change a field with ``dataclasses.replace(config, stride=2)``.
+
+    Attributes:
+        stride: Process every ``stride``-th frame.
+        gap: Flow is computed between frames ``gap`` apart (t -> t±gap).
+        max_side: Frames are resized so that their longer side is at most this (None: keep).
+        max_frames: At most this many selected frames per video.
+        flow: Optical flow backend: ``"dis"`` (OpenCV, CPU) or ``"raft"`` (torchvision).
+        flow_options: Options of the flow backend (defaults: DIS tuned on synthetic scenes with ground truth,
+            see ``DIS_DEFAULTS``).
+        decoder: Video decoder: ``"auto"`` (PyAV on the CPU, decord on CUDA), ``"decord"``, ``"pyav"`` or
+            ``"torchcodec"``.
+        boundary: occlusion boundary detection (:class:`~.boundaries.BoundaryConfig`).
+        order: depth ordering (:class:`~.ordering.OrderConfig`).
+        refine: refinement and the shadow test (:class:`~.refine.RefineConfig`).
+        reliability: rejection of frames whose flow cannot be trusted (:class:`~.cuts.ReliabilityConfig`).
+        sampler: Strategy drawing the stored pairs (a name of ``sampling.available_strategies()`` other than
+            ``"stored"``).
+        sampler_options: Boundary points 1.5 px apart along each outline, one pair each (after the shadow test
+            of :class:`RefineConfig` removed most same-surface pairs, denser sampling adds pairs at the same
+            precision).
+        max_pairs: At most this many stored pairs per frame.
+        min_pairs: Frames with fewer pairs are not written.
+        jpeg_quality: JPEG quality of the stored frames (1-100).
+        seed: Seed of pair sampling: the same seed gives byte-identical shards.
+
+    Raises:
+        ConfigError: naming the option, when a value is outside its range.
     """
 
     stride: int = 4
-    """Process every ``stride``-th frame."""
     gap: int = 4
-    """Flow is computed between frames ``gap`` apart (t -> t±gap)."""
     max_side: int | None = 640
-    """Frames are resized so that their longer side is at most this (None: keep)."""
     max_frames: int | None = None
-    """At most this many selected frames per video."""
     flow: FlowName = "dis"
-    """Optical flow backend: ``"dis"`` (OpenCV, CPU) or ``"raft"`` (torchvision)."""
     flow_options: dict[str, Any] = field(default_factory=lambda: dict(DIS_DEFAULTS))
-    """Options of the flow backend (defaults: DIS tuned on synthetic scenes with ground truth, see
-    ``DIS_DEFAULTS``)."""
     decoder: DecoderName = "auto"
-    """Video decoder: ``"auto"`` (PyAV on the CPU, decord on CUDA), ``"decord"``, ``"pyav"`` or ``"torchcodec"``."""
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
     order: OrderConfig = field(default_factory=OrderConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)
     sampler: str = "uniform"
-    """Strategy drawing the stored pairs (a name of ``sampling.available_strategies()`` other than ``"stored"``)."""
     sampler_options: dict[str, Any] = field(default_factory=lambda: {"spacing": 1.5, "offset": 6.0})
-    """Boundary points 1.5 px apart along each outline, one pair each (after the shadow test of
-    :class:`RefineConfig` removed most same-surface pairs, denser sampling adds pairs at the same precision)."""
     max_pairs: int = 1000
-    """At most this many stored pairs per frame."""
     min_pairs: int = 1
-    """Frames with fewer pairs are not written."""
     jpeg_quality: int = 92
-    """JPEG quality of the stored frames (1-100)."""
     seed: int = 0
-    """Seed of pair sampling: the same seed gives byte-identical shards."""
 
     def __post_init__(self) -> None:
         """Check every option (one-line :class:`ConfigError` naming the option and its range)."""
@@ -114,11 +137,19 @@ class GenerateConfig:
             raise ConfigError("sampler_options", str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The parameters as a JSON-ready dict."""
+        """The parameters as a JSON-ready dict.
+
+        Returns:
+            Every field, nested configs as dicts.
+        """
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short hash of the parameters: a resumed run must use the same ones."""
+        """Short hash of the parameters: a resumed run must use the same ones.
+
+        Returns:
+            The first 12 hex digits of the SHA-1 of the sorted JSON of :meth:`to_dict`.
+        """
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -219,7 +250,7 @@ class RunOptions:
         poll: seconds between two looks at the folder while waiting.
 
     Raises:
-        ValueError: naming the option, when a value is out of range.
+        ConfigError: naming the option, when a value is out of range.
     """
 
     device: str = "auto"

@@ -59,8 +59,11 @@ def _held(path: Path) -> bool:
 
 
 def _holders(path: Path) -> str:
-    """Who holds ``path``: the ranks holding their rank locks (they share the folder lock without signing it), else
-    the signature in ``path`` itself."""
+    """Who holds ``path``.
+
+    The ranks holding their rank locks (they share the folder lock without signing it), else the signature in
+    ``path`` itself.
+    """
     ranks = [_holder(p) for p in sorted(path.parent.glob(f"{FOLDER_LOCK}-r*")) if p != path and _held(p)]
     return ", ".join(dict.fromkeys(ranks)) if path.name == FOLDER_LOCK and ranks else _holder(path)
 

@@ -69,6 +69,9 @@ class MovingMaskConfig:
         max_median_frames: at most this many frames, evenly spread, make each median.
         margin: frames nearer than this to the frame being judged are left out of its two medians.
         min_side_frames: a median of fewer frames than this (near the clip's ends) is not used.
+
+    Raises:
+        ValueError: when a threshold or size is out of range.
     """
 
     threshold: float = 30.0
@@ -258,7 +261,14 @@ class MaskEvalResult:
         return sum(self.counts.values())
 
     def share(self, category: str) -> float:
-        """Share of all pairs in ``category``."""
+        """Share of all pairs in ``category``.
+
+        Args:
+            category: one of :data:`MASK_CATEGORIES`.
+
+        Returns:
+            The category's count over all pairs (NaN when there are none).
+        """
         return _ratio(self.counts[category], self.pairs)
 
     @property

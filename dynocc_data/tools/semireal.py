@@ -58,6 +58,10 @@ _MATTE_SIGMA = 0.8  # px of blur on the silhouette's alpha: a matte's soft edge
 def read_video_frames(video: str | os.PathLike, *, max_side: int | None = 640) -> tuple[np.ndarray, float]:
     """Decode every frame of ``video``, resized as ``generate`` resizes them (longer side at most ``max_side``).
 
+    Args:
+        video: the clip.
+        max_side: longer side at most this (``None``: keep the size).
+
     Returns:
         ``(frames, fps)``: uint8 [T,H,W,3] RGB and the frame rate (25 when the video does not say).
 
@@ -253,6 +257,17 @@ def make_semireal_scenes(video: str | os.PathLike, out_dir: str | os.PathLike, n
 
     Scene i takes ``config.num_frames`` consecutive frames (all the clip when it is shorter) from a start drawn
     with seed ``seed + i``; frames are resized as ``generate`` would (``max_side``) and cropped to even sizes.
+
+    Args:
+        video: the real clip used as the background layer.
+        out_dir: where the scenes are written.
+        n: number of scenes.
+        seed: seed of the first scene (scene i uses ``seed + i``).
+        config: the scene parameters (default: the semi-real preset).
+        max_side: longer side of the frames at most this.
+
+    Returns:
+        The paths of the written videos.
 
     Raises:
         InputError: the video cannot be read or has fewer than 2 frames.
