@@ -125,7 +125,7 @@ def _as_range(value: Any, name: str) -> tuple[float, float]:
     return low, high
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
     """Options shared by every strategy; subclasses add their own and name the strategy (class attribute ``name``).
 
@@ -179,7 +179,7 @@ class SamplerConfig:
         return {"strategy": self.name, **dataclasses.asdict(self)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoredConfig(SamplerConfig):
     """Generation-time pairs passed through; only ``max_pairs`` and ``balance`` apply (off by default).
 
@@ -209,7 +209,7 @@ class StoredConfig(SamplerConfig):
         return StoredSampler(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundaryConfig(SamplerConfig):
     """One point each side at a fixed ``offset`` px along the normal, at every boundary point.
 
@@ -237,7 +237,7 @@ class BoundaryConfig(SamplerConfig):
         return BoundarySampler(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MultiscaleConfig(SamplerConfig):
     """Like ``boundary`` but each side's offset drawn uniformly from ``offset_range`` px, independently.
 
@@ -255,7 +255,7 @@ class MultiscaleConfig(SamplerConfig):
     def __post_init__(self) -> None:
         """Check the range."""
         super().__post_init__()
-        self.offset_range = _as_range(self.offset_range, "offset_range")
+        object.__setattr__(self, "offset_range", _as_range(self.offset_range, "offset_range"))
 
     def build(self) -> MultiscaleSampler:
         """Build the sampler.
@@ -266,7 +266,7 @@ class MultiscaleConfig(SamplerConfig):
         return MultiscaleSampler(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BandConfig(SamplerConfig):
     """Points in a band each side: normal offset in ``depth_range`` px plus tangential jitter in ``±jitter`` px.
 
@@ -285,7 +285,7 @@ class BandConfig(SamplerConfig):
     def __post_init__(self) -> None:
         """Check the band."""
         super().__post_init__()
-        self.depth_range = _as_range(self.depth_range, "depth_range")
+        object.__setattr__(self, "depth_range", _as_range(self.depth_range, "depth_range"))
         _require(float(self.jitter) >= 0, f"jitter must be >= 0, got {self.jitter!r}")
 
     def build(self) -> BandSampler:
@@ -297,7 +297,7 @@ class BandConfig(SamplerConfig):
         return BandSampler(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class UniformConfig(SamplerConfig):
     """Boundary points about ``spacing`` px apart along each segment, then one point each side at ``offset``.
 
