@@ -87,3 +87,25 @@ def relative_key(name: str) -> str:
     while key.startswith("./"):
         key = key[2:]
     return key
+
+
+def read_csv_lines(csv_path: str | os.PathLike) -> list[tuple[int, str]]:
+    """The numbered non-blank lines of an annotation CSV (the one reader of the YouTube3D/DIW/dense lists).
+
+    Args:
+        csv_path: the CSV file.
+
+    Returns:
+        ``(line number, stripped text)`` of every non-blank line.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or lists nothing.
+    """
+    try:
+        with open(csv_path, encoding="utf-8", newline="") as handle:
+            lines = [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(csv_path, f"cannot read CSV: {getattr(err, 'strerror', None) or err}") from None
+    if not lines:
+        raise InputError(csv_path, "no samples listed")
+    return lines

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ._common import read_image_rgb, relative_key, resolve_path
+from ._common import read_csv_lines, read_image_rgb, relative_key, resolve_path
 from .reference import Collapsed, check_collapsed, check_size, diw_pairs_at, handle_collapsed, resize_like_reference
 
 logger = logging.getLogger(__name__)
@@ -138,13 +138,7 @@ def iter_diw_rows(csv_path: str | os.PathLike) -> Iterator[DIWRow | InputError]:
     Raises:
         InputError: naming the file, when it cannot be read or lists nothing.
     """
-    try:
-        with open(csv_path, encoding="utf-8", newline="") as handle:
-            lines = [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(csv_path, f"cannot read CSV: {getattr(err, 'strerror', None) or err}") from None
-    if not lines:
-        raise InputError(csv_path, "no samples listed")
+    lines = read_csv_lines(csv_path)
     i = 0
     if len(lines) > 1 and not _looks_like_annotation(lines[0][1]) and _path_line(lines[1][1])[1] is not None:
         logger.debug("%s: line %d taken as a header: %s", csv_path, lines[0][0], lines[0][1])

@@ -41,7 +41,7 @@ import torch
 from torchvision.io import encode_jpeg
 
 from .. import _version
-from ..datasets._common import read_image_rgb, relative_key, resolve_path
+from ..datasets._common import read_csv_lines, read_image_rgb, relative_key, resolve_path
 from ..datasets.dense import DenseDepthDataset
 from ..datasets.diw import iter_diw_rows, scale_diw_coordinates
 from ..datasets.youtube3d import from_youtube3d_target, load_youtube3d_pkl
@@ -106,18 +106,6 @@ def sample_key(image: str, ident: str) -> str:
 # ----------------------------------------------------------------------------------------- CSV rows
 
 
-def _read_lines(csv_path: Path) -> list[tuple[int, str]]:
-    """Numbered non-blank lines of a CSV; :class:`InputError` when it cannot be read or lists nothing."""
-    try:
-        with open(csv_path, encoding="utf-8", newline="") as handle:
-            lines = [(n, line.strip()) for n, line in enumerate(handle, start=1) if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(csv_path, f"cannot read CSV: {getattr(err, 'strerror', None) or err}") from None
-    if not lines:
-        raise InputError(csv_path, "no samples listed")
-    return lines
-
-
 def _youtube3d_labels(target: Path) -> Labels:
     """Pairs of a YouTube3D target, as :class:`YouTube3DDataset` makes them for an image of a given size."""
     def labels(size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +117,7 @@ def _youtube3d_labels(target: Path) -> Labels:
 def _youtube3d_rows(csv_path: Path, root: Path) -> Iterator[Row]:
     """Rows of a YouTube3D CSV (``image_path, pkl_path``; an optional header whose 2nd field is not a .pkl)."""
     first = True
-    for line_no, text in _read_lines(csv_path):
+    for line_no, text in read_csv_lines(csv_path):
         fields = [f.strip() for f in next(csv.reader([text], skipinitialspace=True), [])]
         while fields and not fields[-1]:
             fields.pop()
