@@ -3,8 +3,7 @@
 ::
 
     python examples/ray_generate.py runs/demo/scenes --out shards-ray/ --num-cpus 2      # local Ray, CPU actors
-    ray job submit -- python examples/ray_generate.py videos/ --out /data/shards --address auto \\
-        --device cuda --actors 8 --flow raft                                             # a Ray cluster, 8 GPUs
+    python examples/ray_generate.py videos/ --out /data/shards --address auto --device cuda --actors 8 --flow raft
 
 Steps (one Ray Data pipeline, streamed):
 
@@ -59,9 +58,9 @@ from dynocc_data.generation.video import (
     require_frames,
     select_frames,
 )
-from dynocc_data.generation.writer import ShardWriter, write_index
+from dynocc_data.generation.writer import ShardWriter, run_upload, write_index
 from dynocc_data.storage import atomic_write_text
-from dynocc_data.tools.cli import _add_generation_options, _generate_config, int_at_least
+from dynocc_data.tools.cli import _add_generation_options, _generate_config, int_at_least, positive_float
 
 log = logging.getLogger("ray_generate")
 
@@ -242,10 +241,11 @@ def build_dataset(sources: Sequence[VideoSource], config: GenerateConfig, *, win
     videos = ray.data.from_items([{"path": s.path, "kind": s.kind, "rel": s.rel} for s in sources],
                                  override_num_blocks=len(sources))
     windows = videos.flat_map(decode_windows, fn_kwargs={"config": config, "window": window}, num_cpus=decode_cpus)
-    gpu = device == "cuda"
+    # one GPU per actor on CUDA; a CPU each as well (JPEG encoding, DIS flow and the sampling run there)
     return windows.map_batches(PipelineActor, fn_constructor_kwargs={"config": config, "device": device,
                                                                      "batch_size": batch_size},
-                               batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
+                               batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
+                               num_gpus=1 if device == "cuda" else 0, num_cpus=1)
 
 
 def run(inputs: Sequence[str], out: str | Path, config: GenerateConfig, *, window: int = 16, actors: int = 1,
@@ -290,19 +290,21 @@ def run(inputs: Sequence[str], out: str | Path, config: GenerateConfig, *, windo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DynOccError(f"{out}: cannot write output ({e.strerror or e})") from None
-    if any(out.glob("ledger-r*.jsonl")):
-        raise DynOccError(f"{out}: already holds shards; use an empty --out (this recipe does not resume)")
-    rows = build_dataset(sources, config, window=window, actors=actors, device=device, batch_size=batch_size,
-                         decode_cpus=decode_cpus).iter_rows()
     header = {"digest": config.digest(), "params": config.to_dict(), "version": __version__, "rank": 0}
-    with hold_output(out), ShardWriter(out, prefix=prefix, rank=0, max_count=shard_size, header=header,
-                                       upload=upload) as writer:
-        write_results(rows, writer, summary)
-    summary.shards = len(writer.shards_written)
-    index = write_index(out, extra={"digest": config.digest()})
+    with hold_output(out):  # one writer per folder, as for generate
+        if any(out.glob("ledger-r*.jsonl")):
+            raise DynOccError(f"{out}: already holds shards; use an empty --out (this recipe does not resume)")
+        rows = build_dataset(sources, config, window=window, actors=actors, device=device, batch_size=batch_size,
+                             decode_cpus=decode_cpus).iter_rows()
+        with ShardWriter(out, prefix=prefix, rank=0, max_count=shard_size, header=header, upload=upload) as writer:
+            write_results(rows, writer, summary)
+        summary.shards = len(writer.shards_written)
+        index = write_index(out, extra={"digest": config.digest()})
     summary.seconds = time.perf_counter() - t0
     stats = {**summary.to_dict(), "num_samples": index.get("num_samples", 0), "launcher": "ray"}
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, sort_keys=True) + "\n")
+    for name in ("index.json", "stats.json") if upload else ():  # the remote folder then reads like a local one
+        run_upload(upload, out / name, name)
     return summary
 
 
@@ -326,14 +328,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="CPUs of a Ray started here (default: all)")
     r.add_argument("--actors", type=int_at_least(1), default=1, help="pipeline actors (one GPU each on CUDA)")
     r.add_argument("--window", type=int_at_least(1), default=16, help="selected frames per decode task output")
-    r.add_argument("--decode-cpus", type=float, default=1.0, help="CPUs reserved per decode task")
+    r.add_argument("--decode-cpus", type=positive_float, default=1.0, help="CPUs reserved per decode task")
     r.add_argument("--upload", default=None, metavar="CMD",
                    help="shell command receiving each finished shard on stdin, {name} its file name")
     _add_generation_options(p)
-    args = p.parse_args(argv)
-    if not args.decode_cpus > 0:
-        p.error(f"--decode-cpus: must be > 0, got {args.decode_cpus}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> GenerateSummary:

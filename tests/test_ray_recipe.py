@@ -85,10 +85,16 @@ def test_ray_recipe_writes_the_shards_of_generate(local_ray, videos, tmp_path):
         assert len(it["pairs"]) == len(it["ordinal"]) > 0
 
 
-def test_ray_recipe_refuses_a_used_output_folder(local_ray, videos, tmp_path):
-    """A folder that already holds a run is refused with one line naming it, before any work."""
+def test_ray_recipe_refuses_bad_output_and_input(local_ray, videos, tmp_path, capsys):
+    """A folder that already holds a run, inputs without a video and a bad option: one line naming it, no work."""
     out = tmp_path / "used"
     out.mkdir()
     (out / "ledger-r000.jsonl").write_text("")
     with pytest.raises(ray_generate.DynOccError, match=f"{out}: already holds shards"):
         ray_generate.run([str(videos)], out, CFG)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ledger-r000.jsonl"]
+    with pytest.raises(ray_generate.DynOccError, match="no video found"):
+        ray_generate.run([str(tmp_path / "missing")], tmp_path / "new", CFG)
+    with pytest.raises(SystemExit):
+        ray_generate.parse_args([str(videos), "--out", str(tmp_path / "x"), "--decode-cpus", "0"])
+    assert "--decode-cpus" in capsys.readouterr().err
