@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'dyno
 import ray_generate  # noqa: E402
 
 from dynocc_data import DynOccDataset  # noqa: E402
+from dynocc_data.errors import DynOccError  # noqa: E402
 from dynocc_data.format.index import read_index  # noqa: E402
 from dynocc_data.generation import GenerateConfig, generate  # noqa: E402
 from dynocc_data.tools.synthetic import moving_square_scene, write_scene  # noqa: E402
@@ -90,10 +91,10 @@ def test_ray_recipe_refuses_bad_output_and_input(local_ray, videos, tmp_path, ca
     out = tmp_path / "used"
     out.mkdir()
     (out / "ledger-r000.jsonl").write_text("")
-    with pytest.raises(ray_generate.DynOccError, match=f"{out}: already holds shards"):
+    with pytest.raises(DynOccError, match=f"{out}: already holds shards"):
         ray_generate.run([str(videos)], out, CFG)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ledger-r000.jsonl"]
-    with pytest.raises(ray_generate.DynOccError, match="no video found"):
+    with pytest.raises(DynOccError, match="no video found"):
         ray_generate.run([str(tmp_path / "missing")], tmp_path / "new", CFG)
     with pytest.raises(SystemExit):
         ray_generate.parse_args([str(videos), "--out", str(tmp_path / "x"), "--decode-cpus", "0"])
