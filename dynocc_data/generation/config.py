@@ -248,6 +248,8 @@ class RunOptions:
         upload: shell command receiving each committed shard on stdin, ``{name}`` replaced by its file name.
         merge_timeout: seconds rank 0 waits for the other ranks' markers before merging what is there.
         poll: seconds between two looks at the folder while waiting.
+        staging: with an fsspec URL as the output, the local folder where shards are written before their upload
+            (default: a temporary folder per rank).
 
     Raises:
         ConfigError: naming the option, when a value is out of range.
@@ -265,6 +267,7 @@ class RunOptions:
     upload: str | None = None
     merge_timeout: float = 3600.0
     poll: float = 1.0
+    staging: str | None = None
 
     def __post_init__(self) -> None:
         """Check every option (one-line :class:`ConfigError`)."""

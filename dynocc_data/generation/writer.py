@@ -11,6 +11,13 @@ and ``--resume`` ends with exactly the samples of an uninterrupted run):
 On resume, committed ``.partial`` files are renamed (roll forward), uncommitted ones are deleted, and
 the ledgers tell which videos are finished and up to which frame each unfinished one got. The samples
 themselves are encoded by :mod:`dynocc_data.format.sample`; formats: ``docs/FORMAT.md``.
+
+**Remote outputs** (``out`` an fsspec URL such as ``s3://bucket/run``, through :mod:`dynocc_data.storage`): a shard
+is written to a local staging folder, uploaded whole with one ``put``, and only then committed in the ledger. An
+object cannot be appended to, so a remote ledger is one small object per record,
+``ledgers/ledger-r<rank>-<seq:09d>.json`` (created exclusively: a second writer of the same rank fails instead of
+overwriting), read back in name order. On resume, shards of the folder that no ledger record commits (uploaded,
+then killed before the record) are deleted, as uncommitted ``.partial`` files are locally.
 """
 
 from __future__ import annotations
@@ -21,29 +28,42 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import webdataset as wds
 
+from .. import storage
 from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text, fsync_dir
 from ..format.index import INDEX_NAME, index_document
 
 __all__ = [
+    "LEDGER_FOLDER",
     "Ledger",
+    "ObjectLedger",
     "RunState",
     "ShardWriter",
+    "has_ledgers",
+    "open_ledgers",
+    "rank_ledger",
     "read_run_state",
+    "repair_store",
     "run_upload",
     "upload_command",
     "write_index",
 ]
 
 log = logging.getLogger(__name__)
+
+LEDGER_FOLDER = "ledgers"  # remote outputs: one object per ledger record in this sub-folder
+_LOCAL_LEDGER_RE = re.compile(r"^ledger-r(\d+)\.jsonl$")
+_OBJECT_RECORD_RE = re.compile(r"^ledger-r(\d+)-(\d{9})\.json$")
+_SHARD_RANK_RE = re.compile(r"^.+-r(\d+)-\d+\.tar$")
 
 
 class Ledger:
@@ -94,6 +114,116 @@ class Ledger:
                     log.warning("%s:%d: ignoring a torn line (interrupted write)", self.path, lineno)
         return out
 
+    def delete(self) -> None:
+        """Delete the ledger file (a run that committed nothing starts afresh)."""
+        self.path.unlink(missing_ok=True)
+
+
+class ObjectLedger:
+    """The ledger of one rank on an object store: one object per record, named in append order.
+
+    ``<out>/ledgers/ledger-r<rank:03d>-<seq:09d>.json`` holds one record (a JSON object); :meth:`records` lists
+    the rank's objects and reads them in name order. Each is created exclusively, so a second process appending to
+    the same rank fails rather than overwriting a record.
+
+    Args:
+        out: the output folder URL.
+        rank: the rank whose ledger this is.
+    """
+
+    def __init__(self, out: str, rank: int):
+        self.out, self.rank = out, rank
+        self.folder = storage.join(out, LEDGER_FOLDER)
+        self.path = storage.join(self.folder, f"ledger-r{rank:03d}-*.json")  # for messages
+        self._next: int | None = None
+
+    def _names(self) -> list[str]:
+        return [n for n in storage.list_names(self.folder)
+                if (m := _OBJECT_RECORD_RE.match(n)) and int(m.group(1)) == self.rank]
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Add one record as a new object (the commit point of the protocol).
+
+        Args:
+            record: a JSON-serialisable mapping, written with sorted keys.
+
+        Raises:
+            DynOccError: when the record's object already exists (another writer of this rank).
+        """
+        if self._next is None:
+            self._next = max((int(_OBJECT_RECORD_RE.match(n).group(2)) for n in self._names()), default=-1) + 1
+        url = storage.join(self.folder, f"ledger-r{self.rank:03d}-{self._next:09d}.json")
+        if not storage.create_exclusive(url, json.dumps(dict(record), sort_keys=True) + "\n"):
+            raise DynOccError(f"{url}: already exists: another process writes rank {self.rank} of this output")
+        self._next += 1
+
+    def records(self) -> list[dict[str, Any]]:
+        """Read the ledger back.
+
+        Returns:
+            All records, in order (none when there are none); unreadable objects are ignored with a warning.
+        """
+        out = []
+        for name in self._names():
+            url = storage.join(self.folder, name)
+            try:
+                out.append(json.loads(storage.read_text(url)))
+            except FileNotFoundError:
+                continue
+            except ValueError:
+                log.warning("%s: ignoring an unreadable ledger record", url)
+        return out
+
+    def delete(self) -> None:
+        """Delete every record of this rank (a run that committed nothing starts afresh)."""
+        for name in self._names():
+            storage.remove(storage.join(self.folder, name))
+        self._next = None
+
+
+def open_ledgers(out: str | os.PathLike) -> dict[int, Ledger | ObjectLedger]:
+    """The ledgers of every rank in an output folder or URL.
+
+    Args:
+        out: the output folder (local) or URL (object store).
+
+    Returns:
+        rank -> ledger, in rank order.
+    """
+    if storage.is_store(out):
+        ranks = {int(m.group(1)) for n in storage.list_names(storage.join(os.fspath(out), LEDGER_FOLDER))
+                 if (m := _OBJECT_RECORD_RE.match(n))}
+        return {r: ObjectLedger(os.fspath(out), r) for r in sorted(ranks)}
+    return {int(m.group(1)): Ledger(p) for p in _ledger_paths(Path(out)) if (m := _LOCAL_LEDGER_RE.match(p.name))}
+
+
+def rank_ledger(out: str | os.PathLike, rank: int) -> Ledger | ObjectLedger:
+    """The ledger of ``rank`` in ``out`` (a JSON-lines file locally, one object per record remotely).
+
+    Args:
+        out: the output folder or URL.
+        rank: the rank.
+
+    Returns:
+        The ledger (it may not exist yet).
+    """
+    if storage.is_store(out):
+        return ObjectLedger(os.fspath(out), rank)
+    return Ledger(Path(out) / f"ledger-r{rank:03d}.jsonl")
+
+
+def has_ledgers(out: str | os.PathLike, ranks: Callable[[int], bool] | None = None) -> bool:
+    """Whether ``out`` holds a ledger (of a rank accepted by ``ranks``; of any rank without).
+
+    Args:
+        out: the output folder or URL.
+        ranks: ``ranks(rank) -> bool``, or ``None`` for every rank.
+
+    Returns:
+        True when such a ledger exists.
+    """
+    return any(ranks is None or ranks(r) for r in open_ledgers(out))
+
 
 @dataclass
 class RunState:
@@ -135,10 +265,9 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
     Raises:
         DynOccError: with ``repair``, when a committed local shard is missing on disk.
     """
-    out = Path(out)
     state = RunState()
-    for path in _ledger_paths(out):
-        for rec in Ledger(path).records():
+    for ledger in open_ledgers(out).values():
+        for rec in ledger.records():
             kind = rec.get("type")
             if kind == "header":
                 state.headers.append(rec)
@@ -149,7 +278,10 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
                         state.last_frame[vid] = max(state.last_frame.get(vid, -1), max(frames))
             elif kind == "video":
                 state.videos[rec["video_id"]] = rec
-    if repair:
+    if repair and storage.is_store(out):
+        _repair_store(os.fspath(out), state)
+    elif repair:
+        out = Path(out)
         committed = {s["url"] for s in state.shards}
         for partial in sorted(out.glob(f"*.tar{PARTIAL}")):
             final = partial.with_name(partial.name[: -len(PARTIAL)])
@@ -162,6 +294,42 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
         for s in state.shards:
             if not s.get("remote") and not (out / s["url"]).exists():  # uploaded shards live elsewhere
                 raise DynOccError(f"{out / s['url']}: committed in the ledger but missing on disk")
+    return state
+
+
+def _repair_store(out: str, state: RunState, ranks: Callable[[int], bool] | None = None) -> None:
+    """On an object store: delete shards no ledger commits; check that the committed ones exist."""
+    committed = {s["url"] for s in state.shards}
+    names = set(storage.list_names(out))
+
+    def mine(name: str) -> bool:
+        match = _SHARD_RANK_RE.match(name)
+        return match is not None and (ranks is None or ranks(int(match.group(1))))
+
+    for name in sorted(names):
+        if mine(name) and name not in committed:
+            log.info("%s: removing a shard uploaded but not committed by an interrupted run", name)
+            storage.remove(storage.join(out, name))
+    for s in state.shards:
+        if not s.get("remote") and mine(s["url"]) and s["url"] not in names:
+            raise DynOccError(f"{storage.join(out, s['url'])}: committed in the ledger but missing")
+
+
+def repair_store(out: str, ranks: Callable[[int], bool] | None = None) -> RunState:
+    """Make a remote output consistent after an interruption (see the module docstring).
+
+    Args:
+        out: the output URL.
+        ranks: ``ranks(rank) -> bool`` accepts the ranks whose shards may be touched; ``None`` for all.
+
+    Returns:
+        The state of all ledgers.
+
+    Raises:
+        DynOccError: when a committed shard of an accepted rank is missing.
+    """
+    state = read_run_state(out)
+    _repair_store(out, state, ranks)
     return state
 
 
@@ -218,7 +386,7 @@ class ShardWriter:
     name. Use it as a context manager: a clean exit commits the last shard, an exception drops it.
 
     Args:
-        out: the output folder (created when missing).
+        out: the output folder (created when missing), or an fsspec URL (shards staged locally, then uploaded).
         prefix: the shard names' prefix.
         rank: this writer's rank, in shard and ledger names.
         max_count: a shard is committed when it holds this many samples.
@@ -227,6 +395,8 @@ class ShardWriter:
         upload: a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}`` (optionally prefixed
             ``pipe:``): a finished shard is fed to it on stdin and committed (ledger record with ``remote: true``)
             only once the command exits 0; the local ``.partial`` copy is then deleted.
+        staging: with a URL ``out``, the local folder where shards are written before their upload (default: a
+            new temporary folder, removed on closing).
 
     Raises:
         DynOccError: when ``out`` cannot be written or ``upload`` is not a valid template.
@@ -234,24 +404,36 @@ class ShardWriter:
 
     def __init__(self, out: str | os.PathLike, *, prefix: str = "dynocc", rank: int = 0,
                  max_count: int = 1000, max_bytes: int = 1 << 30, header: Mapping[str, Any] | None = None,
-                 upload: str | None = None):
+                 upload: str | None = None, staging: str | os.PathLike | None = None):
         self._wds = wds
-        self.out = Path(out)
+        self.remote = storage.is_store(out)
+        self.out = os.fspath(out) if self.remote else Path(out)
         self.prefix, self.rank = prefix, rank
         self.max_count, self.max_bytes = max_count, max_bytes
         self.upload = upload_command(upload) if upload is not None else None
+        if self.remote and self.upload is not None:
+            raise DynOccError(f"{out}: --upload sends shards elsewhere, but --out is already remote; use one of them")
+        self._own_staging = self.remote and staging is None
+        self.staging = (Path(tempfile.mkdtemp(prefix=f"dynocc-staging-r{rank:03d}-")) if self._own_staging
+                        else Path(staging) if self.remote else self.out)
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".write-test-r{rank:03d}{PARTIAL}"
+            self.staging.mkdir(parents=True, exist_ok=True)
+            probe = self.staging / f".write-test-r{rank:03d}{PARTIAL}"
             probe.write_bytes(b"")
             probe.unlink()
+            if self.remote:
+                url = storage.join(self.out, f".write-test-r{rank:03d}")
+                storage.write_atomic(url, b"")
+                storage.remove(url)
         except OSError as e:
+            self._drop_staging()
             raise DynOccError(f"{self.out}: cannot write output ({e.strerror or e})") from None
-        self.ledger = Ledger(self.out / f"ledger-r{rank:03d}.jsonl")
+        self.ledger = rank_ledger(self.out, rank)
         if header is not None:
             self.ledger.append({"type": "header", **header})
         pattern = re.compile(rf"^{re.escape(prefix)}-r{rank:03d}-(\d+)\.tar$")
-        taken = [int(m.group(1)) for p in self.out.iterdir() if (m := pattern.match(p.name))]
+        names = storage.list_names(self.out) if self.remote else [p.name for p in self.out.iterdir()]
+        taken = [int(m.group(1)) for name in names if (m := pattern.match(name))]
         taken += [int(m.group(1)) for rec in self.ledger.records()
                   if rec.get("type") == "shard" and (m := pattern.match(str(rec.get("url", ""))))]
         self._seq = max(taken, default=-1) + 1
@@ -267,7 +449,7 @@ class ShardWriter:
     def _open(self) -> None:
         self._name = f"{self.prefix}-r{self.rank:03d}-{self._seq:06d}.tar"
         self._seq += 1
-        self._stream = open(self.out / (self._name + PARTIAL), "wb")
+        self._stream = open(self.staging / (self._name + PARTIAL), "wb")
         self._tar = self._wds.TarWriter(self._stream, encoder=False, mtime=0)
         self._count = 0
         self._frames = {}
@@ -289,7 +471,7 @@ class ShardWriter:
             self._tar.write(dict(sample))
         except OSError as e:
             self.abort()
-            raise DynOccError(f"{self.out / self._name}: write failed ({e.strerror or e})") from None
+            raise DynOccError(f"{self._url(self._name)}: write failed ({e.strerror or e})") from None
         self._count += 1
         self._frames.setdefault(video_id, []).append(int(frame))
         if self._count >= self.max_count or self._stream.tell() >= self.max_bytes:
@@ -316,7 +498,7 @@ class ShardWriter:
         """
         if self._tar is None:
             return
-        path = self.out / self._name
+        path = self.staging / self._name
         try:
             self._tar.close()  # closes the tar stream, not our file
             self._stream.flush()
@@ -332,15 +514,17 @@ class ShardWriter:
                     self.abort()
                     raise
                 rec["remote"] = True
+            elif self.remote:
+                storage.put_file(str(path) + PARTIAL, self._url(self._name))  # whole, before the commit
             self.ledger.append(rec)
-            if self.upload is None:
+            if self.upload is None and not self.remote:
                 os.replace(str(path) + PARTIAL, path)
             else:
                 Path(str(path) + PARTIAL).unlink()
-            fsync_dir(self.out)
+            fsync_dir(self.staging)
         except OSError as e:
             self.abort()
-            raise DynOccError(f"{path}: cannot finish shard ({e.strerror or e})") from None
+            raise DynOccError(f"{self._url(self._name)}: cannot finish shard ({e.strerror or e})") from None
         self.shards_written.append(rec)
         log.debug("committed %s (%d samples)", self._name, self._count)
         self._tar = self._stream = None
@@ -359,13 +543,25 @@ class ShardWriter:
                 self._stream.close()
             except OSError:
                 pass
-            Path(str(self.out / self._name) + PARTIAL).unlink(missing_ok=True)
+            Path(str(self.staging / self._name) + PARTIAL).unlink(missing_ok=True)
         self._tar = self._stream = None
         self._pending_videos = []
 
+    def _url(self, name: str) -> str:
+        """Where the shard ``name`` lives once committed."""
+        return storage.join(self.out, name) if self.remote else str(self.out / name)
+
+    def _drop_staging(self) -> None:
+        """Remove the temporary staging folder this writer made (nothing for a given ``staging``)."""
+        if self._own_staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
     def close(self) -> None:
-        """Commit the shard being written, as :meth:`commit`."""
-        self.commit()
+        """Commit the shard being written, as :meth:`commit`, and remove a temporary staging folder."""
+        try:
+            self.commit()
+        finally:
+            self._drop_staging()
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -375,6 +571,7 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+            self._drop_staging()
 
 
 def write_index(out: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -387,7 +584,6 @@ def write_index(out: str | os.PathLike, extra: Mapping[str, Any] | None = None) 
     Returns:
         The index object as written.
     """
-    out = Path(out)
     index = index_document(read_run_state(out).shards, extra)
-    atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(storage.join(out, INDEX_NAME), json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index
