@@ -22,8 +22,10 @@ from fixtures_shards import write_shards
 
 from dynocc_data import storage
 from dynocc_data.datasets.dynocc import DynOccDataset
+from dynocc_data.errors import DynOccError
 from dynocc_data.format.index import load_index, read_index
 from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation.launch import merge_run, read_markers
 from dynocc_data.generation.lock import FOLDER_LOCK, OutputBusyError, hold_output
 from dynocc_data.generation.writer import LEDGER_FOLDER, read_run_state
 from dynocc_data.storage import ShardCache, parse_size
@@ -109,6 +111,10 @@ def test_generate_to_s3_and_load_it_back_like_a_local_run(videos, local_run, s3_
     assert items_by_key(remote) == items_by_key(DynOccDataset(str(local_run)))
     assert [s.count for s in load_index(url)] == [c for _, c, _ in run_output(url)[0]]
 
+    # dynocc-data merge rebuilds the same index from the ledger objects
+    assert merge_run(url).index == json.loads(storage.read_text(storage.join(url, "index.json")))
+    assert merge_run(url).index["num_samples"] == remote_stats["num_samples"]
+
     # dynocc-data stats reads URLs too
     assert shard_stats(url) == shard_stats(str(local_run))
 
@@ -181,6 +187,21 @@ def test_kill9_then_resume_on_s3_gives_the_uninterrupted_output(videos, local_ru
     assert shards == [name for name, _, _ in run_output(url)[0]]  # no orphan upload left beside the index
     stats = json.loads(storage.read_text(storage.join(url, "stats.json")))
     assert stats["workers_failed"] == [] and stats["num_samples"] == len(run_output(str(local_run))[1])
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_one_s3_run(videos, local_run, s3_bucket):
+    url = f"{s3_bucket}/run"
+    generate([videos], url, CONFIG, progress=False, shard_size=2, workers=2)
+    entries, samples = run_output(url)
+    assert samples == run_output(str(local_run))[1]  # the same samples, byte for byte, in other shards
+    assert {name.split("-")[1] for name, _, _ in entries} == {"r000", "r001"}
+    assert sorted(read_markers(url)) == [0, 1] and FOLDER_LOCK not in storage.list_names(url)
+
+
+def test_upload_and_a_url_out_do_not_go_together(videos, s3_bucket):
+    with pytest.raises(DynOccError, match="--upload with --out s3://"):
+        generate([videos], f"{s3_bucket}/run", CONFIG, progress=False, upload="cat > /dev/null {name}")
 
 
 def test_cli_names_the_option_for_a_bad_output_url(capsys):

@@ -281,6 +281,8 @@ class RunOptions:
         if not isinstance(self.prefix, str) or not self.prefix or "/" in self.prefix or "{" in self.prefix:
             raise ConfigError("prefix", "must be a non-empty file name part without '/' or braces, "
                                         f"got {self.prefix!r}")
+        if self.staging is not None and (not isinstance(self.staging, str) or not self.staging):
+            raise ConfigError("staging", f"must be a local folder path, got {self.staging!r}")
         for name, low in (("merge_timeout", 0.0), ("poll", 1e-9)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
