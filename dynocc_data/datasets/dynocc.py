@@ -21,9 +21,8 @@ is opened through fsspec (:mod:`dynocc_data.storage`; credentials from the back 
 environment variables), and with ``cache_dir`` it is downloaded whole into a local cache of at most
 ``cache_limit`` bytes (:class:`~dynocc_data.storage.ShardCache`: least recently used shards evicted, downloads
 renamed into place, so workers can share it) and read from there in later epochs. It is read by a lean tar parser
-equivalent to
-``tarfile``'s stream mode (plain, gzip, bzip2 or xz; several times faster on shards of small members), and its
-files grouped into samples by webdataset. Sample counts (for ``len()`` and ``equalize``)
+equivalent to ``tarfile``'s stream mode (plain, gzip, bzip2 or xz; several times faster on shards of small
+members), and its files grouped into samples by webdataset. Sample counts (for ``len()`` and ``equalize``)
 come from ``index`` (default ``"auto"``: the ``index.json`` next to local shards; or give a path, an URL or the
 parsed dict for remote shards; ``None`` for none). A shard is matched to its index entry by path, or for
 remote/``pipe:`` URLs by its file name appearing in the URL.
