@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_shards import write_shards
+from torch.utils.data import DataLoader
 
 from dynocc_data import storage
 from dynocc_data.datasets.dynocc import DynOccDataset
@@ -238,6 +239,19 @@ def test_cache_second_epoch_reads_local_copies(remote_shards, tmp_path):
     assert items_by_key(ds) == first
     assert (ds.cache.misses, ds.cache.hits) == (4, 4)
     assert ds.cache.total_bytes() == sum(sizes)
+
+
+def test_dataloader_workers_share_the_cache(remote_shards, tmp_path):
+    url, sizes = remote_shards
+    ds = DynOccDataset(url, cache_dir=tmp_path / "cache", cache_limit=sum(sizes))
+    expected = items_by_key(DynOccDataset(url))
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+        got = {item["meta"]["key"]: (item["pairs"].tolist(), item["ordinal"].tolist()) for item in loader}
+        assert got == expected
+        assert sorted(os.path.getsize(p) for p in ds.cache.entries()) == sorted(sizes)
+    assert not [n for n in os.listdir(tmp_path / "cache") if n.endswith(".partial")]
 
 
 def test_cache_stays_within_its_limit_and_evicts_the_least_recently_used(remote_shards, tmp_path):
