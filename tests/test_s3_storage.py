@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from dynocc_data import storage
 from dynocc_data.datasets.dynocc import DynOccDataset
-from dynocc_data.errors import DynOccError
+from dynocc_data.errors import DynOccError, InputError
 from dynocc_data.format.index import load_index, read_index
 from dynocc_data.generation import GenerateConfig, generate
 from dynocc_data.generation.launch import merge_run, read_markers
@@ -291,3 +291,12 @@ def test_cache_limit_and_sizes_are_checked():
             parse_size(bad)
     with pytest.raises(ValueError, match="cache_limit"):
         DynOccDataset("s3://bucket/x.tar", cache_limit="lots")
+
+
+def test_an_index_on_the_store_may_not_leave_its_prefix(s3_bucket):
+    url = f"{s3_bucket}/run"
+    for entry in ("../other/x.tar", "s3://elsewhere/x.tar", "pipe:cat /etc/passwd"):
+        index = {"format": "dynocc-shards/1", "num_samples": 1, "shards": [{"url": entry, "count": 1, "bytes": 10}]}
+        storage.write_atomic(storage.join(url, "index.json"), json.dumps(index))
+        with pytest.raises(InputError, match="refusing shard entry"):
+            DynOccDataset(url)
