@@ -205,6 +205,13 @@ def test_upload_and_a_url_out_do_not_go_together(videos, s3_bucket):
         generate([videos], f"{s3_bucket}/run", CONFIG, progress=False, upload="cat > /dev/null {name}")
 
 
+def test_a_missing_bucket_is_one_line(videos, s3_endpoint, capsys):
+    with pytest.raises(DynOccError, match=r"^s3://no-such-bucket-here/run: cannot write output \(") as err:
+        generate([videos], "s3://no-such-bucket-here/run", CONFIG, progress=False)
+    assert "\n" not in str(err.value)
+    assert not storage.exists("s3://no-such-bucket-here")  # not created on the way
+
+
 def test_cli_names_the_option_for_a_bad_output_url(capsys):
     for bad, why in (("nosuchscheme://bucket/run", "nosuchscheme"), ("pipe:cat", "not a folder")):
         with pytest.raises(SystemExit) as exit_info:

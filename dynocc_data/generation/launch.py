@@ -925,9 +925,15 @@ def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLik
         raise DynOccError(f"--workers {options.workers} with {info.launcher} ranks: start one rank per worker "
                           f"instead (torchrun --nproc-per-node N, srun --ntasks-per-node N)")
     try:
-        storage.makedirs(out)
-    except OSError as e:
-        raise DynOccError(f"{out}: cannot write output ({e.strerror or e})") from None
+        if storage.is_store(out):  # no folders to make: a missing bucket or credentials fail here, in one line
+            probe = storage.join(out, ".write-test")
+            storage.write_atomic(probe, b"")
+            storage.remove(probe)
+        else:
+            storage.makedirs(out)
+    except Exception as e:  # noqa: BLE001 - a back end's own error types (botocore's, ...) become one line
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split()) or type(e).__name__
+        raise DynOccError(f"{out}: cannot write output ({reason})") from None
     sources, errors = discover_videos(inputs)
     for e in errors if info.rank == 0 else []:
         log.warning("%s", e)
