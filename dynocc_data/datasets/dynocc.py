@@ -645,7 +645,7 @@ def _resume_filter(src: Iterator[dict[str, Any]], *, progress: _Progress, start:
 
 
 def _shuffled(src: Iterator[Any], *, size: int, rng: random.Random, buf: list[Any]) -> Iterator[Any]:
-    """webdataset's shuffle buffer (``shuffle(size, size)``), with its buffer and generator given from outside.
+    """The shuffle buffer of webdataset's ``shuffle(size, size)``, with its buffer and generator given from outside.
 
     The choices depend on the buffer's length only, never on its content, so running it over sample ordinals
     tells which samples it holds after any number of outputs (:func:`_replay_shuffle`).
@@ -976,10 +976,13 @@ class DynOccDataset(DistributedStream):
                 "strategy": self.strategy if isinstance(self.strategy, str) else type(self.strategy).__name__}
 
     def _position(self) -> dict[str, Any] | None:
-        """This reader's position: ``phase`` (``"first"``, ``"repeat"``, ``"done"``), ``yielded``, and in the
-        first pass ``settled`` (shuffle outputs yielded or skipped), ``raw_end``, ``duplicates`` and the shard
-        counts a restore skips by (``shards_done``, ``shard_samples``, ``miscounted``: ``[position, samples]``
-        where a shard gave other than its index count)."""
+        """This reader's position (``None`` before its first iteration).
+
+        ``phase`` (``"first"``, ``"repeat"``, ``"done"``), ``yielded``, and in the first pass ``settled`` (shuffle
+        outputs yielded or skipped), ``raw_end``, ``duplicates`` and the shard counts a restore skips by
+        (``shards_done``, ``shard_samples``, ``miscounted``: ``[position, samples]`` where a shard gave other
+        than its index count).
+        """
         progress = self._progress
         return None if progress is None else progress.position({s.url: s.count for s in self.shards})
 
@@ -1151,7 +1154,8 @@ class DynOccDataset(DistributedStream):
             wds.pipelinefilter(_shuffle_stage)(size=self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker),
                                                restored=restore.shuffle if filtered else None)
             if self.shuffle and first_pass else None,
-            wds.pipelinefilter(_every_nth)(start=restore.drop, step=1) if restore is not None and restore.drop else None,
+            wds.pipelinefilter(_every_nth)(start=restore.drop, step=1)
+            if restore is not None and restore.drop else None,
             wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error, steps=[
                 _each(self._parse),
                 *([lambda items: self._draw_pairs(items, epoch)] if self._sampler is not None else []),
