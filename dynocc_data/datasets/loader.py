@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..collate import collate_pairs
 from ._distributed import distributed_info, mix_seed
@@ -94,6 +95,7 @@ def create_loader(
     seed: int = 0,
     worker_init_fn: Callable[[int], None] | None = None,
     multiprocessing_context: str | None = None,
+    stateful: bool = False,
     **dataset_kwargs: Any,
 ) -> DataLoader:
     """A ``DataLoader`` over DynOcc shards (built from URLs) or over a given dataset.
@@ -119,10 +121,13 @@ def create_loader(
         seed: seeds the dataset's shuffling and pair sampling, and the loader's generator.
         worker_init_fn: called in each worker after :func:`seed_worker`.
         multiprocessing_context: as for ``DataLoader`` (only with workers), e.g. ``"spawn"``.
+        stateful: return torchdata's ``StatefulDataLoader``, whose ``state_dict()`` (plain data: save it with the
+            model) and ``load_state_dict()`` resume an epoch where it stopped, in each worker, without reading
+            again what was read (see the README's "Resuming mid-epoch").
         **dataset_kwargs: more options of a dataset built from URLs.
 
     Returns:
-        The loader.
+        The loader (a ``StatefulDataLoader`` with ``stateful=True``, a torch ``DataLoader`` otherwise).
 
     Raises:
         ValueError: when ``batch_size < 1`` or ``num_workers < 0``, or dataset options are given with a ready
@@ -156,7 +161,8 @@ def create_loader(
         dataset.check_readers(num_workers)
     rank, _ = distributed_info()
     workers = num_workers > 0
-    return DataLoader(
+    loader_class = StatefulDataLoader if stateful else DataLoader
+    return loader_class(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
