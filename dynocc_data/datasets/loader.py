@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -162,16 +163,18 @@ def create_loader(
     rank, _ = distributed_info()
     workers = num_workers > 0
     loader_class = StatefulDataLoader if stateful else DataLoader
-    return loader_class(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_fn if collate_fn is not None else collate_pairs,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        persistent_workers=persistent_workers and workers,
-        prefetch_factor=prefetch_factor if workers else None,
-        worker_init_fn=_chain(seed_worker, worker_init_fn),
-        generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
-        multiprocessing_context=multiprocessing_context if workers else None,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11's constructor
+        return loader_class(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_fn if collate_fn is not None else collate_pairs,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            persistent_workers=persistent_workers and workers,
+            prefetch_factor=prefetch_factor if workers else None,
+            worker_init_fn=_chain(seed_worker, worker_init_fn),
+            generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
+            multiprocessing_context=multiprocessing_context if workers else None,
+        )
