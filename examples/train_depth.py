@@ -43,8 +43,8 @@ breaking it at random), so a constant prediction scores 50 % on balanced pairs.
 validation WHDR, each written to a temporary file and renamed (never a half-written checkpoint under the final
 name); ``--resume`` restores model, optimiser, LR schedule, AMP scaler, step and epoch, and the data stream
 where it stopped, mid-epoch (the checkpoint holds the ``StatefulDataLoader``'s ``state_dict()``, so the batches
-after it are those the uninterrupted run would have seen; a checkpoint without it resumes at the next epoch). Logs go to the console, to ``<out>/log.jsonl`` and to TensorBoard
-(``<out>/tb``) when it is installed.
+after it are those the uninterrupted run would have seen; a checkpoint without it resumes at the next epoch).
+Logs go to the console, to ``<out>/log.jsonl`` and to TensorBoard (``<out>/tb``) when it is installed.
 
 **Devices**: ``--device auto`` (CUDA when available); ``--amp auto`` uses float16 autocast + gradient scaling on
 CUDA and none on the CPU (``--amp bf16`` is available on both).
