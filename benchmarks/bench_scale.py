@@ -33,6 +33,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +41,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+from bench_load import generated_samples, write_bench_shards  # noqa: E402 (benchmarks/ is the script's folder)
+
+from dynocc_data import DynOccDataset  # noqa: E402
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -201,7 +205,10 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--cache", default=None, help="folder keeping the rendered videos between runs")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    add_restore_arguments(p)
     args = p.parse_args()
+    if args.restore:
+        return restore_main(args)
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     figures = {"cpus": os.cpu_count(), "load_average_before": args.load_before}
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +220,87 @@ def main() -> None:
         if not args.skip_memory:
             print(f"memory: {args.short_minutes:g}- and {args.long_minutes:g}-minute synthetic 1280x720 videos")
             figures["memory"] = memory(work, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ loader restore time
+# (self-contained: python benchmarks/bench_scale.py --restore)
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--restore`` section's options."""
+    p.add_argument("--restore", action="store_true",
+                   help="only the loader's restore time versus the position in the epoch (DynOccDataset."
+                        "load_state_dict to the first item, against iterating and discarding)")
+    p.add_argument("--restore-samples", type=int, default=2000, help="samples in the restore shards (default 2000)")
+    p.add_argument("--restore-shards", type=int, default=40, help="shards holding them (default 40)")
+    p.add_argument("--restore-shuffle", type=int, default=500, help="shuffle buffer of the restore runs (default 500)")
+    p.add_argument("--restore-at", default="0,25,50,90", help="positions in the epoch, in %% (default 0,25,50,90)")
+
+
+def _first_item_seconds(make: Any, state: dict | None, discard: int) -> float:
+    """Seconds from building a dataset to its first item, through ``load_state_dict(state)`` when given.
+
+    Without a state, ``discard`` items are read and thrown away first (the naive way).
+    """
+    t0 = time.perf_counter()
+    dataset = make()
+    dataset.set_epoch(1)
+    if state is not None:
+        dataset.load_state_dict(state)
+    items = iter(dataset)
+    for _ in range(discard):
+        next(items)
+    next(items)
+    return time.perf_counter() - t0
+
+
+def loader_restore(work: Path, args: argparse.Namespace) -> dict:
+    """Restore time of ``DynOccDataset`` at several positions of an epoch, against iterating and discarding.
+
+    640x360 samples from two synthetic clips (``benchmarks/bench_load.py``'s data, written under new keys into
+    ``--restore-shards`` shards), ``shuffle=--restore-shuffle``, read in this process (num_workers=0: the same
+    code runs in each DataLoader worker). Each position's state comes from a run stopped there (not timed).
+    """
+    shards = work / "restore_shards"
+    if not (shards / "index.json").is_file():
+        write_bench_shards(generated_samples(work / "restore_clips", 36), shards, args.restore_samples,
+                           args.restore_shards)
+
+    def make() -> Any:
+        return DynOccDataset(shards, shuffle=args.restore_shuffle, seed=0)
+
+    total = len(make())
+    rows = []
+    print(f"{'position':>9} {'items read':>10} {'restore s':>10} {'naive s':>9} {'ratio':>7}  state bytes")
+    for percent in (float(x) for x in args.restore_at.split(",")):
+        k = min(total - 1, int(total * percent / 100))
+        stopped = make()
+        stopped.set_epoch(1)
+        items = iter(stopped)
+        for _ in range(k):
+            next(items)
+        state = json.loads(json.dumps(stopped.state_dict()))  # as saved in a checkpoint
+        del items, stopped
+        restored = _first_item_seconds(make, state, 0)
+        naive = _first_item_seconds(make, None, k)
+        rows.append({"percent": percent, "items": k, "restore_s": restored, "naive_s": naive,
+                     "state_bytes": len(json.dumps(state))})
+        print(f"{percent:>8g}% {k:>10} {restored:>10.3f} {naive:>9.3f} {naive / restored:>6.1f}x  "
+              f"{rows[-1]['state_bytes']}")
+    return {"samples": total, "shards": args.restore_shards, "shuffle": args.restore_shuffle, "rows": rows}
+
+
+def restore_main(args: argparse.Namespace) -> None:
+    """The ``--restore`` section alone."""
+    figures = {"cpus": os.cpu_count(), "load_average_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.cache) if args.cache else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"loader restore: {args.restore_samples} samples of 640x360 in {args.restore_shards} shards, "
+              f"shuffle {args.restore_shuffle}; seconds from load_state_dict to the first item")
+        figures["restore"] = loader_restore(work, args)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 
