@@ -59,9 +59,19 @@ with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` 
 (``pairs.npy``, ``ordinal.npy``) are decoded, and checked, only for strategies that read them (``"stored"`` and
 custom callables, which get them as ``stored=``); the built-in strategies that draw their own pairs skip them.
 
-Longer than 500 lines because shard resolution, the epoch plan, per-reader bookkeeping and the pipeline stages make
-one reader whose error handling and counting span all of them; the format and the tar reader live in
-:mod:`dynocc_data.format`.
+**Checkpoints** (:meth:`DynOccDataset.state_dict` / ``load_state_dict``, torchdata's ``Stateful`` protocol, so
+``StatefulDataLoader`` saves and restores each worker's reader): a reader's state is plain data: the epoch, the
+reader, the items yielded, the shuffle-buffer outputs settled (yielded or skipped as undecodable) and the samples
+each shard gave where that differs from ``index.json``. A restored reader leaves out unopened the shards that hold
+no sample it still needs, drops the other samples it does not need right after the tar reader (nothing decoded),
+and rebuilds its shuffle buffer by replaying the buffer's choices over sample numbers (they depend on the buffer's
+length only, never on its content), so it yields exactly what the uninterrupted epoch would have. In resampled
+mode, after a duplicate key, or with a shard listed twice, it reads its shards again up to the position instead
+(still decoding nothing); a key repeated from a shard a restore skipped is not recognised as a duplicate.
+
+Longer than 500 lines because shard resolution, the epoch plan, per-reader bookkeeping, checkpoints and the
+pipeline stages make one reader whose error handling and counting span all of them; the format and the tar reader
+live in :mod:`dynocc_data.format`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ other modes too. With several ranks, prefer ``"all"`` over equalized sources or 
 at a random point, so ranks may see different numbers of batches.
 
 :meth:`MixedDataset.set_epoch` is passed on to every source that has one.
+
+**Checkpoints**: ``state_dict()`` / ``load_state_dict()`` (torchdata's ``Stateful`` protocol) on both classes. A
+:class:`MapAsIterable` state counts the items yielded (the rest of the permutation follows); a :class:`MixedDataset`
+state counts the draws made (one ``random()`` each, replayed on restore) and holds each source's own state (per
+batch, mid-run: the run's source as it was at the run's start, read again and the yielded part dropped).
 """
 
 from __future__ import annotations
