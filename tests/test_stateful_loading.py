@@ -100,6 +100,7 @@ def test_restore_at_epoch_boundaries(shards):
     resumed.load_state_dict(ended.state_dict())
     assert list(resumed) == []
     resumed.set_epoch(2)  # the next epoch starts afresh
+    assert resumed.state_dict()["position"] is None  # set, not started: nothing of epoch 2 read yet
     assert [describe(x) for x in resumed] == next_epoch
     later = make()  # a position loaded, then another epoch set: that epoch is read whole
     later.load_state_dict(state)
@@ -171,17 +172,21 @@ def test_restore_with_a_broken_shard_and_the_repeated_tail(shards, tmp_path):
         assert read + rest == full, f"k={k}"
 
 
-def test_restore_with_duplicate_keys_replays_at_tar_level(tmp_path):
+@pytest.mark.parametrize("options", [{"shuffle": 3}, {"rank": 3, "world_size": 4, "equalize": False}],
+                         ids=["one-reader", "split-by-sample"])
+def test_restore_with_duplicate_keys(tmp_path, options):
+    """Duplicates met before the stop: the shards are read again up to it (nothing decoded); met after it: dropped
+    as without a stop, and the split by sample keeps counting after them (decode_chunk=1: nothing read ahead)."""
     data = write_shards(tmp_path / "data", [4, 3])
     copy = data.root / "dynocc-r000-000002.tar"
-    write_tar(copy, [make_sample(0, f).members() for f in (1, 3)] + [make_sample(9, 0).members()])
-    write_index(data.root, [*data.paths, copy], [4, 3, 3])
+    write_tar(copy, [make_sample(0, f).members() for f in (1, 3)] + [make_sample(9, f).members() for f in (0, 1)])
+    write_index(data.root, [*data.paths, copy], [4, 3, 4])
 
     def make():
-        return DynOccDataset(data.root, seed=3, shuffle=3, handler="ignore")
+        return DynOccDataset(data.root, seed=3, handler="ignore", decode_chunk=1, **options)
 
     full = whole_epoch(make)
-    assert len(full) == 8  # the two duplicates skipped
+    assert len(full) == (9 if "shuffle" in options else 2)  # the two duplicates skipped (then every 4th sample)
     for k in range(len(full) + 1):
         read, rest, state = stopped_and_resumed(make, k)
         assert read + rest == full, f"k={k}"

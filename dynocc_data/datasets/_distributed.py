@@ -193,7 +193,8 @@ class DistributedStream(IterableDataset):
         self._pickled_node: tuple[int, int] | None = None
         self._epoch = SharedEpoch(0)
         self._resume: dict[str, Any] | None = None  # a loaded position, used by the next iteration of its epoch
-        self._progress: Any = None  # the running iteration's position tracker, in the process that iterates
+        self._progress: Any = None  # the last iteration's position tracker, in the process that iterates
+        self._progress_epoch = -1  # the epoch of that iteration
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch (visible to persistent DataLoader workers too); it seeds every per-epoch draw.
@@ -222,6 +223,11 @@ class DistributedStream(IterableDataset):
         """This reader's position in the current iteration (``None``: none started; overridden)."""
         return None
 
+    def _track(self, progress: Any, epoch: int) -> Any:
+        """Keep ``progress`` as the position tracker of an iteration of ``epoch`` (read by :meth:`_position`)."""
+        self._progress, self._progress_epoch = progress, epoch
+        return progress
+
     def state_dict(self) -> dict[str, Any]:
         """Where this reader stands: plain JSON-able data (ints, strings, lists, dicts), never pickled objects.
 
@@ -232,9 +238,10 @@ class DistributedStream(IterableDataset):
             ``format``, ``type``, ``identity`` (what the dataset must match to load it), ``epoch``, ``world``
             (rank, world size, worker, workers) and ``position`` (``None``: the epoch not started).
         """
-        where = self.world()
-        return {"format": STATE_FORMAT, "type": type(self).__name__, "identity": self._identity(),
-                "epoch": self.epoch, "world": _world_dict(where), "position": self._position()}
+        epoch = self.epoch  # an epoch set since the last iteration has not started: no position in it yet
+        return {"format": STATE_FORMAT, "type": type(self).__name__, "identity": self._identity(), "epoch": epoch,
+                "world": _world_dict(self.world()),
+                "position": self._position() if self._progress_epoch == epoch else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from a :meth:`state_dict`: set its epoch; the next ``iter()`` of that epoch yields what was left.

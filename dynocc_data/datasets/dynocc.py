@@ -1152,11 +1152,11 @@ class DynOccDataset(DistributedStream):
             wds.pipelinefilter(expand_tars)(handler=state.shard_error),
             wds.pipelinefilter(group_members)(),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
+            wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
             wds.pipelinefilter(_count_shards)(progress=progress)
             if progress is not None and progress.positions is not None else None,
             wds.pipelinefilter(_resume_filter)(progress=progress, start=restore.start, step=restore.step,
                                                keep=restore.keep, first=restore.first) if filtered else None,
-            wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
             self._sample_split_stage(rank, worker) if first_pass and not filtered else None,
             wds.pipelinefilter(_counted)(progress=progress) if progress is not None else None,
         ]
@@ -1184,7 +1184,7 @@ class DynOccDataset(DistributedStream):
         source, limit = self._source(rank, world, worker, workers, epoch, state)
         resampled = self._mode(world, workers)[0]  # shards drawn with replacement: the same keys come again
         own = None if resampled else source.urls
-        self._progress = progress = _Progress(state, own)
+        progress = self._track(_Progress(state, own), epoch)
         phase = "first" if position is None else position["phase"]
         try:
             if phase == "repeat":  # restored in the tail that makes up a short reader's quota: replay that tail

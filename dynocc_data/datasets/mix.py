@@ -130,7 +130,7 @@ class MapAsIterable(DistributedStream):
         """This worker's items of the epoch (after a :meth:`load_state_dict`, those not yet yielded)."""
         world = self.world()
         position = self._take_resume(self.epoch)
-        self._progress = progress = {"yielded": 0 if position is None else int(position["yielded"])}
+        progress = self._track({"yielded": 0 if position is None else int(position["yielded"])}, self.epoch)
         indices = self.indices(rank=world.rank, world_size=world.world_size, worker=world.worker,
                                num_workers=world.num_workers)
         for index in indices[progress["yielded"]:]:  # the map-style dataset reads one index: nothing to skip
@@ -310,7 +310,7 @@ class MixedDataset(DistributedStream):
         progress = fresh if position is None else {k: position[k] for k in fresh}
         for _ in range(progress["draws"]):
             rng.random()  # one draw of choices(k=1) is one random()
-        self._progress = progress
+        self._track(progress, self.epoch)
         return rng, progress, progress["run"]
 
     def _draw(self, rng: random.Random, progress: dict[str, Any]) -> int:
