@@ -584,18 +584,20 @@ class _Progress:
     (``counts``, by position in the list; shards before ``recorded`` were counted by an earlier run).
     """
 
-    def __init__(self, reader: _ReaderState, urls: Sequence[str] | None) -> None:
+    def __init__(self, reader: _ReaderState, urls: Sequence[str] | None,
+                 index_counts: Mapping[str, int | None]) -> None:
         """Track ``reader``'s counters; ``urls``: the reader's shard list (``None`` when resampling)."""
         self.reader, self.phase = reader, "first"
         unique = urls is not None and len(set(urls)) == len(urls)
         self.urls = list(urls) if urls is not None else None
+        self.expected = [index_counts.get(url) for url in urls] if urls is not None else None
         self.positions = {url: i for i, url in enumerate(urls)} if unique else None
         self.pulled, self.raw_end = 0, None
         self.counts: dict[int, int] = {}
         self.recorded, self.current = 0, -1
         self.settled_base = self.yielded_base = 0
 
-    def position(self, index_counts: Mapping[str, int | None]) -> dict[str, Any]:
+    def position(self) -> dict[str, Any]:
         """The position as plain data (see :meth:`DynOccDataset.state_dict`)."""
         local = self.reader.local
         if self.phase == "done":
@@ -612,7 +614,7 @@ class _Progress:
             position["shards_done"] = done
             position["shard_samples"] = self.counts.get(done, 0) if done < len(self.urls) else 0
             position["miscounted"] = [[p, self.counts.get(p, 0)] for p in range(done)
-                                      if self.counts.get(p, 0) != index_counts.get(self.urls[p])]
+                                      if self.counts.get(p, 0) != self.expected[p]]
         return position
 
 
@@ -643,12 +645,12 @@ def _resume_filter(src: Iterator[dict[str, Any]], *, progress: _Progress, start:
     this reader's ``(g - start) / step``-th (``step`` > 1 when readers split shards by sample), needed when that
     is ``first`` or later, or in ``keep`` (in the shuffle buffer at the checkpoint).
     """
-    current, base, offset = None, 0, 0
+    current, base, offset = 0, 0, 0
     for sample in src:
         position = progress.positions[sample["__url__"]]
-        if position != current:
+        if position != current or offset == 0:  # a later shard: the counts before it are final
+            base += sum(progress.counts.get(p, 0) for p in range(current, position))
             current, offset = position, 0
-            base = sum(progress.counts.get(p, 0) for p in range(position))
         g, offset = base + offset, offset + 1
         if g >= start and (g - start) % step == 0 and ((g - start) // step >= first or (g - start) // step in keep):
             yield sample
@@ -994,7 +996,7 @@ class DynOccDataset(DistributedStream):
         than its index count).
         """
         progress = self._progress
-        return None if progress is None else progress.position({s.url: s.count for s in self.shards})
+        return None if progress is None else progress.position()
 
     def _restore(self, position: Mapping[str, Any], progress: _Progress, source: Any, seed: int,
                  split: tuple[int, int]) -> _Restore:
@@ -1014,8 +1016,7 @@ class DynOccDataset(DistributedStream):
         else:
             slots, rng, pulled = [], random.Random(seed), settled
         done = int(position["shards_done"])
-        index = {s.url: s.count for s in self.shards}
-        counts = {p: index.get(progress.urls[p]) for p in range(done)}
+        counts = {p: progress.expected[p] for p in range(done)}
         counts.update({int(p): int(c) for p, c in position["miscounted"]})
         progress.counts, progress.recorded, progress.pulled = counts, done, pulled - len(slots)
         start, step = split
@@ -1184,7 +1185,7 @@ class DynOccDataset(DistributedStream):
         source, limit = self._source(rank, world, worker, workers, epoch, state)
         resampled = self._mode(world, workers)[0]  # shards drawn with replacement: the same keys come again
         own = None if resampled else source.urls
-        progress = self._track(_Progress(state, own), epoch)
+        progress = self._track(_Progress(state, own, {s.url: s.count for s in self.shards}), epoch)
         phase = "first" if position is None else position["phase"]
         try:
             if phase == "repeat":  # restored in the tail that makes up a short reader's quota: replay that tail
