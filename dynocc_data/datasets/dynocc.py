@@ -609,7 +609,7 @@ class _Progress:
             "settled": self.settled_base + local["samples"] - self.yielded_base + local["skipped_samples"],
             "raw_end": self.raw_end, "duplicates": local["duplicates"] > 0,
         }
-        if self.urls is not None:
+        if self.positions is not None:  # else (resampled, a shard listed twice) a restore reads the shards again
             done = len(self.urls) if self.raw_end is not None else max(self.recorded, self.current)
             position["shards_done"] = done
             position["shard_samples"] = self.counts.get(done, 0) if done < len(self.urls) else 0
