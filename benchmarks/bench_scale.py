@@ -23,8 +23,8 @@
    ``DynOccDataset`` (and to the first batch of a 2-worker ``StatefulDataLoader``) stopped at 0, 25, 50 and 90 %
    of an epoch, against reading and discarding the items before (see :func:`loader_restore`).
 
-Every generation run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are printed
-(and written with ``--json``).
+Every generation run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are
+printed (and written with ``--json``).
 """
 
 from __future__ import annotations
