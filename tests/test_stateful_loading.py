@@ -261,6 +261,10 @@ def test_a_state_of_another_dataset_is_refused_in_one_line(shards, tmp_path):
         with pytest.raises(ValueError, match=message) as caught:
             dataset.load_state_dict(state)
         assert "\n" not in str(caught.value)
+    loaded_here = DynOccDataset(shards.root, seed=3, shuffle=4)  # loaded in the main process, read by workers
+    loaded_here.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"another reader's: num_workers 1 \(state\) != 2"):
+        next(iter(DataLoader(loaded_here, num_workers=2, collate_fn=list)))
     with pytest.raises(ValueError, match="not a state of this package"):
         source.load_state_dict({"epoch": 1})
     with pytest.raises(ValueError, match="another dataset: weights"):

@@ -258,7 +258,7 @@ class DistributedStream(IterableDataset):
         """
         self._check_state(state)
         self.set_epoch(int(state["epoch"]))
-        self._resume = {"epoch": int(state["epoch"]), "position": state["position"]}
+        self._resume = {"epoch": int(state["epoch"]), "position": state["position"], "world": state["world"]}
 
     def _check_state(self, state: Any) -> None:
         """Raise a one-line ``ValueError`` naming the first field where ``state`` does not fit this reader."""
@@ -278,10 +278,19 @@ class DistributedStream(IterableDataset):
                              "StatefulDataLoader.load_state_dict)")
 
     def _take_resume(self, epoch: int) -> dict[str, Any] | None:
-        """The position loaded for ``epoch`` (once: the next iteration starts afresh), else ``None``."""
+        """The position loaded for ``epoch`` (once: the next iteration starts afresh), else ``None``.
+
+        Raises:
+            ValueError: when the iteration runs as another reader than the state's (e.g. loaded in the main
+                process, then iterated in DataLoader workers).
+        """
         resume, self._resume = self._resume, None
         if resume is None:
             return None
+        differs = _first_difference(resume["world"], _world_dict(self.world()))
+        if differs is not None:
+            raise ValueError(f"{type(self).__name__}: the loaded state is another reader's: {differs} (load a "
+                             "DataLoader's states through StatefulDataLoader.load_state_dict)")
         if resume["epoch"] != epoch:
             logger.info("%s: the loaded state is for epoch %d, this iteration is epoch %d: starting it afresh",
                         type(self).__name__, resume["epoch"], epoch)
