@@ -3,6 +3,7 @@
     python benchmarks/bench_scale.py                       # both parts, default sizes
     python benchmarks/bench_scale.py --skip-memory         # throughput only (about a minute with the clips cached)
     python benchmarks/bench_scale.py --cache /tmp/bench    # keep the rendered videos for the next run
+    python benchmarks/bench_scale.py --restore             # only the loader's restore time (about a minute)
 
 1. **Throughput**: a few synthetic 640x360 clips (``synthetic.make_scene``) generated with 1 and with 2 worker
    processes (``--workers``); prints frames/s (selected frames per second of wall time, process start
@@ -18,8 +19,12 @@
    1 GB more on long videos before it levels off (hence PyAV is the CPU default); PyAV's footprint stays
    flat.
 
-Every run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are printed
-(and written with ``--json``).
+3. **Loader restore** (``--restore``, alone): seconds from ``load_state_dict`` to the first item of a
+   ``DynOccDataset`` (and to the first batch of a 2-worker ``StatefulDataLoader``) stopped at 0, 25, 50 and 90 %
+   of an epoch, against reading and discarding the items before (see :func:`loader_restore`).
+
+Every generation run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are
+printed (and written with ``--json``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +46,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
+from bench_load import generated_samples, write_bench_shards  # noqa: E402 (benchmarks/ is the script's folder)
+
+from dynocc_data import DynOccDataset, create_loader  # noqa: E402
 from dynocc_data.tools.synthetic import SceneConfig, make_scene, write_scene  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -201,7 +210,10 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--cache", default=None, help="folder keeping the rendered videos between runs")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    add_restore_arguments(p)
     args = p.parse_args()
+    if args.restore:
+        return restore_main(args)
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     figures = {"cpus": os.cpu_count(), "load_average_before": args.load_before}
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +225,123 @@ def main() -> None:
         if not args.skip_memory:
             print(f"memory: {args.short_minutes:g}- and {args.long_minutes:g}-minute synthetic 1280x720 videos")
             figures["memory"] = memory(work, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ loader restore time
+# (self-contained: python benchmarks/bench_scale.py --restore)
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--restore`` section's options."""
+    p.add_argument("--restore", action="store_true",
+                   help="only the loader's restore time versus the position in the epoch (DynOccDataset."
+                        "load_state_dict to the first item, against iterating and discarding)")
+    p.add_argument("--restore-samples", type=int, default=2000, help="samples in the restore shards (default 2000)")
+    p.add_argument("--restore-shards", type=int, default=40, help="shards holding them (default 40)")
+    p.add_argument("--restore-shuffle", type=int, default=500, help="shuffle buffer of the restore runs (default 500)")
+    p.add_argument("--restore-at", default="0,25,50,90", help="positions in the epoch, in %% (default 0,25,50,90)")
+
+
+def _first_item_seconds(make: Any, state: dict | None, discard: int) -> float:
+    """Seconds from building a dataset to its first item, through ``load_state_dict(state)`` when given.
+
+    Without a state, ``discard`` items are read and thrown away first (the naive way).
+    """
+    t0 = time.perf_counter()
+    dataset = make()
+    dataset.set_epoch(1)
+    if state is not None:
+        dataset.load_state_dict(state)
+    items = iter(dataset)
+    for _ in range(discard):
+        next(items)
+    next(items)
+    return time.perf_counter() - t0
+
+
+def _first_batch_seconds(make: Any, state: dict | None, discard: int) -> float:
+    """As :func:`_first_item_seconds` through ``create_loader(stateful=True)`` with 2 workers (batches of 8)."""
+    t0 = time.perf_counter()
+    loader = _restore_loader(make)
+    if state is not None:
+        loader.load_state_dict(state)
+    batches = iter(loader)
+    for _ in range(discard):
+        next(batches)
+    next(batches)
+    seconds = time.perf_counter() - t0
+    del batches
+    return seconds
+
+
+def _restore_loader(make: Any) -> Any:
+    """The StatefulDataLoader of the loader rows: 2 workers, batches of 8 items kept as lists, epoch 1."""
+    dataset = make()
+    dataset.set_epoch(1)
+    return create_loader(dataset, batch_size=8, num_workers=2, collate_fn=list, stateful=True)
+
+
+def loader_restore(work: Path, args: argparse.Namespace) -> dict:
+    """Restore time of ``DynOccDataset`` at several positions of an epoch, against iterating and discarding.
+
+    640x360 samples from two synthetic clips (``benchmarks/bench_load.py``'s data, written under new keys into
+    ``--restore-shards`` shards), ``shuffle=--restore-shuffle``: read in this process (num_workers=0: the same
+    code runs in each DataLoader worker), and through ``create_loader(stateful=True)`` with 2 workers and batches
+    of 8 (worker start-up included on both sides). Each position's state comes from a run stopped there (not
+    timed).
+    """
+    shards = work / "restore_shards"
+    if not (shards / "index.json").is_file():
+        write_bench_shards(generated_samples(work / "restore_clips", 36), shards, args.restore_samples,
+                           args.restore_shards)
+
+    def make() -> Any:
+        return DynOccDataset(shards, shuffle=args.restore_shuffle, seed=0)
+
+    total = len(make())
+    rows = []
+    print(f"{'':>20} {'dataset, no workers':^28} {'StatefulDataLoader, 2 workers':^30}")
+    print(f"{'position':>9} {'items':>10} {'restore s':>10} {'naive s':>9} {'ratio':>7} {'restore s':>10} "
+          f"{'naive s':>9} {'ratio':>7}  state bytes")
+    for percent in (float(x) for x in args.restore_at.split(",")):
+        k = min(total - 1, int(total * percent / 100))
+        stopped = make()
+        stopped.set_epoch(1)
+        items = iter(stopped)
+        for _ in range(k):
+            next(items)
+        state = json.loads(json.dumps(stopped.state_dict()))  # as saved in a checkpoint
+        del items, stopped
+        restored = _first_item_seconds(make, state, 0)
+        naive = _first_item_seconds(make, None, k)
+        stopped_loader = _restore_loader(make)
+        batches = iter(stopped_loader)
+        for _ in range(k // 8):
+            next(batches)
+        loader_state = json.loads(json.dumps(stopped_loader.state_dict()))
+        del batches, stopped_loader
+        loader_restored = _first_batch_seconds(make, loader_state, 0)
+        loader_naive = _first_batch_seconds(make, None, k // 8)
+        rows.append({"percent": percent, "items": k, "restore_s": restored, "naive_s": naive,
+                     "loader_restore_s": loader_restored, "loader_naive_s": loader_naive,
+                     "state_bytes": len(json.dumps(state))})
+        print(f"{percent:>8g}% {k:>10} {restored:>10.3f} {naive:>9.3f} {naive / restored:>6.1f}x "
+              f"{loader_restored:>10.3f} {loader_naive:>9.3f} {loader_naive / loader_restored:>6.1f}x  "
+              f"{rows[-1]['state_bytes']}")
+    return {"samples": total, "shards": args.restore_shards, "shuffle": args.restore_shuffle, "rows": rows}
+
+
+def restore_main(args: argparse.Namespace) -> None:
+    """The ``--restore`` section alone."""
+    figures = {"cpus": os.cpu_count(), "load_average_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.cache) if args.cache else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"loader restore: {args.restore_samples} samples of 640x360 in {args.restore_shards} shards, "
+              f"shuffle {args.restore_shuffle}; seconds from load_state_dict to the first item")
+        figures["restore"] = loader_restore(work, args)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 

@@ -42,8 +42,9 @@ breaking it at random), so a constant prediction scores 50 % on balanced pairs.
 **Checkpoints**: ``<out>/last.pt`` every ``--ckpt-every`` steps and at the end, ``<out>/best.pt`` at the best
 validation WHDR, each written to a temporary file and renamed (never a half-written checkpoint under the final
 name); ``--resume`` restores model, optimiser, LR schedule, AMP scaler, step and epoch, and the data stream
-starts again at the next epoch. Logs go to the console, to ``<out>/log.jsonl`` and to TensorBoard
-(``<out>/tb``) when it is installed.
+where it stopped, mid-epoch (the checkpoint holds the ``StatefulDataLoader``'s ``state_dict()``, so the batches
+after it are those the uninterrupted run would have seen; a checkpoint without it resumes at the next epoch).
+Logs go to the console, to ``<out>/log.jsonl`` and to TensorBoard (``<out>/tb``) when it is installed.
 
 **Devices**: ``--device auto`` (CUDA when available); ``--amp auto`` uses float16 autocast + gradient scaling on
 CUDA and none on the CPU (``--amp bf16`` is available on both).
@@ -345,8 +346,12 @@ def batch_loss(pred: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
     return loss
 
 
-def batches(loader: torch.utils.data.DataLoader, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Endless ``(epoch, batch)`` stream: ``set_epoch`` before each pass (new shuffles and load-time pairs)."""
+def batches(loader: torch.utils.data.DataLoader, start_epoch: int,
+            resumed: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Endless ``(epoch, batch)`` stream: ``set_epoch`` before each pass (new shuffles and load-time pairs).
+
+    ``resumed``: the loader's state was loaded, so its first pass is the rest of ``start_epoch`` (maybe nothing).
+    """
     epoch = start_epoch
     while True:
         loader.dataset.set_epoch(epoch)
@@ -354,9 +359,9 @@ def batches(loader: torch.utils.data.DataLoader, start_epoch: int) -> Iterator[t
         for batch in loader:
             empty = False
             yield epoch, batch
-        if empty:
+        if empty and not resumed:
             raise RuntimeError("the training data yields no batch (fewer items than --batch-size?)")
-        epoch += 1
+        epoch, resumed = epoch + 1, False
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -483,13 +488,18 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        step, epoch, history = state["step"], state["epoch"] + 1, state["history"]
+        # with the loader's state: the same epoch, from where it stopped; without (older checkpoints): the next
+        step, epoch, history = state["step"], state["epoch"] + ("loader" not in state), state["history"]
         best = min((h["headline"] for h in history if h.get("headline") is not None), default=math.inf)
         logger.info("resumed %s at step %d (epoch %d)", last, step, epoch)
     val_sets = load_val_sets(cfg) if val_sets is None else val_sets
     dataset, dynocc = build_train_data(cfg)
     loader = create_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers, drop_last=True,
-                           seed=cfg.seed, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+                           seed=cfg.seed, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                           stateful=True)
+    resumed = cfg.resume and "loader" in state
+    if resumed:
+        loader.load_state_dict(state["loader"])
     logger.info("model %s (%.2fM parameters) on %s, amp %s; %d DynOcc samples, strategy %s",
                 cfg.model.arch, sum(p.numel() for p in model.parameters()) / 1e6, device,
                 dtype or "off", len(dynocc), cfg.strategy)
@@ -502,7 +512,8 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                               "step": step, "epoch": epoch, "history": history, "config": cfg.to_dict()})
+                               "step": step, "epoch": epoch, "history": history, "config": cfg.to_dict(),
+                               "loader": loader.state_dict()})
 
     def validate() -> None:
         nonlocal best
@@ -521,7 +532,7 @@ def _train(cfg: TrainConfig, val_sets: list[ValSet] | None) -> TrainResult:
     model.train()
     if step == 0 and not cfg.resume:
         validate()
-    stream = batches(loader, epoch)
+    stream = batches(loader, epoch, resumed)
     try:
         while step < cfg.steps:
             epoch, batch = next(stream)

@@ -168,6 +168,30 @@ def test_train_depth_smoke_with_youtube3d_mix_and_resume(tmp_path):
     assert state["step"] == 6 and [h["step"] for h in state["history"]] == [0, 2, 4, 6]
 
 
+def test_train_depth_resume_mid_epoch_sees_the_batches_of_the_uninterrupted_run(tmp_path, monkeypatch):
+    """--resume restores the loader's position (2 workers, shuffled, mixed): the same batches as one long run."""
+    seen = []
+    original = train_depth.batches
+
+    def recording(*args, **kwargs):
+        for epoch, batch in original(*args, **kwargs):
+            seen.append((epoch, [m["key"] for m in batch["meta"]]))
+            yield epoch, batch
+
+    monkeypatch.setattr(train_depth, "batches", recording)
+    data = tmp_path / "data"
+    common = ["--smoke", "--data", str(data), "--workers", "2", "--batch-size", "2", "--shuffle", "4",
+              "--mix-weight", "0.5", "--val-every", "100"]
+    train_depth.main([*common, "--out", str(tmp_path / "straight"), "--steps", "7"])
+    straight, seen[:] = list(seen), []
+    train_depth.main([*common, "--out", str(tmp_path / "cut"), "--steps", "3"])
+    state = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 3 and "loader" in state
+    train_depth.main([*common, "--out", str(tmp_path / "cut"), "--steps", "7", "--resume"])
+    assert len(straight) == 7 and seen == straight
+    assert len({epoch for epoch, _ in straight}) > 1  # the run crossed an epoch boundary, the cut was mid-epoch
+
+
 def test_ablation_smoke_writes_table_csv_and_plot(tmp_path):
     """--smoke: every strategy trained and scored, plus the constant baseline at exactly 50 %."""
     docs = tmp_path / "docs"

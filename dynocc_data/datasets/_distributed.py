@@ -8,6 +8,7 @@ per-reader seeds and splits.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["DistributedStream", "SharedEpoch", "World", "distributed_info", "mix_seed", "share_of", "worker_info"]
+
+STATE_FORMAT = "dynocc-data/stream-state/1"  # the ``format`` of every state_dict a stream of this package returns
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,9 @@ class DistributedStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self._pickled_node: tuple[int, int] | None = None
         self._epoch = SharedEpoch(0)
+        self._resume: dict[str, Any] | None = None  # a loaded position, used by the next iteration of its epoch
+        self._progress: Any = None  # the last iteration's position tracker, in the process that iterates
+        self._progress_epoch = -1  # the epoch of that iteration
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch (visible to persistent DataLoader workers too); it seeds every per-epoch draw.
@@ -206,6 +214,89 @@ class DistributedStream(IterableDataset):
         rank, world = distributed_info(*(self._pickled_node or (self.rank, self.world_size)))
         return (rank, world) if self.split_by_node else (0, 1)
 
+    # -- checkpointing (torchdata's Stateful protocol: state_dict() after an item, load_state_dict() before iter)
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here (overridden: seed, shuffle, shard list, ...)."""
+        return {}
+
+    def _position(self) -> dict[str, Any] | None:
+        """This reader's position in the current iteration (``None``: none started; overridden)."""
+        return None
+
+    def _track(self, progress: Any, epoch: int) -> Any:
+        """Keep ``progress`` as the position tracker of an iteration of ``epoch`` (read by :meth:`_position`)."""
+        self._progress, self._progress_epoch = progress, epoch
+        return progress
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this reader stands: plain JSON-able data (ints, strings, lists, dicts), never pickled objects.
+
+        Inside a DataLoader worker it describes that worker's reader (torchdata's ``StatefulDataLoader`` calls it
+        in each worker after each batch); in the main process, the one reader of a plain loop.
+
+        Returns:
+            ``format``, ``type``, ``identity`` (what the dataset must match to load it), ``epoch``, ``world``
+            (rank, world size, worker, workers) and ``position`` (``None``: the epoch not started).
+        """
+        epoch = self.epoch  # an epoch set since the last iteration has not started: no position in it yet
+        return {"format": STATE_FORMAT, "type": type(self).__name__, "identity": self._identity(), "epoch": epoch,
+                "world": _world_dict(self.world()),
+                "position": self._position() if self._progress_epoch == epoch else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a :meth:`state_dict`: set its epoch; the next ``iter()`` of that epoch yields what was left.
+
+        Call it before iterating, in the process that iterates (``StatefulDataLoader`` does it in each worker).
+        A ``set_epoch`` to another epoch before iterating discards the position (that epoch starts afresh).
+
+        Args:
+            state: a state returned by :meth:`state_dict` of the same dataset (same options and reader).
+
+        Raises:
+            ValueError: (one line) when ``state`` is not such a state, or comes from another dataset, seed,
+                shard list or reader (rank, world size, worker, workers): the message names what differs.
+        """
+        self._check_state(state)
+        self.set_epoch(int(state["epoch"]))
+        self._resume = {"epoch": int(state["epoch"]), "position": state["position"], "world": state["world"]}
+
+    def _check_state(self, state: Any) -> None:
+        """Raise a one-line ``ValueError`` naming the first field where ``state`` does not fit this reader."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: not a state of this package (format "
+                             f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, "
+                             f"need {STATE_FORMAT!r})")
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from a {state.get('type')}")
+        differs = _first_difference(state.get("identity"), self._identity())
+        if differs is not None:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from another dataset: {differs}")
+        differs = _first_difference(state.get("world"), _world_dict(self.world()))
+        if differs is not None:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from another reader: {differs} "
+                             "(load each rank's and worker's state into the same rank and worker, e.g. through "
+                             "StatefulDataLoader.load_state_dict)")
+
+    def _take_resume(self, epoch: int) -> dict[str, Any] | None:
+        """The position loaded for ``epoch`` (once: the next iteration starts afresh), else ``None``.
+
+        Raises:
+            ValueError: when the iteration runs as another reader than the state's (e.g. loaded in the main
+                process, then iterated in DataLoader workers).
+        """
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return None
+        differs = _first_difference(resume["world"], _world_dict(self.world()))
+        if differs is not None:
+            raise ValueError(f"{type(self).__name__}: the loaded state is another reader's: {differs} (load a "
+                             "DataLoader's states through StatefulDataLoader.load_state_dict)")
+        if resume["epoch"] != epoch:
+            logger.info("%s: the loaded state is for epoch %d, this iteration is epoch %d: starting it afresh",
+                        type(self).__name__, resume["epoch"], epoch)
+            return None
+        return resume["position"]
+
     def world(self) -> World:
         """The reader this code runs as.
 
@@ -218,4 +309,20 @@ class DistributedStream(IterableDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled for a spawned DataLoader worker: record the rank here, where ``torch.distributed`` is set up."""
-        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size)}
+        return {**self.__dict__, "_pickled_node": distributed_info(self.rank, self.world_size), "_progress": None}
+
+
+def _world_dict(where: World) -> dict[str, int]:
+    """A world as plain data for a state."""
+    return {"rank": where.rank, "world_size": where.world_size, "worker": where.worker,
+            "num_workers": where.num_workers}
+
+
+def _first_difference(stored: Any, current: dict[str, Any]) -> str | None:
+    """``"name: stored (state) != current (this dataset)"`` for the first field that differs, else ``None``."""
+    if not isinstance(stored, dict):
+        return f"no such field in the state ({stored!r})"
+    for name in sorted(set(stored) | set(current)):
+        if stored.get(name) != current.get(name):
+            return f"{name} {stored.get(name)!r} (state) != {current.get(name)!r} (here)"
+    return None

@@ -64,13 +64,25 @@ with ``sampling.sample_generator(seed, epoch, key)``), then ``transform(item)`` 
 (``pairs.npy``, ``ordinal.npy``) are decoded, and checked, only for strategies that read them (``"stored"`` and
 custom callables, which get them as ``stored=``); the built-in strategies that draw their own pairs skip them.
 
-Longer than 500 lines because shard resolution, the epoch plan, per-reader bookkeeping and the pipeline stages make
-one reader whose error handling and counting span all of them; the format and the tar reader live in
-:mod:`dynocc_data.format`.
+**Checkpoints** (:meth:`DynOccDataset.state_dict` / ``load_state_dict``, torchdata's ``Stateful`` protocol, so
+``StatefulDataLoader`` saves and restores each worker's reader): a reader's state is plain data: the epoch, the
+reader, the items yielded, the shuffle-buffer outputs settled (yielded or skipped as undecodable) and the samples
+each shard gave where that differs from ``index.json``. A restored reader leaves out unopened the shards that hold
+no sample it still needs, drops the other samples it does not need right after the tar reader (nothing decoded),
+and rebuilds its shuffle buffer by replaying the buffer's choices over sample numbers (they depend on the buffer's
+length only, never on its content), so it yields exactly what the uninterrupted epoch would have. In resampled
+mode, after a duplicate key, or with a shard listed twice, it reads its shards again up to the position instead
+(still decoding nothing); a key repeated from a shard a restore skipped is not recognised as a duplicate.
+
+Longer than 500 lines because shard resolution, the epoch plan, per-reader bookkeeping, checkpoints and the
+pipeline stages make one reader whose error handling and counting span all of them; the format and the tar reader
+live in :mod:`dynocc_data.format`.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import itertools
 import logging
 import os
@@ -593,6 +605,188 @@ def _in_chunks(
                 return
 
 
+# ------------------------------------------------------------------------------------------ checkpointing
+
+
+class _Progress:
+    """Where a reader's first pass stands, for :meth:`DynOccDataset.state_dict` (one per iteration).
+
+    The position is the number of shuffle-buffer outputs *settled* (yielded, or skipped as undecodable), with what
+    restoring needs to rebuild the stream without decoding: ``pulled``, the samples the buffer took in (its input
+    ordinals), ``raw_end`` once that input ended, and the samples each shard of the reader's list gave
+    (``counts``, by position in the list; shards before ``recorded`` were counted by an earlier run).
+    """
+
+    def __init__(self, reader: _ReaderState, urls: Sequence[str] | None,
+                 index_counts: Mapping[str, int | None]) -> None:
+        """Track ``reader``'s counters; ``urls``: the reader's shard list (``None`` when resampling)."""
+        self.reader, self.phase = reader, "first"
+        unique = urls is not None and len(set(urls)) == len(urls)
+        self.urls = list(urls) if urls is not None else None
+        self.expected = [index_counts.get(url) for url in urls] if urls is not None else None
+        self.positions = {url: i for i, url in enumerate(urls)} if unique else None
+        self.pulled, self.raw_end = 0, None
+        self.counts: dict[int, int] = {}
+        self.recorded, self.current = 0, -1
+        self.settled_base = self.yielded_base = 0
+
+    def position(self) -> dict[str, Any]:
+        """The position as plain data (see :meth:`DynOccDataset.state_dict`)."""
+        local = self.reader.local
+        if self.phase == "done":
+            return {"phase": "done"}
+        if self.phase == "repeat":
+            return {"phase": "repeat", "yielded": local["samples"], "repeated": local["repeated"]}
+        position: dict[str, Any] = {
+            "phase": "first", "yielded": local["samples"],
+            "settled": self.settled_base + local["samples"] - self.yielded_base + local["skipped_samples"],
+            "raw_end": self.raw_end, "duplicates": local["duplicates"] > 0,
+        }
+        if self.positions is not None:  # else (resampled, a shard listed twice) a restore reads the shards again
+            done = len(self.urls) if self.raw_end is not None else max(self.recorded, self.current)
+            position["shards_done"] = done
+            position["shard_samples"] = self.counts.get(done, 0) if done < len(self.urls) else 0
+            position["miscounted"] = [[p, self.counts.get(p, 0)] for p in range(done)
+                                      if self.counts.get(p, 0) != self.expected[p]]
+        return position
+
+
+def _count_shards(src: Iterator[dict[str, Any]], *, progress: _Progress) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: count each shard's samples by its position in the reader's list (for the state)."""
+    for sample in src:
+        position = progress.positions.get(sample["__url__"], -1)
+        if position >= progress.recorded:
+            if position != progress.current:
+                progress.current, progress.counts[position] = position, 0
+            progress.counts[position] += 1
+        yield sample
+
+
+def _counted(src: Iterator[dict[str, Any]], *, progress: _Progress) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: count the samples going into the shuffle buffer, and note when they end."""
+    for sample in src:
+        progress.pulled += 1
+        yield sample
+    progress.raw_end = progress.pulled
+
+
+def _resume_filter(src: Iterator[dict[str, Any]], *, progress: _Progress, start: int, step: int,
+                   keep: frozenset[int], first: int) -> Iterator[dict[str, Any]]:
+    """Pipeline stage of a restored reader: only the samples it still needs, before anything is decoded.
+
+    A shard's samples are numbered from the counts of the shards before it in the reader's list; sample ``g`` is
+    this reader's ``(g - start) / step``-th (``step`` > 1 when readers split shards by sample), needed when that
+    is ``first`` or later, or in ``keep`` (in the shuffle buffer at the checkpoint).
+    """
+    current, base, offset = 0, 0, 0
+    for sample in src:
+        position = progress.positions[sample["__url__"]]
+        if position != current or offset == 0:  # a later shard: the counts before it are final
+            base += sum(progress.counts.get(p, 0) for p in range(current, position))
+            current, offset = position, 0
+        g, offset = base + offset, offset + 1
+        if g >= start and (g - start) % step == 0 and ((g - start) // step >= first or (g - start) // step in keep):
+            yield sample
+
+
+def _shuffled(src: Iterator[Any], *, size: int, rng: random.Random, buf: list[Any]) -> Iterator[Any]:
+    """The shuffle buffer of webdataset's ``shuffle(size, size)``, with its buffer and generator given from outside.
+
+    The choices depend on the buffer's length only, never on its content, so running it over sample ordinals
+    tells which samples it holds after any number of outputs (:func:`_replay_shuffle`).
+    """
+    src = iter(src)
+    for sample in src:
+        buf.append(sample)
+        if len(buf) < size:
+            try:
+                buf.append(next(src))
+            except StopIteration:
+                pass
+        if len(buf) >= size:
+            yield wds.filters.pick(buf, rng)
+    while buf:
+        yield wds.filters.pick(buf, rng)
+
+
+def _shuffle_stage(src: Iterator[Any], *, size: int, seed: int,
+                   restored: tuple[list[int], random.Random] | None = None) -> Iterator[Any]:
+    """Pipeline stage: the shuffle buffer; ``restored``: its slots (sample ordinals) and generator at a checkpoint.
+
+    A restored buffer is filled from the first samples of ``src``: the slots' samples, in ordinal order.
+    """
+    src = iter(src)
+    if restored is None:
+        yield from _shuffled(src, size=size, rng=random.Random(seed), buf=[])
+        return
+    slots, rng = restored
+    wanted = sorted(slots)
+    got = dict(zip(wanted, itertools.islice(src, len(wanted))))
+    if len(got) < len(wanted):
+        logger.warning("restoring a reader: %d of the %d samples of its shuffle buffer could not be read again",
+                       len(wanted) - len(got), len(wanted))
+    yield from _shuffled(src, size=size, rng=rng, buf=[got[o] for o in slots if o in got])
+
+
+def _replay_shuffle(size: int, seed: int, outputs: int, end: int | None) -> tuple[list[int], random.Random, int]:
+    """Run the shuffle buffer over sample ordinals: its slots, generator and input count after ``outputs`` outputs.
+
+    ``end``: the number of samples when the input had ended by the checkpoint (else it had not, up to then).
+    """
+    taken = [0]
+
+    def ordinals() -> Iterator[int]:
+        for ordinal in range(end) if end is not None else itertools.count():
+            taken[0] += 1
+            yield ordinal
+
+    rng, buf = random.Random(seed), []
+    shuffled = _shuffled(ordinals(), size=size, rng=rng, buf=buf)
+    if sum(1 for _ in itertools.islice(shuffled, outputs)) < outputs:
+        raise ValueError(f"the state's position ({outputs} samples) is past the end of the reader's samples ({end})")
+    return list(buf), rng, taken[0]
+
+
+def _shards_to_open(counts: Sequence[int], *, start: int, step: int, keep: Sequence[int], first: int) -> list[bool]:
+    """For each counted shard, whether it holds a sample the restored reader needs (see :func:`_resume_filter`)."""
+    needed_g = [start + j * step for j in sorted(keep)]
+    tail = start + first * step  # from here on every step-th sample is needed
+    out, base = [], 0
+    for count in counts:
+        end = base + count
+        from_tail = max(base, tail)
+        from_tail += (start - from_tail) % step
+        out.append(from_tail < end or bisect.bisect_left(needed_g, base) < bisect.bisect_left(needed_g, end))
+        base = end
+    return out
+
+
+@dataclass(frozen=True)
+class _Restore:
+    """How a restored reader rebuilds its first pass (see :meth:`DynOccDataset._restore`).
+
+    Attributes:
+        source: the shards to read (those holding no needed sample left out, unopened).
+        replay: read every shard again and drop the first ``drop`` shuffle outputs before decoding (resampled
+            mode, duplicate keys, a shard list naming a shard twice) instead of filtering by sample number.
+        drop: with ``replay``, the settled outputs to drop.
+        start: the reader's first sample number (split by sample), for :func:`_resume_filter`.
+        step: readers splitting by sample (1 otherwise).
+        keep: sample ordinals in the shuffle buffer at the checkpoint.
+        first: the first ordinal not yet taken into the buffer.
+        shuffle: the buffer's slots and generator (``None`` without shuffle).
+    """
+
+    source: Any
+    replay: bool
+    drop: int = 0
+    start: int = 0
+    step: int = 1
+    keep: frozenset[int] = frozenset()
+    first: int = 0
+    shuffle: tuple[list[int], random.Random] | None = None
+
+
 # ------------------------------------------------------------------------------------------ the dataset
 
 
@@ -828,6 +1022,55 @@ class DynOccDataset(DistributedStream):
             raise TypeError(f"{self.description}: length unknown (no index.json with every shard's sample count)")
         return n
 
+    # -- checkpointing (state_dict / load_state_dict: DistributedStream)
+    def _identity(self) -> dict[str, Any]:
+        """The options a state must have been saved with (the shard list by a digest of its URLs)."""
+        digest = hashlib.sha1("\n".join(s.url for s in self.shards).encode("utf-8")).hexdigest()[:16]
+        return {"shards": len(self.shards), "urls": digest, "seed": self.seed, "shuffle": self.shuffle,
+                "resampled": self.resampled, "epoch_length": self.epoch_length, "equalize": self.equalize,
+                "split_by_node": self.split_by_node,
+                "strategy": self.strategy if isinstance(self.strategy, str) else type(self.strategy).__name__}
+
+    def _position(self) -> dict[str, Any] | None:
+        """This reader's position (``None`` before its first iteration).
+
+        ``phase`` (``"first"``, ``"repeat"``, ``"done"``), ``yielded``, and in the first pass ``settled`` (shuffle
+        outputs yielded or skipped), ``raw_end``, ``duplicates`` and the shard counts a restore skips by
+        (``shards_done``, ``shard_samples``, ``miscounted``: ``[position, samples]`` where a shard gave other
+        than its index count).
+        """
+        progress = self._progress
+        return None if progress is None else progress.position()
+
+    def _restore(self, position: Mapping[str, Any], progress: _Progress, source: Any, seed: int,
+                 split: tuple[int, int]) -> _Restore:
+        """The plan to rebuild a first pass at ``position``: shards skipped by their counts, samples by number.
+
+        Shards before the position holding no needed sample (the shuffle buffer's, or later ones) are left out
+        unopened; :func:`_resume_filter` drops the others' samples that are not needed, right after the tar
+        reader, so nothing is decoded; the shuffle buffer's choices are replayed over sample numbers.
+        """
+        settled, yielded = int(position["settled"]), int(position["yielded"])
+        progress.reader.local["samples"] = progress.yielded_base = yielded
+        progress.settled_base = settled
+        if progress.positions is None or position["duplicates"] or "shards_done" not in position:
+            return _Restore(source, replay=True, drop=settled)
+        if self.shuffle:
+            slots, rng, pulled = _replay_shuffle(self.shuffle, seed, settled, position["raw_end"])
+        else:
+            slots, rng, pulled = [], random.Random(seed), settled
+        done = int(position["shards_done"])
+        counts = {p: progress.expected[p] for p in range(done)}
+        counts.update({int(p): int(c) for p, c in position["miscounted"]})
+        progress.counts, progress.recorded, progress.pulled = counts, done, pulled - len(slots)
+        start, step = split
+        opened = _shards_to_open([counts[p] for p in range(done)], start=start, step=step, keep=slots, first=pulled)
+        urls = [url for p, url in enumerate(progress.urls) if p >= done or opened[p]]
+        logger.info("%s: restored a reader at %d samples: %d of its %d shards skipped unopened",
+                    self.description, yielded, len(progress.urls) - len(urls), len(progress.urls))
+        return _Restore(lambda: ({"url": url} for url in urls), replay=False, start=start, step=step,
+                        keep=frozenset(slots), first=pulled, shuffle=(slots, rng) if self.shuffle else None)
+
     # -- reading
     def _parse(self, sample: dict[str, Any]) -> dict[str, Any]:
         """A raw sample to a contract item with the JPEG still undecoded and the pairs not yet drawn."""
@@ -938,12 +1181,15 @@ class DynOccDataset(DistributedStream):
         return wds.pipelinefilter(_every_nth)(start=rank * workers + worker, step=world * workers)
 
     def _stages(self, source: Any, state: _ReaderState, epoch: int, rank: int, worker: int, *,
-                first_pass: bool = True, unique: bool = True) -> tuple[list[Any], list[Any]]:
+                first_pass: bool = True, unique: bool = True, progress: _Progress | None = None,
+                restore: _Restore | None = None) -> tuple[list[Any], list[Any]]:
         """A reader's pipeline in two parts: shards to raw samples, then the shuffle buffer and the decoding.
 
         The raw part checks shards against the index and, on the first pass, drops duplicate keys (not when
-        resampling, where shards repeat by design).
+        resampling, where shards repeat by design). ``progress`` counts what a state records; ``restore``
+        rebuilds the pass from a state, dropping what was read before anything is decoded.
         """
+        filtered = restore is not None and not restore.replay
         raw = [
             source,
             wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
@@ -953,11 +1199,19 @@ class DynOccDataset(DistributedStream):
             wds.pipelinefilter(group_members)(),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),
             wds.pipelinefilter(_unique_keys)(state=state) if first_pass and unique else None,
-            self._sample_split_stage(rank, worker) if first_pass else None,
+            wds.pipelinefilter(_count_shards)(progress=progress)
+            if progress is not None and progress.positions is not None else None,
+            wds.pipelinefilter(_resume_filter)(progress=progress, start=restore.start, step=restore.step,
+                                               keep=restore.keep, first=restore.first) if filtered else None,
+            self._sample_split_stage(rank, worker) if first_pass and not filtered else None,
+            wds.pipelinefilter(_counted)(progress=progress) if progress is not None else None,
         ]
         decode = [
-            wds.shuffle(self.shuffle, self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker))
+            wds.pipelinefilter(_shuffle_stage)(size=self.shuffle, seed=mix_seed(self.seed, epoch, rank, worker),
+                                               restored=restore.shuffle if filtered else None)
             if self.shuffle and first_pass else None,
+            wds.pipelinefilter(_every_nth)(start=restore.drop, step=1)
+            if restore is not None and restore.drop else None,
             wds.pipelinefilter(_in_chunks)(size=self.decode_chunk, handler=state.sample_error, steps=[
                 _each(self._parse),
                 *([lambda items: self._draw_pairs(items, epoch)] if self._sampler is not None else []),
@@ -971,37 +1225,63 @@ class DynOccDataset(DistributedStream):
         where = self.world()
         rank, world, worker, workers = where.rank, where.world_size, where.worker, where.num_workers
         epoch = self.epoch
+        position = self._take_resume(epoch)  # a position loaded by load_state_dict, for this epoch
         state = _ReaderState(self.handler, self._stats[worker % _MAX_STAT_ROWS], give_up_after=None)
         source, limit = self._source(rank, world, worker, workers, epoch, state)
         resampled = self._mode(world, workers)[0]  # shards drawn with replacement: the same keys come again
-        raw_stages, decode_stages = self._stages(source, state, epoch, rank, worker, unique=not resampled)
-        raw = iter(wds.DataPipeline(*raw_stages))
+        own = None if resampled else source.urls
+        progress = self._track(_Progress(state, own, {s.url: s.count for s in self.shards}), epoch)
+        phase = "first" if position is None else position["phase"]
         try:
-            if limit != 0:
-                for decoded in wds.DataPipeline(lambda: raw, *decode_stages):
-                    state.failures_in_a_row = 0
-                    item = self._finish(decoded)
-                    state.count("samples")
-                    yield item
-                    if limit is not None and state.local["samples"] >= limit:
-                        break
-            if limit is not None and not resampled:
-                for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks their counts
-                    pass
-                if state.local["samples"] < limit:
-                    yield from self._repeat(state, limit, source.urls, epoch, rank, worker)
+            if phase == "repeat":  # restored in the tail that makes up a short reader's quota: replay that tail
+                state.local["samples"], state.local["repeated"] = int(position["yielded"]), int(position["repeated"])
+                progress.phase = "repeat"
+                yield from self._repeat(state, limit, own, epoch, rank, worker, skip=int(position["repeated"]))
+            elif phase == "first":
+                split = self._split_by_sample(world, workers)
+                restore = None if position is None else self._restore(
+                    position, progress, source, mix_seed(self.seed, epoch, rank, worker),
+                    (rank * workers + worker, world * workers) if split else (0, 1))
+                yield from self._first_pass(restore.source if restore else source, state, progress, restore,
+                                            limit, resampled, epoch, rank, worker)
+            progress.phase = "done"
         finally:
             troubled = state.local["skipped_samples"] or state.local["shard_errors"]  # else: a debug line only
             logger.log(logging.INFO if troubled else logging.DEBUG, "%s epoch %d rank %d/%d worker %d/%d: %s",
                        self.description, epoch, rank, world, worker, workers,
                        ", ".join(f"{k} {v}" for k, v in state.local.items()))
 
+    def _first_pass(self, source: Any, state: _ReaderState, progress: _Progress, restore: _Restore | None,
+                    limit: int | None, resampled: bool, epoch: int, rank: int, worker: int) -> Iterator[Any]:
+        """A reader's shards read once (from a restored position when ``restore``), then its quota made up."""
+        own = progress.urls
+        raw_stages, decode_stages = self._stages(source, state, epoch, rank, worker, unique=not resampled,
+                                                 progress=progress, restore=restore)
+        raw = iter(wds.DataPipeline(*raw_stages))
+        if limit != 0 and (limit is None or state.local["samples"] < limit):
+            for decoded in wds.DataPipeline(lambda: raw, *decode_stages):
+                state.failures_in_a_row = 0
+                item = self._finish(decoded)
+                state.count("samples")
+                yield item
+                if limit is not None and state.local["samples"] >= limit:
+                    break
+        if limit is not None and not resampled:
+            for _ in raw:  # the rest of this reader's shards, not decoded: _shard_ends checks their counts
+                pass
+            if state.local["samples"] < limit:
+                progress.phase = "repeat"
+                yield from self._repeat(state, limit, own, epoch, rank, worker)
+
     def _repeat(self, state: _ReaderState, limit: int, own: Sequence[str], epoch: int, rank: int,
-                worker: int) -> Iterator[Any]:
+                worker: int, *, skip: int = 0) -> Iterator[Any]:
         """Make up a reader's quota with its own samples read again (then any shard's).
 
-        So every rank yields the same number of batches (``short_reader="raise"``: fail instead).
+        So every rank yields the same number of batches (``short_reader="raise"``: fail instead). ``skip``: the
+        repeated items a restored reader yielded already (read and decoded again, then dropped: a rare path).
         """
+        if state.local["samples"] >= limit:
+            return  # restored after its last item
         short = (f"rank {rank} worker {worker} yielded {state.local['samples']} of its {limit} samples (broken "
                  f"shards, skipped or duplicate samples, or an index.json counting more than the shards hold)")
         if self.short_reader == "raise":
@@ -1014,8 +1294,12 @@ class DynOccDataset(DistributedStream):
             while state.local["samples"] < limit:
                 raw_stages, decode_stages = self._stages(wds.SimpleShardList(urls), scratch, epoch, rank, worker,
                                                          first_pass=False)
-                before = state.local["samples"]
+                read = 0
                 for decoded in wds.DataPipeline(*raw_stages, *decode_stages):
+                    read += 1
+                    if skip:
+                        skip -= 1
+                        continue
                     item = self._finish(decoded)
                     if isinstance(item, dict) and isinstance(item.get("meta"), dict):
                         item["meta"]["repeated"] = True
@@ -1024,7 +1308,7 @@ class DynOccDataset(DistributedStream):
                     yield item
                     if state.local["samples"] >= limit:
                         return
-                if state.local["samples"] == before:
+                if not read:
                     break  # nothing readable in these shards: try all of them, then give up
         raise ShardFormatError(self.description, None, f"{short}, and no readable sample is left to repeat")
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..collate import collate_pairs
 from ._distributed import distributed_info, mix_seed
@@ -94,6 +96,7 @@ def create_loader(
     seed: int = 0,
     worker_init_fn: Callable[[int], None] | None = None,
     multiprocessing_context: str | None = None,
+    stateful: bool = False,
     **dataset_kwargs: Any,
 ) -> DataLoader:
     """A ``DataLoader`` over DynOcc shards (built from URLs) or over a given dataset.
@@ -119,10 +122,13 @@ def create_loader(
         seed: seeds the dataset's shuffling and pair sampling, and the loader's generator.
         worker_init_fn: called in each worker after :func:`seed_worker`.
         multiprocessing_context: as for ``DataLoader`` (only with workers), e.g. ``"spawn"``.
+        stateful: return torchdata's ``StatefulDataLoader``, whose ``state_dict()`` (plain data: save it with the
+            model) and ``load_state_dict()`` resume an epoch where it stopped, in each worker, without reading
+            again what was read (see the README's "Resuming mid-epoch").
         **dataset_kwargs: more options of a dataset built from URLs.
 
     Returns:
-        The loader.
+        The loader (a ``StatefulDataLoader`` with ``stateful=True``, a torch ``DataLoader`` otherwise).
 
     Raises:
         ValueError: when ``batch_size < 1`` or ``num_workers < 0``, or dataset options are given with a ready
@@ -156,16 +162,19 @@ def create_loader(
         dataset.check_readers(num_workers)
     rank, _ = distributed_info()
     workers = num_workers > 0
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_fn if collate_fn is not None else collate_pairs,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        persistent_workers=persistent_workers and workers,
-        prefetch_factor=prefetch_factor if workers else None,
-        worker_init_fn=_chain(seed_worker, worker_init_fn),
-        generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
-        multiprocessing_context=multiprocessing_context if workers else None,
-    )
+    loader_class = StatefulDataLoader if stateful else DataLoader
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11's constructor
+        return loader_class(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_fn if collate_fn is not None else collate_pairs,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            persistent_workers=persistent_workers and workers,
+            prefetch_factor=prefetch_factor if workers else None,
+            worker_init_fn=_chain(seed_worker, worker_init_fn),
+            generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
+            multiprocessing_context=multiprocessing_context if workers else None,
+        )

@@ -21,6 +21,11 @@ other modes too. With several ranks, prefer ``"all"`` over equalized sources or 
 at a random point, so ranks may see different numbers of batches.
 
 :meth:`MixedDataset.set_epoch` is passed on to every source that has one.
+
+**Checkpoints**: ``state_dict()`` / ``load_state_dict()`` (torchdata's ``Stateful`` protocol) on both classes. A
+:class:`MapAsIterable` state counts the items yielded (the rest of the permutation follows); a :class:`MixedDataset`
+state counts the draws made (one ``random()`` each, replayed on restore) and holds each source's own state (per
+batch, mid-run: the run's source as it was at the run's start, read again and the yielded part dropped).
 """
 
 from __future__ import annotations
@@ -112,12 +117,26 @@ class MapAsIterable(DistributedStream):
         n = len(self.dataset)
         return n // world if self.equalize else share_of(n, rank, world)
 
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here."""
+        return {"dataset": type(self.dataset).__name__, "length": len(self.dataset), "seed": self.seed,
+                "shuffle": self.shuffle, "equalize": self.equalize, "split_by_node": self.split_by_node}
+
+    def _position(self) -> dict[str, Any] | None:
+        """``{"yielded": n}``: the items this reader yielded in the epoch (``None`` before iterating)."""
+        return None if self._progress is None else dict(self._progress)
+
     def __iter__(self) -> Iterator[Any]:
-        """This worker's items of the epoch."""
+        """This worker's items of the epoch (after a :meth:`load_state_dict`, those not yet yielded)."""
         world = self.world()
-        for index in self.indices(rank=world.rank, world_size=world.world_size, worker=world.worker,
-                                  num_workers=world.num_workers):
-            yield self.dataset[index]
+        position = self._take_resume(self.epoch)
+        progress = self._track({"yielded": 0 if position is None else int(position["yielded"])}, self.epoch)
+        indices = self.indices(rank=world.rank, world_size=world.world_size, worker=world.worker,
+                               num_workers=world.num_workers)
+        for index in indices[progress["yielded"]:]:  # the map-style dataset reads one index: nothing to skip
+            item = self.dataset[index]
+            progress["yielded"] += 1
+            yield item
 
     def __repr__(self) -> str:
         """Short description."""
@@ -230,6 +249,44 @@ class MixedDataset(DistributedStream):
             if hasattr(dataset, "check_readers"):
                 dataset.check_readers(num_workers)
 
+    def _identity(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded here (each source checks its own part)."""
+        return {"sources": len(self.datasets), "weights": list(self.weights), "stop": self.stop, "seed": self.seed,
+                "epoch_length": self.epoch_length, "per_batch": self.per_batch, "batch_size": self.batch_size}
+
+    def _position(self) -> dict[str, Any] | None:
+        """The draws made, items (runs) yielded, the sources still active, and each source's own state.
+
+        Mid-run (``per_batch``), ``run`` holds the run's source, the items of it yielded and that source's state
+        at the run's start (the run is read again from there on restore).
+        """
+        if self._progress is None:
+            return None
+        return {**self._progress, "sources": [d.state_dict() if isinstance(d, DistributedStream) else None
+                                              for d in self.datasets]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a :meth:`state_dict`: this mix's draws, then each source from its own state.
+
+        Args:
+            state: a state returned by :meth:`state_dict` of the same mix.
+
+        Raises:
+            ValueError: (one line) when the state comes from another mix, source, seed or reader.
+        """
+        super().load_state_dict(state)
+        position = state["position"]
+        if position is None:
+            return
+        run = position.get("run")
+        for i, (dataset, source_state) in enumerate(zip(self.datasets, position["sources"], strict=True)):
+            if run is not None and run["source"] == i:
+                source_state = run["start"]
+            if isinstance(dataset, DistributedStream) and source_state is not None:
+                dataset.load_state_dict(source_state)
+            elif not isinstance(dataset, DistributedStream):
+                logger.warning("mix: source %d (%r) has no state_dict: it restarts from its beginning", i, dataset)
+
     def __len__(self) -> int:
         """Items per rank per epoch: ``epoch_length``, or with ``stop="all"`` the sum of the sources' lengths."""
         if self.epoch_length is not None:
@@ -245,17 +302,36 @@ class MixedDataset(DistributedStream):
         weight = self.loss_weights[source] if self.loss_weights is not None else 1.0
         return {**item, "source_index": source, "loss_weight": weight}
 
+    def _start(self, world: Any, salt: int) -> tuple[random.Random, dict[str, Any], dict[str, Any] | None]:
+        """The draw generator and the progress of an iteration, both moved to a loaded position if any."""
+        rng = random.Random(mix_seed(self.seed, self.epoch, world.rank, world.worker, salt))
+        position = self._take_resume(self.epoch)
+        fresh = {"draws": 0, "count": 0, "active": [i for i, w in enumerate(self.weights) if w > 0], "run": None}
+        progress = fresh if position is None else {k: position[k] for k in fresh}
+        for _ in range(progress["draws"]):
+            rng.random()  # one draw of choices(k=1) is one random()
+        self._track(progress, self.epoch)
+        return rng, progress, progress["run"]
+
+    def _draw(self, rng: random.Random, progress: dict[str, Any]) -> int:
+        """Draw a source among the active ones by weight."""
+        progress["draws"] += 1
+        active = progress["active"]
+        return rng.choices(active, weights=[self.weights[j] for j in active])[0]
+
     def _iter_per_batch(self, world: Any) -> Iterator[Any]:
         """Runs of ``batch_size`` items, each run from one source drawn by weight (see :func:`mix`)."""
         size = self.batch_size
-        rng = random.Random(mix_seed(self.seed, self.epoch, world.rank, world.worker, 0x8A7C))
+        rng, progress, pending = self._start(world, 0x8A7C)
         limit = None if self.epoch_length is None else share_of(self.epoch_length // size, world.worker,
                                                                   world.num_workers)
         iterators = [iter(d) for d in self.datasets]
-        active = [i for i, w in enumerate(self.weights) if w > 0]
-        runs = 0
-        while active and (limit is None or runs < limit):
-            i = rng.choices(active, weights=[self.weights[j] for j in active])[0]
+        active = progress["active"]
+        while active and (limit is None or progress["count"] < limit):
+            i, skip = (pending["source"], pending["yielded"]) if pending else (self._draw(rng, progress), 0)
+            start = pending["start"] if pending else (
+                self.datasets[i].state_dict() if isinstance(self.datasets[i], DistributedStream) else None)
+            pending = None
             run, restarted = [], False
             while len(run) < size:
                 item = next(iterators[i], _EMPTY)
@@ -273,9 +349,12 @@ class MixedDataset(DistributedStream):
                     return
                 active.remove(i)
                 continue
-            for item in run:
-                yield self._tag(item, i)
-            runs += 1
+            for n in range(skip, size):
+                last = n + 1 == size
+                progress["run"] = None if last else {"source": i, "yielded": n + 1, "start": start}
+                progress["count"] += last
+                yield self._tag(run[n], i)
+                run[n] = None
 
     def __iter__(self) -> Iterator[Any]:
         """Draw a source per item (per batch with ``per_batch``) until ``stop`` says so.
@@ -286,14 +365,12 @@ class MixedDataset(DistributedStream):
         if self.per_batch:
             yield from self._iter_per_batch(world)
             return
-        rank, worker, workers = world.rank, world.worker, world.num_workers
-        rng = random.Random(mix_seed(self.seed, self.epoch, rank, worker, 0x313))
-        limit = None if self.epoch_length is None else share_of(self.epoch_length, worker, workers)
+        rng, progress, _ = self._start(world, 0x313)
+        limit = None if self.epoch_length is None else share_of(self.epoch_length, world.worker, world.num_workers)
         iterators = [iter(d) for d in self.datasets]
-        active = [i for i, w in enumerate(self.weights) if w > 0]
-        count = 0
-        while active and (limit is None or count < limit):
-            i = rng.choices(active, weights=[self.weights[j] for j in active])[0]
+        active = progress["active"]
+        while active and (limit is None or progress["count"] < limit):
+            i = self._draw(rng, progress)
             try:
                 item = next(iterators[i])
             except StopIteration:
@@ -306,8 +383,8 @@ class MixedDataset(DistributedStream):
                 item = next(iterators[i], _EMPTY)
                 if item is _EMPTY:
                     raise ValueError(f"mix: source {i} ({self.datasets[i]!r}) yields nothing, cannot cycle it")
+            progress["count"] += 1
             yield self._tag(item, i)
-            count += 1
 
     def __repr__(self) -> str:
         """Short description."""
