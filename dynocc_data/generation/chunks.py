@@ -133,6 +133,12 @@ def _check_index(manifest: Manifest, index: int, origin: str) -> Chunk:
     return manifest.chunks[index]
 
 
+def _check_digest(manifest: Manifest, config: GenerateConfig) -> None:
+    if config.digest() != manifest.digest:
+        raise DynOccError(f"{manifest.url}: planned with other generation parameters (digest {manifest.digest}, "
+                          f"these give {config.digest()}); pass the options given to dynocc-data plan")
+
+
 def _own_records(out: str, index: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The chunk's final video records (video_id -> record) and shard records, from its own ledger."""
     videos, shards = {}, []
@@ -258,9 +264,7 @@ def run_chunk(manifest: Manifest, index: int, config: GenerateConfig, options: R
     """
     chunk = _check_index(manifest, index, "chunk")
     out = manifest.out
-    if config.digest() != manifest.digest:
-        raise DynOccError(f"{manifest.url}: planned with other generation parameters (digest {manifest.digest}, "
-                          f"these give {config.digest()}); pass the options given to dynocc-data plan")
+    _check_digest(manifest, config)
     if _read_marker(out, index) is not None:
         log.info("chunk %d: already finished", index)
         return None
@@ -463,6 +467,7 @@ def generate_manifest(url: str | os.PathLike, config: GenerateConfig, options: R
     """
     options = options or RunOptions()
     manifest = read_manifest(url)
+    _check_digest(manifest, config)
     origin = "--chunk"
     if chunk is None:
         chunk, origin = chunk_from_env(), "SLURM_ARRAY_TASK_ID"
