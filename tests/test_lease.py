@@ -51,6 +51,8 @@ def test_a_live_lease_refuses_others_and_a_silent_one_is_taken_over(root):
     assert lease_info(root, "c00001").owner == "rank-b"
     assert second.renew()
     assert acquire(root, "other", "rank-a", ttl=10.0, clock=clock).generation == 0  # leases are independent
+    again = acquire(root, "c00001", "rank-b", ttl=10.0, clock=clock)  # a restarted rank-b takes its own back at once
+    assert again is not None and again.generation == 2 and second.renew() is False
 
 
 def test_exactly_one_of_racing_claimers_wins_creation_and_takeover(root):

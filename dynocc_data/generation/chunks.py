@@ -495,12 +495,13 @@ def generate_manifest(url: str | os.PathLike, config: GenerateConfig, options: R
     workers = options.workers or max(1, torch.cuda.device_count())
     slots = info.world_size * workers
     threads = threads_per_worker(info.local_world_size * workers)
+    run = info.run_id or f"pid{os.getpid()}"  # a torchrun restart keeps its run id: it takes its chunks back at once
     errors: list[BaseException] = []
 
     def claimer(t: int) -> None:
         slot = info.rank * workers + t
         try:
-            claim_chunks(manifest, config, options, slot=slot, slots=slots, owner=f"{host}:{os.getpid()}:slot{slot}",
+            claim_chunks(manifest, config, options, slot=slot, slots=slots, owner=f"{host}:{run}:slot{slot}",
                          device=_claimer_device(options.device, info.local_rank * workers + t), threads=threads)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             errors.append(e)

@@ -5,8 +5,9 @@ generation with :func:`~dynocc_data.storage.fs.create_exclusive` holds the lease
 claimers wins each generation, on a local folder through ``O_EXCL``, on S3/GCS through a conditional put). The
 holder renews its object (``renewed``, wall-clock seconds) every ``ttl / 3`` seconds. A lease whose newest
 generation was last renewed more than ``ttl`` seconds ago is stale: anyone may take it over by creating the
-next generation, which again exactly one claimer wins. A holder learns at its next renewal that a newer generation
-exists and stops (:attr:`Lease.lost`).
+next generation, which again exactly one claimer wins. A claimer with the holder's own ``owner`` name takes it back
+at once (a restarted process of the same slot: its predecessor is gone). A holder learns at its next renewal that
+a newer generation exists and stops (:attr:`Lease.lost`).
 
 Staleness compares the holder's clock with the claimer's, so hosts sharing a folder need clocks agreeing to well
 within ``ttl`` (NTP does; the default ``ttl`` is a minute).
@@ -195,7 +196,8 @@ def acquire(folder: str, name: str, owner: str, ttl: float, *,
     Args:
         folder: the folder (path or URL) holding the leases.
         name: the lease's name.
-        owner: who claims it (host, pid, rank), recorded in the object.
+        owner: who claims it, recorded in the object; a lease held under the same name is taken back at once (name
+            claimers so that one name is never used by two live processes).
         ttl: seconds without a heartbeat after which the lease is stale.
         clock: wall-clock source (tests).
 
@@ -207,7 +209,7 @@ def acquire(folder: str, name: str, owner: str, ttl: float, *,
         StorageError: when the store cannot create objects exclusively.
     """
     current = lease_info(folder, name)
-    if current is not None and not current.stale(clock()):
+    if current is not None and not current.stale(clock()) and current.owner != owner:
         return None
     generation = 0 if current is None else current.generation + 1
     lease = Lease(folder, name, owner, generation, ttl, clock)
