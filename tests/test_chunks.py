@@ -192,11 +192,12 @@ def test_fast_rank_steals_the_slow_ranks_chunks_and_the_merge_equals_one_process
     assert stats["chunk_owners"]["3"].endswith(":slot0")
 
 
-def test_hung_decode_is_abandoned_after_the_time_limit_and_listed_as_failed(videos, reference, tmp_path):
+def test_hung_decode_is_abandoned_after_the_time_limit_and_a_crash_fails_its_video_only(videos, reference,
+                                                                                        tmp_path):
     out = tmp_path / "run"
     plan(videos, out, "--chunks", "1")
     proc = cli("generate", "--manifest", str(out), *GEN, "--video-timeout", "8",
-               env={"DYNOCC_TEST_HANG_VIDEO": "v1.mp4"})
+               env={"DYNOCC_TEST_HANG_VIDEO": "v1.mp4", "DYNOCC_TEST_CRASH_VIDEO": "v3.mp4"})
     try:
         log, _ = proc.communicate(timeout=400)
     finally:
@@ -204,11 +205,12 @@ def test_hung_decode_is_abandoned_after_the_time_limit_and_listed_as_failed(vide
             proc.kill()
     assert proc.returncode == 0, log[-3000:]
     stats = json.loads((out / "stats.json").read_text())
-    assert [f["video"] for f in stats["failed"]] == ["v1.mp4"]
+    assert [f["video"] for f in stats["failed"]] == ["v1.mp4", "v3.mp4"]
     assert "abandoned: took longer than the time limit of 8 s" in stats["failed"][0]["reason"]
-    assert (stats["videos_total"], stats["videos_done"], stats["num_samples"]) == (4, 3, 18)
-    assert marker(out, 0)["timed_out"] == ["v1.mp4"] and marker(out, 0)["attempts"] == 2
-    assert read_samples(out) == by_video(reference, "v1")  # the other videos finished, identically
+    assert "ended with killed by SIGSEGV while processing it" in stats["failed"][1]["reason"]
+    assert (stats["videos_total"], stats["videos_done"], stats["num_samples"]) == (4, 2, 12)
+    assert marker(out, 0)["abandoned"] == ["v1.mp4", "v3.mp4"] and marker(out, 0)["attempts"] == 3
+    assert read_samples(out) == by_video(reference, "v1", "v3")  # the other videos finished, identically
     assert "failed: v1.mp4: abandoned" in log
 
 

@@ -10,7 +10,8 @@ one after the other, ends with the samples of one run.
 **The videos run in a child process** (spawned), watched by the calling process: it knows which video the child is
 on, so with ``video_timeout`` a video that takes longer (a decoder hung with the GIL held cannot be interrupted
 by a thread) is abandoned by killing the child, recorded as failed in the ledger (and so in ``stats.json``), and a
-new child goes on with the rest. The caller also holds the chunk's lease, whose heartbeat thread therefore keeps
+new child goes on with the rest. A child that dies during a video (a decoder crashing the process) likewise fails
+that video only. The caller also holds the chunk's lease, whose heartbeat thread therefore keeps
 beating however stuck the decoder is.
 
 **Claiming** (:func:`claim_chunks`): under ``torchrun``/``srun`` ranks, or with ``--workers N`` (N claimer threads,
@@ -30,7 +31,8 @@ from the ledgers; ``frames_processed``, ``pairs`` and the stage times count the 
 attempt killed by the time limit or a crash leaves its committed shards but not its counts).
 
 Test hooks (environment variables, read in the child): ``DYNOCC_TEST_HANG_VIDEO=REL`` makes the video ``REL``
-hang forever as a stuck decoder would; ``DYNOCC_TEST_CHUNK_GATE=PATH`` makes a chunk wait until ``PATH`` exists
+hang forever as a stuck decoder would, ``DYNOCC_TEST_CRASH_VIDEO=REL`` makes it crash the process (SIGSEGV);
+``DYNOCC_TEST_CHUNK_GATE=PATH`` makes a chunk wait until ``PATH`` exists
 before it starts (an artificially slow rank).
 """
 
@@ -41,6 +43,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_FORMAT = "dynocc-chunk/1"
 HANG_ENV = "DYNOCC_TEST_HANG_VIDEO"
+CRASH_ENV = "DYNOCC_TEST_CRASH_VIDEO"
 GATE_ENV = "DYNOCC_TEST_CHUNK_GATE"
 
 
@@ -182,7 +186,7 @@ def _chunk_child(job: _ChunkJob, conn: Any) -> None:
         limit_threads(job.threads)
     if job.device.startswith("cuda"):
         torch.cuda.set_device(job.device)
-    gate, hang = os.environ.get(GATE_ENV), os.environ.get(HANG_ENV)
+    gate, hang, crash = os.environ.get(GATE_ENV), os.environ.get(HANG_ENV), os.environ.get(CRASH_ENV)
     while gate and not os.path.exists(gate):
         time.sleep(0.1)
 
@@ -190,6 +194,8 @@ def _chunk_child(job: _ChunkJob, conn: Any) -> None:
         conn.send(("video", src.video_id, src.rel))
         while hang and src.rel == hang:  # test hook: a decoder stuck for good
             time.sleep(3600)
+        if crash and src.rel == crash:  # test hook: a decoder that crashes the process
+            os.kill(os.getpid(), signal.SIGSEGV)
 
     try:
         summary = run_videos(job.sources, job.out, job.config, job.options, rank=job.index, device=job.device,
@@ -204,7 +210,8 @@ def _attempt(job: _ChunkJob, lease: Lease | None, timeout: float | None) -> tupl
     """Run ``job`` in a spawned child and watch it.
 
     Returns ``("done", summary dict)``, ``("timeout", (video_id, rel))``, ``("lost", None)`` (the lease was taken
-    over), ``("error", message)`` or ``("died", reason)``; the child is gone when this returns.
+    over), ``("error", message)`` or ``("died", (reason, (video_id, rel) or None))``; the child is gone when this
+    returns.
     """
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
@@ -219,7 +226,7 @@ def _attempt(job: _ChunkJob, lease: Lease | None, timeout: float | None) -> tupl
                     message = recv.recv()
                 except EOFError:  # the child exited without a last word
                     proc.join()
-                    return "died", exit_reason(proc.exitcode)
+                    return "died", (exit_reason(proc.exitcode), current)
                 if message[0] == "video":
                     current, since = (message[1], message[2]), time.monotonic()
                     continue
@@ -230,7 +237,7 @@ def _attempt(job: _ChunkJob, lease: Lease | None, timeout: float | None) -> tupl
             if timeout is not None and current is not None and time.monotonic() - since > timeout:
                 return "timeout", current
             if not proc.is_alive() and not recv.poll():
-                return "died", exit_reason(proc.exitcode)
+                return "died", (exit_reason(proc.exitcode), current)
     finally:
         if proc.is_alive():
             proc.kill()
@@ -273,7 +280,7 @@ def run_chunk(manifest: Manifest, index: int, config: GenerateConfig, options: R
     state = prepare_state(out, True, manifest.digest, lambda rank: rank == index)  # repairs this chunk's shards
     before, _ = _own_records(out, index)
     summary = GenerateSummary(out=out)
-    timed_out, attempts = [], 0
+    abandoned, attempts = [], 0
     while True:
         final, _ = _own_records(out, index)
         remaining = [s for s in chunk.videos if s.video_id not in final]
@@ -289,15 +296,19 @@ def run_chunk(manifest: Manifest, index: int, config: GenerateConfig, options: R
         if kind == "lost":
             log.warning("chunk %d: lease taken over by another claimer; leaving the chunk to it", index)
             return None
-        if kind != "timeout":
-            why = f"its worker process ended with {value}" if kind == "died" else value
+        if kind == "error" or (kind == "died" and value[1] is None):
+            why = f"its worker process ended with {value[0]} before any video" if kind == "died" else value
             raise DynOccError(f"chunk {index} ({manifest.url}): {why}")
-        video_id, rel = value
-        reason = f"abandoned: took longer than the time limit of {options.video_timeout:g} s (--video-timeout)"
+        if kind == "timeout":
+            (video_id, rel) = value
+            reason = f"abandoned: took longer than the time limit of {options.video_timeout:g} s (--video-timeout)"
+        else:  # a decoder that crashes the process (a segfault on a corrupt file): that video fails, not the chunk
+            why, (video_id, rel) = value
+            reason = f"its worker process ended with {why} while processing it"
         log.warning("%s: %s", rel, reason)
         Ledger(_ledger_url(out, index)).append({"type": "video", "video_id": video_id, "video": rel,
                                                 "status": "failed", "reason": reason, "samples": None})
-        timed_out.append(rel)
+        abandoned.append(rel)
         state = prepare_state(out, True, manifest.digest, lambda rank: rank == index)
     final, shards = _own_records(out, index)
     summary.videos_total = len(chunk.videos)
@@ -310,7 +321,7 @@ def run_chunk(manifest: Manifest, index: int, config: GenerateConfig, options: R
     summary.seconds = time.time() - started
     marker = {"format": CHUNK_FORMAT, "chunk": index, "status": "done", "digest": manifest.digest, "owner": owner,
               "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time(),
-              "attempts": attempts, "timed_out": timed_out, "summary": summary.to_dict()}
+              "attempts": attempts, "abandoned": abandoned, "summary": summary.to_dict()}
     storage.write_atomic(storage.join(out, _marker_name(index)), json.dumps(marker, indent=1, sort_keys=True) + "\n")
     log.info("chunk %d: %d video(s) done, %d failed, %d skipped", index, summary.videos_done, len(summary.failed),
              summary.videos_skipped)
