@@ -34,6 +34,10 @@ Test hooks (environment variables, read in the child): ``DYNOCC_TEST_HANG_VIDEO=
 hang forever as a stuck decoder would, ``DYNOCC_TEST_CRASH_VIDEO=REL`` makes it crash the process (SIGSEGV);
 ``DYNOCC_TEST_CHUNK_GATE=PATH`` makes a chunk wait until ``PATH`` exists
 before it starts (an artificially slow rank).
+
+Longer than 500 lines because the chunk run, its watched child process, the claiming loop and the merge share the
+chunk's files (ledger, marker, lease), which have to be read together to see that every chunk ends done exactly
+once whoever runs it.
 """
 
 from __future__ import annotations

@@ -181,12 +181,14 @@ class Manifest:
             chunks = tuple(Chunk(int(c["index"]),
                                  tuple(VideoSource(str(v["path"]), v["kind"], str(v["rel"])) for v in c["videos"]),
                                  tuple(v.get("frames") for v in c["videos"])) for c in data["chunks"])
-            if [c.index for c in chunks] != list(range(len(chunks))):
-                raise ValueError("chunk indices are not 0..n-1 in order")
-            return cls(out, str(data["digest"]), dict(data.get("params") or {}), tuple(data.get("inputs") or ()),
-                       chunks, tuple(data.get("input_errors") or ()), float(data.get("created") or 0.0))
+            manifest = cls(out, str(data["digest"]), dict(data.get("params") or {}),
+                           tuple(data.get("inputs") or ()), chunks, tuple(data.get("input_errors") or ()),
+                           float(data.get("created") or 0.0))
         except (KeyError, TypeError, ValueError) as err:
             raise DynOccError(f"{where}: malformed manifest ({err})") from None
+        if [c.index for c in chunks] != list(range(len(chunks))) or not chunks:
+            raise DynOccError(f"{where}: malformed manifest (chunk indices are not 0 to n-1 in order)")
+        return manifest
 
 
 def plan_manifest(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, config: GenerateConfig, *,
