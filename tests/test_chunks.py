@@ -24,7 +24,7 @@ from dynocc_data.generation.chunks import chunk_from_env, done_chunks
 from dynocc_data.generation.launch import partition
 from dynocc_data.generation.manifest import balance, read_manifest
 from dynocc_data.generation.video import VideoSource
-from dynocc_data.storage.lease import lease_info
+from dynocc_data.storage.lease import acquire, lease_info
 from dynocc_data.tools.cli import main
 
 GEN = ["--stride", "2", "--gap", "2", "--shard-size", "2"]
@@ -143,10 +143,10 @@ def test_bad_chunk_index_live_lease_and_options_are_one_line_errors(videos, tmp_
     assert "SLURM_ARRAY_TASK_ID 5: " in main_error(["generate", "--manifest", str(out), *GEN], capsys)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
     (out / "leases").mkdir(exist_ok=True)
-    (out / "leases" / "lease-c00000-000000.json").write_text(json.dumps(
-        {"format": "dynocc-lease/1", "owner": "busy-host:7:slot0", "renewed": time.time(), "ttl": 60}))
-    assert "chunk 0: being processed by busy-host:7:slot0" in main_error(
-        ["generate", "--manifest", str(out), "--chunk", "0", *GEN], capsys)
+    busy = acquire(str(out / "leases"), "c00000", "busy-host:7:slot0", ttl=1.0)
+    with busy:  # a live holder, renewing every 1/3 s: waited for one ttl, then refused
+        assert "chunk 0: being processed by busy-host:7:slot0" in main_error(
+            ["generate", "--manifest", str(out), "--chunk", "0", *GEN], capsys)
     assert "--chunk needs --manifest" in main_error(["generate", str(out), "--out", str(out), "--chunk", "0"], capsys)
     assert "no manifest here" in main_error(["generate", "--manifest", str(tmp_path / "none"), *GEN], capsys)
     assert not list(out.glob("*.tar")) and done_chunks(str(out)) == set()
@@ -227,3 +227,23 @@ def test_merge_lists_unfinished_chunks(videos, tmp_path, capsys):
     assert stats["chunks_unfinished"] == [{"chunk": 0, "unfinished": chunk0}]
     assert sorted(f["video"] for f in stats["failed"]) == chunk0
     assert stats["num_samples"] == 12
+
+
+def test_a_killed_chunk_resumes_to_the_samples_of_one_run(videos, reference, tmp_path):
+    out = tmp_path / "run"
+    plan(videos, out, "--chunks", "1")
+    args = ("generate", "--manifest", str(out), "--chunk", "0", *GEN)
+    proc = cli(*args, "--lease-ttl", "3", env={"DYNOCC_TEST_HANG_VIDEO": "v2.mp4"})  # stuck on its third video
+    try:
+        ledger = out / "ledger-r000.jsonl"
+        wait_for(lambda: ledger.exists() and ledger.read_text().count('"status": "done"') == 2, "two videos done")
+    finally:
+        proc.kill()  # kill -9 of the chunk's process; its child dies with it (PR_SET_PDEATHSIG)
+        proc.communicate()
+    assert done_chunks(str(out)) == set()
+    again = cli(*args)  # the same command takes the dead task's lease after its ttl and resumes the chunk
+    log, _ = again.communicate(timeout=400)
+    assert again.returncode == 0, log[-3000:]
+    assert read_samples(out) == reference
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["videos_skipped"], stats["videos_done"], stats["frames_written"], stats["failed"]) == (2, 2, 24, [])

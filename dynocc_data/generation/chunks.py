@@ -458,6 +458,30 @@ def merge_chunks(url: str | os.PathLike) -> ChunkMerge:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
+def _wait_for_lease(manifest: Manifest, chunk: int, leases: str, owner: str, options: RunOptions) -> Lease | None:
+    """The lease of one chunk (``--chunk``), waiting at most one ttl of its current holder.
+
+    A killed task's lease goes stale in that time and is taken over (a requeued array task); a live holder's does
+    not (an error). Returns ``None`` when the chunk turns out finished.
+    """
+    name = manifest.chunks[chunk].name
+    deadline = None
+    while (lease := acquire(leases, name, owner, options.lease_ttl)) is None:
+        if _read_marker(manifest.out, chunk) is not None:
+            return None
+        info = lease_info(leases, name)
+        if deadline is None:
+            wait = (info.ttl if info else 0.0) + options.poll
+            log.info("chunk %d: claimed by %s; waiting up to %.0f s for it to finish or go silent", chunk,
+                     info.owner if info else "?", wait)
+            deadline = time.monotonic() + wait
+        elif time.monotonic() > deadline:
+            raise DynOccError(f"chunk {chunk}: being processed by {info.owner if info else '?'} (its lease is renewed; "
+                              f"it is taken over after {info.ttl if info else 0:g} s without a heartbeat)")
+        time.sleep(options.poll)
+    return lease
+
+
 def generate_manifest(url: str | os.PathLike, config: GenerateConfig, options: RunOptions | None = None, *,
                       chunk: int | None = None) -> ChunkMerge | GenerateSummary | None:
     """``dynocc-data generate --manifest URL``: one chunk, or claim chunks until all are done.
@@ -488,16 +512,11 @@ def generate_manifest(url: str | os.PathLike, config: GenerateConfig, options: R
         chunk, origin = chunk_from_env(), "SLURM_ARRAY_TASK_ID"
     host = socket.gethostname()
     if chunk is not None:
-        name = _check_index(manifest, chunk, origin).name
+        _check_index(manifest, chunk, origin)
         leases = storage.join(manifest.out, "leases")
         storage.makedirs(leases)
         owner = f"{host}:{os.getpid()}:chunk{chunk}"
-        lease = acquire(leases, name, owner, options.lease_ttl)
-        if lease is None and _read_marker(manifest.out, chunk) is None:
-            info = lease_info(leases, name)
-            raise DynOccError(f"chunk {chunk}: being processed by {info.owner if info else '?'} (lease renewed "
-                              f"{time.time() - (info.renewed if info else 0):.0f} s ago, taken over after "
-                              f"{options.lease_ttl:g} s of silence)")
+        lease = _wait_for_lease(manifest, chunk, leases, owner, options)
         summary = None
         if lease is not None:
             with lease:
