@@ -41,6 +41,7 @@ _EXPORTS = {
     "generation.writer": ("ShardWriter", "write_index"),
     "losses": ("RankingLoss", "WHDRResult", "ranking_loss", "ssi_loss", "whdr"),
     "sampling": ("PairSampler", "SamplerConfig", "available_strategies", "create_sampler", "sample_generator"),
+    "storage": ("ShardCache",),
     "tools.evaluate": ("EvalResult", "evaluate_shards", "evaluate_synthetic", "score_items"),
     "tools.synthetic": ("SceneConfig", "demo_scenes", "load_scene_gt", "make_scene", "make_scenes", "write_scene"),
     "transforms": ("PairTransform", "TransformConfig", "create_transform"),

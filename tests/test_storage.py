@@ -74,3 +74,25 @@ def test_local_paths_and_urls():
     assert storage.join("s3://bucket/run/", "x.json") == "s3://bucket/run/x.json"
     with pytest.raises(StorageError, match="nosuchscheme://x: cannot be opened through fsspec"):
         storage.url_to_fs("nosuchscheme://x")
+
+
+def test_open_read_and_get_file_copy_whole(root, tmp_path):
+    storage.makedirs(root)
+    url = storage.join(root, "data.bin")
+    payload = bytes(range(256)) * 500
+    storage.write_atomic(url, payload)
+    with storage.open_read(url) as f:
+        assert f.read(10) == payload[:10] and f.read() == payload[10:]
+    storage.get_file(url, tmp_path / "got.bin")
+    assert (tmp_path / "got.bin").read_bytes() == payload
+
+
+def test_which_urls_are_stores_and_which_can_be_written(tmp_path):
+    assert [storage.is_store(u) for u in ("s3://b/x", "memory://x", "gs://b/x")] == [True, True, True]
+    assert [storage.is_store(u) for u in ("/a/b", "file:///a", "pipe:cat x", "https://h/x.tar")] == [False] * 4
+    assert storage.check_url(f"file://{tmp_path}") == str(tmp_path)
+    assert storage.check_url("memory://run") == "memory://run"
+    for bad, why in (("pipe:cat", "not a folder that can be written"), ("https://h/run", "not a folder"),
+                     ("nosuchscheme://b/run", "cannot be opened through fsspec")):
+        with pytest.raises(StorageError, match=why):
+            storage.check_url(bad)

@@ -7,17 +7,22 @@
 
 **URLs.** ``urls`` is one of
 
-* a local folder written by ``dynocc-data generate``: its ``index.json`` lists the shards and their sizes;
-* a local ``index.json`` file (same thing);
+* a folder written by ``dynocc-data generate``, local or an fsspec URL (``s3://bucket/run``): its ``index.json``
+  lists the shards and their sizes;
+* an ``index.json`` file (same thing);
 * a string: a path or URL, brace patterns (``shard-{000000..000099}.tar``), several joined with ``::``,
   ``${NAME}`` replaced by the environment variable ``WDS_NAME`` (webdataset's ``expand_urls``);
 * a list of any of these.
 
 Each shard is opened with webdataset's ``gopen``: a local path or ``file:`` URL; ``pipe:COMMAND`` (the shell
 command's stdout is read: ``pipe:aws s3 cp s3://bucket/shard.tar -``; shell commands, so trusted input only);
-``http(s)://`` (read through ``curl``, which must be installed); it is read by a lean tar parser equivalent to
-``tarfile``'s stream mode (plain, gzip, bzip2 or xz; several times faster on shards of small members), and its
-files grouped into samples by webdataset. Sample counts (for ``len()`` and ``equalize``)
+``http(s)://`` (read through ``curl``, which must be installed); any other ``scheme://`` URL (``s3://``, ``gs://``)
+is opened through fsspec (:mod:`dynocc_data.storage`; credentials from the back end's usual sources, e.g. the AWS
+environment variables), and with ``cache_dir`` it is downloaded whole into a local cache of at most
+``cache_limit`` bytes (:class:`~dynocc_data.storage.ShardCache`: least recently used shards evicted, downloads
+renamed into place, so workers can share it) and read from there in later epochs. It is read by a lean tar parser
+equivalent to ``tarfile``'s stream mode (plain, gzip, bzip2 or xz; several times faster on shards of small
+members), and its files grouped into samples by webdataset. Sample counts (for ``len()`` and ``equalize``)
 come from ``index`` (default ``"auto"``: the ``index.json`` next to local shards; or give a path, an URL or the
 parsed dict for remote shards; ``None`` for none). A shard is matched to its index entry by path, or for
 remote/``pipe:`` URLs by its file name appearing in the URL.
@@ -78,6 +83,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from .. import storage
 from ..errors import InputError, InputNotFoundError, ShardFormatError
 from ..format.index import INDEX_NAME, ShardInfo, load_index, local_path
 from ..format.sample import MissingFieldError, decode_image_member, decode_sample
@@ -103,6 +109,7 @@ __all__ = [
 _MAX_STAT_ROWS = 256  # one counter row per DataLoader worker id (wraps around beyond that)
 _TAR_END = 1024  # a tar archive ends with two 512-byte zero blocks
 _DUPLICATES_REPORTED = 5  # duplicate keys logged one by one per reader and epoch; the rest are only counted
+_SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")  # a store URL without one names a folder
 
 Handler = Union[Literal["warn", "raise", "ignore"], Callable[[ShardFormatError], bool]]
 UrlSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -118,6 +125,8 @@ def _expand(spec: UrlSpec) -> list[ShardInfo]:
         local = local_path(text)
         if local is not None and (os.path.isdir(local) or (local.endswith(".json") and os.path.isfile(local))):
             return load_index(text)
+        if storage.is_store(text) and "{" not in text and "::" not in text and not text.endswith(_SHARD_SUFFIXES):
+            return load_index(text)  # an index.json URL, or a folder URL holding one
         try:
             return [ShardInfo(url) for url in wds.shardlists.expand_urls(text)]
         except AssertionError as err:  # webdataset asserts when a ${NAME} has no WDS_NAME variable
@@ -447,6 +456,30 @@ def _checked_shards(
         yield source
 
 
+def _open_shards(
+    src: Iterator[dict[str, Any]], *, handler: Callable[[BaseException], bool], cache: storage.ShardCache | None,
+    sizes: Mapping[str, int | None],
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: open each shard as webdataset's ``url_opener`` does, fsspec URLs through storage.
+
+    Those are read from ``cache`` when given (downloaded whole into it first), else streamed; local paths,
+    ``pipe:`` and ``http(s)`` URLs go to webdataset's ``gopen``.
+    """
+    for source in src:
+        url = source["url"]
+        try:
+            if storage.is_store(url):
+                stream = cache.open(url, sizes.get(url)) if cache is not None else storage.open_read(url)
+            else:
+                stream = wds.gopen(url)
+        except Exception as exn:  # noqa: BLE001 - the handler decides, as in webdataset's url_opener
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            break
+        yield {**source, "stream": stream}
+
+
 def _shard_ends(
     src: Iterator[dict[str, Any]], *, state: _ReaderState, counts: Mapping[str, int | None]
 ) -> Iterator[dict[str, Any]]:
@@ -629,6 +662,10 @@ class DynOccDataset(DistributedStream):
             skipped or duplicate samples, an index counting more than the shards hold): ``"repeat"`` yields some
             of its samples again (``meta["repeated"]``, counted in ``stats.repeated``, warned) so that every rank
             sees the same number of batches; ``"raise"`` raises :class:`ShardFormatError`.
+        cache_dir: a local folder caching shards read from fsspec URLs (``s3://``, ``gs://``), shared by the
+            workers; ``None``: stream them on every read.
+        cache_limit: the most bytes the cache holds (an int or a size such as ``"10GB"``); least recently used
+            shards are evicted.
 
     Raises:
         ValueError: for an option out of its range or options that do not go together.
@@ -658,6 +695,8 @@ class DynOccDataset(DistributedStream):
         too_few_shards: Literal["split", "error", "resample"] = "split",
         decode_chunk: int = 8,
         short_reader: Literal["repeat", "raise"] = "repeat",
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | str = "10GB",
     ) -> None:
         """Resolve the shard list and its counts, and the pair strategy; nothing is read yet."""
         super().__init__()
@@ -675,6 +714,11 @@ class DynOccDataset(DistributedStream):
             raise ValueError("resampled=True needs epoch_length (samples per rank per epoch)")
         if epoch_length is not None and not resampled and too_few_shards != "resample":
             raise ValueError("epoch_length applies to resampled mode only (resampled=True)")
+        try:
+            storage.parse_size(cache_limit)
+        except ValueError as err:
+            raise ValueError(f"cache_limit {err}") from None
+        self.cache = storage.ShardCache(cache_dir, cache_limit) if cache_dir is not None else None
         self.description = _describe(urls)
         self.shards = resolve_shards(urls, index=index)
         _warn_index_sizes(self.description, self.shards)
@@ -903,7 +947,8 @@ class DynOccDataset(DistributedStream):
         raw = [
             source,
             wds.pipelinefilter(_checked_shards)(state=state, sizes={s.url: s.nbytes for s in self.shards}),
-            wds.pipelinefilter(wds.tariterators.url_opener)(handler=state.shard_error),
+            wds.pipelinefilter(_open_shards)(handler=state.shard_error, cache=self.cache,
+                                             sizes={s.url: s.nbytes for s in self.shards}),
             wds.pipelinefilter(expand_tars)(handler=state.shard_error),
             wds.pipelinefilter(group_members)(),
             wds.pipelinefilter(_shard_ends)(state=state, counts={s.url: s.count for s in self.shards}),

@@ -14,12 +14,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import webdataset as wds
 
+from .. import storage
 from ..errors import InputError, InputNotFoundError
+from ..storage import local_path
 
 __all__ = ["INDEX_FORMAT", "INDEX_NAME", "ShardInfo", "confined_url", "index_document", "load_index", "local_path",
            "read_index", "read_text"]
@@ -50,25 +50,8 @@ class ShardInfo:
     nbytes: int | None = None
 
 
-def local_path(url: str) -> str | None:
-    """The file-system path of a local shard URL.
-
-    Args:
-        url: a plain path, a ``file:`` URL, or any other URL.
-
-    Returns:
-        The path for a plain path or a ``file:`` URL; ``None`` for remote and pipe URLs.
-    """
-    parsed = urlparse(url)
-    if parsed.scheme == "":
-        return url
-    if parsed.scheme == "file":
-        return url2pathname(parsed.path)
-    return None
-
-
 def read_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
-    """Read a small text file from a local path or any URL webdataset's ``gopen`` understands.
+    """Read a small text file from a local path, an fsspec URL (``s3://``, ``gs://``) or a URL for ``gopen``.
 
     Args:
         url: the file's path or URL.
@@ -80,13 +63,10 @@ def read_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
     Raises:
         ValueError: when the file holds more than ``max_bytes``.
     """
-    local = local_path(url)
-    if local is not None:
-        with open(local, "rb") as stream:
-            data = stream.read(max_bytes + 1)
-    else:
-        with wds.gopen(url, "rb") as stream:
-            data = stream.read(max_bytes + 1)
+    if storage.is_local(url) or storage.is_store(url):
+        return storage.read_text(url, max_bytes=max_bytes)
+    with wds.gopen(url, "rb") as stream:  # pipe: (the caller's own argument, never an index entry), http(s)
+        data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"larger than {max_bytes} bytes")
     return data.decode("utf-8")
@@ -149,6 +129,8 @@ def _read_document(source: str | os.PathLike | Mapping[str, Any]) -> tuple[str, 
         local = local_path(where)
         if local is not None and os.path.isdir(local):
             where = os.path.join(where, INDEX_NAME)
+        elif storage.is_store(where) and not where.endswith(".json"):  # a folder URL: its index.json
+            where = storage.join(where, INDEX_NAME)
         base = where.rsplit("/", 1)[0] if "/" in where else ""
         try:
             index = json.loads(read_text(where))
@@ -170,7 +152,8 @@ def load_index(source: str | os.PathLike | Mapping[str, Any], *, allow_outside: 
     command URLs (``pipe:``) always are, so reading a folder from a stranger never runs a command.
 
     Args:
-        source: a path or URL of an ``index.json``, a local folder holding one, or the parsed dict.
+        source: a path or URL of an ``index.json``, a folder (local, or an fsspec URL such as ``s3://bucket/run``)
+            holding one, or the parsed dict.
         allow_outside: trust the index's entries to point elsewhere (see :func:`confined_url`).
 
     Returns:

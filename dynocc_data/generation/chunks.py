@@ -62,10 +62,11 @@ from ..errors import DynOccError
 from ..storage.lease import Lease, acquire, lease_info
 from .config import GenerateConfig, GenerateSummary, RunOptions
 from .launch import _die_with_parent, exit_reason, limit_threads, prepare_state, rank_from_env, threads_per_worker
+from .ledger import rank_ledger
 from .manifest import Chunk, Manifest, read_manifest
 from .pipeline import resolve_device, run_videos
 from .video import VideoSource
-from .writer import Ledger, RunState, write_index
+from .writer import RunState, write_index
 
 __all__ = ["CHUNK_FORMAT", "ChunkMerge", "chunk_from_env", "claim_chunks", "done_chunks", "generate_manifest",
            "merge_chunks", "run_chunk"]
@@ -80,10 +81,6 @@ GATE_ENV = "DYNOCC_TEST_CHUNK_GATE"
 
 def _marker_name(index: int) -> str:
     return f"chunk-c{index:05d}.json"
-
-
-def _ledger_url(out: str, index: int) -> str:
-    return storage.join(out, f"ledger-r{index:03d}.jsonl")
 
 
 def done_chunks(out: str) -> set[int]:
@@ -150,7 +147,7 @@ def _check_digest(manifest: Manifest, config: GenerateConfig) -> None:
 def _own_records(out: str, index: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The chunk's final video records (video_id -> record) and shard records, from its own ledger."""
     videos, shards = {}, []
-    for rec in Ledger(_ledger_url(out, index)).records():
+    for rec in rank_ledger(out, index).records():
         if rec.get("type") == "video":
             videos[rec["video_id"]] = rec
         elif rec.get("type") == "shard":
@@ -310,8 +307,8 @@ def run_chunk(manifest: Manifest, index: int, config: GenerateConfig, options: R
             why, (video_id, rel) = value
             reason = f"its worker process ended with {why} while processing it"
         log.warning("%s: %s", rel, reason)
-        Ledger(_ledger_url(out, index)).append({"type": "video", "video_id": video_id, "video": rel,
-                                                "status": "failed", "reason": reason, "samples": None})
+        rank_ledger(out, index).append({"type": "video", "video_id": video_id, "video": rel,
+                                       "status": "failed", "reason": reason, "samples": None})
         abandoned.append(rel)
         state = prepare_state(out, True, manifest.digest, lambda rank: rank == index)
     final, shards = _own_records(out, index)

@@ -248,6 +248,8 @@ class RunOptions:
         upload: shell command receiving each committed shard on stdin, ``{name}`` replaced by its file name.
         merge_timeout: seconds rank 0 waits for the other ranks' markers before merging what is there.
         poll: seconds between two looks at the folder while waiting.
+        staging: with an fsspec URL as the output, the local folder where shards are written before their upload
+            (default: a temporary folder per rank).
         video_timeout: seconds one video may take in a manifest run (``generate --manifest``) before its decode
             or processing is abandoned (the worker process running it is killed) and the video recorded as failed;
             ``None`` for no limit.
@@ -270,6 +272,7 @@ class RunOptions:
     upload: str | None = None
     merge_timeout: float = 3600.0
     poll: float = 1.0
+    staging: str | None = None
     video_timeout: float | None = None
     lease_ttl: float = 60.0
 
@@ -285,6 +288,8 @@ class RunOptions:
         if not isinstance(self.prefix, str) or not self.prefix or "/" in self.prefix or "{" in self.prefix:
             raise ConfigError("prefix", "must be a non-empty file name part without '/' or braces, "
                                         f"got {self.prefix!r}")
+        if self.staging is not None and (not isinstance(self.staging, str) or not self.staging):
+            raise ConfigError("staging", f"must be a local folder path, got {self.staging!r}")
         for name, low in (("merge_timeout", 0.0), ("poll", 1e-9)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:

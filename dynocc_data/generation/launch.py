@@ -43,6 +43,12 @@ uploaded the same way, so the remote folder reads like a local one. Use a comman
 atomically (object stores do; for a file system: ``cat > D/{name}.part && mv D/{name}.part D/{name}``).
 Inputs may be http(s) URLs: the decoders read them directly.
 
+**Output URLs.** ``out`` may also be an fsspec URL (``s3://bucket/run``, ``gs://...``, ``memory://...``): shards are
+staged locally (``staging``, default a temporary folder) and uploaded whole before their commit, the ledgers are one
+object per record, and markers, ``index.json`` and ``stats.json`` are objects, all through
+:mod:`dynocc_data.storage`; the locks are objects too (:mod:`dynocc_data.generation.lock`: a ``kill -9`` leaves
+its lock, which ``--resume`` takes over). No shared file system is needed.
+
 Longer than 500 lines because the three ways a run is launched (one process, local worker processes, torchrun/srun
 ranks) share the folder state, the rank markers and the merge, which have to be read together to see that all three
 end in the same shards.
@@ -72,13 +78,23 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
+from .. import storage
 from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text
 from .config import GenerateConfig, GenerateSummary, RunOptions
 from .lock import hold_output
 from .pipeline import progress_bars, resolve_device, run_videos
 from .video import IMAGE_EXTENSIONS, VideoSource, discover_videos
-from .writer import RunState, read_run_state, run_upload, upload_command, write_index
+from .writer import (
+    RunState,
+    has_ledgers,
+    open_ledgers,
+    read_run_state,
+    repair_store,
+    run_upload,
+    upload_command,
+    write_index,
+)
 
 __all__ = [
     "RankInfo",
@@ -394,9 +410,10 @@ def _rank_device(device: str, local_rank: int, world: int) -> str:
 # ------------------------------------------------------------------------------------------------ folder state
 
 
-def _partial_json_files(out: Path, names: Sequence[str]) -> list[Path]:
+def _partial_json_files(out: Path | str, names: Sequence[str]) -> list[str]:
     """Temporaries of :func:`atomic_write_text` for ``names`` (``<name>.<pid>.partial``) left by a killed run."""
-    return [p for name in names for p in out.glob(f"{name}.*{PARTIAL}")]
+    return [storage.join(out, n) for n in storage.list_names(out) for name in names
+            if n.startswith(f"{name}.") and n.endswith(PARTIAL)]
 
 
 def repair_run(out: str | os.PathLike, ranks: Callable[[int], bool] | None = None) -> RunState:
@@ -416,6 +433,8 @@ def repair_run(out: str | os.PathLike, ranks: Callable[[int], bool] | None = Non
     Raises:
         DynOccError: when a committed local shard of an accepted rank is missing on disk.
     """
+    if storage.is_store(out):
+        return repair_store(os.fspath(out), ranks)
     out = Path(out)
     state = read_run_state(out)
     committed = {s["url"]: s for s in state.shards}
@@ -452,16 +471,13 @@ def prepare_state(out: Path, resume: bool, digest: str, ranks: Callable[[int], b
     duplicate its samples).
     """
     if not resume:
-        ledgers = [path for path in sorted(out.glob("ledger-r*.jsonl"))
-                   if (match := re.match(r"^ledger-r(\d+)\.jsonl$", path.name))
-                   and (ranks is None or ranks(int(match.group(1))))]
-        if ledgers and not read_run_state(out).shards and not any(out.glob("*.tar*")):
+        ledgers = {rank: ledger for rank, ledger in open_ledgers(out).items() if ranks is None or ranks(rank)}
+        if ledgers and not read_run_state(out).shards and not any(".tar" in n for n in storage.list_names(out)):
             # a run that failed before committing any shard (every input bad, killed early): nothing to keep
-            for path in ledgers:
-                rank = int(path.name[len("ledger-r"):-len(".jsonl")])
-                log.info("%s: left by a run that wrote no shard; starting afresh", path)
-                path.unlink(missing_ok=True)
-                marker_path(out, rank).unlink(missing_ok=True)
+            for rank, ledger in ledgers.items():
+                log.info("%s: left by a run that wrote no shard; starting afresh", ledger.path)
+                ledger.delete()
+                storage.remove(marker_path(out, rank))
             return RunState()
         if ledgers:
             raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an "
@@ -475,11 +491,11 @@ def prepare_state(out: Path, resume: bool, digest: str, ranks: Callable[[int], b
     return state
 
 
-def marker_path(out: str | os.PathLike, rank: int) -> Path:
-    return Path(out) / f"rank-r{rank:03d}.json"
+def marker_path(out: str | os.PathLike, rank: int) -> str:
+    return storage.join(out, f"rank-r{rank:03d}.json")
 
 
-def _write_marker(out: Path, marker: Mapping[str, Any]) -> None:
+def _write_marker(out: Path | str, marker: Mapping[str, Any]) -> None:
     path = marker_path(out, marker["rank"])
     try:
         atomic_write_text(path, json.dumps(dict(marker), indent=1, sort_keys=True) + "\n")
@@ -497,12 +513,13 @@ def read_markers(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
         rank -> marker, for the markers of this format; unreadable ones are skipped with a warning.
     """
     markers = {}
-    for path in sorted(Path(out).glob("rank-r*.json")):
-        match = _MARKER_RE.match(path.name)
+    for name in storage.list_names(out):
+        match = _MARKER_RE.match(name)
         if not match:
             continue
+        path = storage.join(out, name)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(storage.read_text(path))
         except FileNotFoundError:  # replaced between listing and reading
             continue
         except (OSError, ValueError) as e:
@@ -513,15 +530,15 @@ def read_markers(out: str | os.PathLike) -> dict[int, dict[str, Any]]:
     return markers
 
 
-def _clear_run_files(out: Path, ranks: Callable[[int], bool] | None = None) -> None:
+def _clear_run_files(out: Path | str, ranks: Callable[[int], bool] | None = None) -> None:
     """Delete markers (of the ranks accepted by ``ranks``; all without) and temporaries of killed writers."""
     for rank in read_markers(out):
         if ranks is None or ranks(rank):
-            marker_path(out, rank).unlink(missing_ok=True)
-    for tmp in out.glob(f"rank-r*.json.*{PARTIAL}"):
-        match = re.match(r"^rank-r(\d+)\.json\.", tmp.name)
-        if ranks is None or (match and ranks(int(match.group(1)))):
-            tmp.unlink(missing_ok=True)
+            storage.remove(marker_path(out, rank))
+    for name in storage.list_names(out):
+        match = re.match(r"^rank-r(\d+)\.json\..*" + re.escape(PARTIAL) + "$", name)
+        if match and (ranks is None or ranks(int(match.group(1)))):
+            storage.remove(storage.join(out, name))
 
 
 def _finished_videos(state: RunState) -> set[str]:
@@ -537,6 +554,9 @@ class LedgerTail:
         self.videos: set[str] = set()
 
     def poll(self) -> set[str]:
+        if storage.is_store(self.out):  # records are objects: read them whole
+            self.videos |= set(read_run_state(self.out).videos)
+            return self.videos
         for path in sorted(self.out.glob("ledger-r*.jsonl")):
             start = self._offsets.get(path, 0)
             try:
@@ -586,7 +606,7 @@ def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
 
     The marker says ``running``, then ``done`` or ``failed``.
     """
-    out = Path(job.out)
+    out = job.out
     marker = {"format": MARKER_FORMAT, "rank": job.rank, "world_size": job.world_size, "run_id": job.run_id,
               "plan": job.plan_digest, "digest": job.config.digest(), "status": "running", "pid": os.getpid(),
               "host": socket.gethostname(), "device": job.device, "started": time.time(), "finished": None,
@@ -760,8 +780,8 @@ def merge_run(out: str | os.PathLike, plan: Plan | None = None, *, world_size: i
     Raises:
         DynOccError: when ``out`` holds no generate output, or an upload fails.
     """
-    out = Path(out)
-    if not out.is_dir() or not (any(out.glob("ledger-r*.jsonl")) or any(out.glob("rank-r*.json"))):
+    out = out if storage.is_store(out) else Path(out)
+    if not has_ledgers(out) and not any(_MARKER_RE.match(n) for n in storage.list_names(out)):
         raise DynOccError(f"{out}: no generate output here (no ledger-r*.jsonl or rank-r*.json)")
     markers = read_markers(out)
     if plan is not None:
@@ -811,12 +831,12 @@ def merge_run(out: str | os.PathLike, plan: Plan | None = None, *, world_size: i
     summary.stage_seconds = {k: round(v, 4) for k, v in summary.stage_seconds.items()}
     result = MergeResult(summary, index, world, failures, ranks)
     for path in _partial_json_files(out, ("index.json", "stats.json")):
-        path.unlink(missing_ok=True)
-    atomic_write_text(out / "stats.json", json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+        storage.remove(path)
+    atomic_write_text(storage.join(out, "stats.json"), json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
     upload = upload or next((m.get("upload") for m in markers.values() if m.get("upload")), None)
     if upload:
         for name in ("index.json", "stats.json"):
-            run_upload(upload, out / name, name)
+            run_upload(upload, storage.join(out, name), name)
     return result
 
 
@@ -890,23 +910,36 @@ def generate_parallel(inputs: Sequence[str | os.PathLike], out: str | os.PathLik
             template, ``--workers`` under a launcher, or an output folder that cannot be written.
     """
     options = options or RunOptions()
-    out = Path(out)
+    try:
+        out = storage.check_url(out)  # a file: URL becomes its path; an fsspec URL stays a URL
+    except storage.StorageError as e:
+        raise DynOccError(f"--out {e}") from None
+    out = out if storage.is_store(out) else Path(out)
     t0 = time.perf_counter()
     if options.upload is not None:
         upload_command(options.upload)  # a bad template fails before any work
+        if storage.is_store(out):
+            raise DynOccError(f"--upload with --out {out}: the shards already go to --out; use one of them")
     info = rank_from_env()
     if info.distributed and options.workers not in (None, 1):
         raise DynOccError(f"--workers {options.workers} with {info.launcher} ranks: start one rank per worker "
                           f"instead (torchrun --nproc-per-node N, srun --ntasks-per-node N)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DynOccError(f"{out}: cannot write output ({e.strerror or e})") from None
+        if storage.is_store(out):  # no folders to make: a missing bucket or credentials fail here, in one line
+            probe = storage.join(out, ".write-test")
+            storage.write_atomic(probe, b"")
+            storage.remove(probe)
+        else:
+            storage.makedirs(out)
+    except Exception as e:  # noqa: BLE001 - a back end's own error types (botocore's, ...) become one line
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split()) or type(e).__name__
+        raise DynOccError(f"{out}: cannot write output ({reason})") from None
     sources, errors = discover_videos(inputs)
     for e in errors if info.rank == 0 else []:
         log.warning("%s", e)
     input_errors = [{"video": e.path, "reason": e.reason} for e in errors] if info.rank == 0 else []
-    with hold_output(out, rank=info.rank if info.distributed else None):  # one writer per folder and rank
+    with hold_output(out, rank=info.rank if info.distributed else None,  # one writer per folder and rank
+                     takeover=options.resume):
         if info.distributed:
             return _run_distributed(sources, input_errors, out, config, options, info, t0)
         workers = min(resolve_workers(options.workers, options.device), max(1, len(sources)))

@@ -7,12 +7,20 @@ them when the process ends in any way, ``kill -9`` included: a killed run leaves
 (``.dynocc-lock``, exclusive); a rank of a ``torchrun``/``srun`` launch shares the folder (``.dynocc-lock``,
 shared) and owns its rank (``.dynocc-lock-r<rank>``, exclusive). A second writer gets one line saying who holds
 the lock (pid, host, start time), read from the lock file its holder wrote.
+
+**Remote outputs** (an fsspec URL, no OS to hold a lock): the lock is an object, ``.dynocc-lock`` (a whole run) or
+``.dynocc-lock-r<rank>`` (one rank), created exclusively (:func:`dynocc_data.storage.create_exclusive`) with the
+holder's pid, host and start time, and deleted when the run ends. A whole run also refuses a folder where rank locks
+exist, and a rank one where the whole-run lock exists. A process killed with ``kill -9`` cannot delete its lock:
+it stays, and the next run is refused naming the dead holder, until ``--resume`` (``takeover=True``) takes it over
+(logged with the old holder). ``--resume`` thus asserts that the previous run is gone.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -20,21 +28,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import storage
 from ..errors import DynOccError
 
 __all__ = ["FOLDER_LOCK", "OutputBusyError", "hold_output"]
 
 FOLDER_LOCK = ".dynocc-lock"
 
+log = logging.getLogger(__name__)
+
 
 class OutputBusyError(DynOccError):
     """Another process holds the output folder (or this rank of it)."""
 
 
-def _holder(path: Path) -> str:
+def _holder(path: Path | str) -> str:
     """Who holds the lock ``path``, as its holder wrote it (``pid N on HOST since TIME``)."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+        info = json.loads(storage.read_text(os.fspath(path)) or "{}")
     except (OSError, ValueError):
         info = {}
     if not isinstance(info, dict) or "pid" not in info:
@@ -96,21 +107,66 @@ def _sign(fd: int) -> None:
         pass
 
 
+def _signature() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+
+
+def _take_object(out: str, name: str, what: str, takeover: bool) -> str:
+    """Create the lock object ``name`` in ``out`` (taking over a left one with ``takeover``); return its URL."""
+    url = storage.join(out, name)
+    if storage.create_exclusive(url, _signature()):
+        return url
+    holder = _holder(url)
+    if not takeover:
+        raise OutputBusyError(f"{out}: {what} is being written by {holder} (lock {name}); wait for that run, or, "
+                              f"if it was killed, pass --resume to take its lock over")
+    log.warning("%s: taking over the lock %s of %s (--resume: that run is assumed dead)", out, name, holder)
+    storage.remove(url)
+    if not storage.create_exclusive(url, _signature()):
+        raise OutputBusyError(f"{out}: {what} was just locked by {_holder(url)} (lock {name})")
+    return url
+
+
 @contextmanager
-def hold_output(out: str | os.PathLike, *, rank: int | None = None) -> Iterator[None]:
+def _hold_store(out: str, rank: int | None, takeover: bool) -> Iterator[None]:
+    """The object-store variant of :func:`hold_output` (see the module docstring)."""
+    own = FOLDER_LOCK if rank is None else f"{FOLDER_LOCK}-r{rank:03d}"
+    url = _take_object(out, own, "this folder" if rank is None else f"rank {rank} of this folder", takeover)
+    try:
+        names = storage.list_names(out)
+        others = ([n for n in names if n.startswith(f"{FOLDER_LOCK}-r")] if rank is None
+                  else [n for n in names if n == FOLDER_LOCK])
+        for name in others:
+            if not takeover:
+                raise OutputBusyError(f"{out}: being written by {_holder(storage.join(out, name))} (lock {name}); "
+                                      f"wait for that run, or, if it was killed, pass --resume to take over")
+            log.warning("%s: removing the lock %s of %s (--resume)", out, name, _holder(storage.join(out, name)))
+            storage.remove(storage.join(out, name))
+        yield
+    finally:
+        storage.remove(url)
+
+
+@contextmanager
+def hold_output(out: str | os.PathLike, *, rank: int | None = None, takeover: bool = False) -> Iterator[None]:
     """Hold the output folder ``out`` (``rank=None``: all of it) or one rank of it while the body runs.
 
     Args:
-        out: the output folder (it must exist).
+        out: the output folder (it must exist), or an fsspec URL (a lock object, see the module docstring).
         rank: this process's rank in a multi-machine launch; ``None`` for a run that owns the whole folder.
+        takeover: on an object store, take over a lock left by a killed run (``--resume``); OS locks need not.
 
     Yields:
-        Nothing; the locks are released on leaving (and by the OS if the process dies).
+        Nothing; the locks are released on leaving (and by the OS if the process dies; not on an object store).
 
     Raises:
         OutputBusyError: naming the holder, when another run writes into ``out`` (or into this rank of it).
         DynOccError: when the lock file cannot be created (a read-only folder).
     """
+    if storage.is_store(out):
+        with _hold_store(os.fspath(out), rank, takeover):
+            yield
+        return
     out = Path(out)
     held = []
     try:

@@ -36,7 +36,7 @@ import torch
 from torchvision.io import encode_jpeg
 from tqdm.auto import tqdm
 
-from .. import _version
+from .. import _version, storage
 from ..errors import DynOccError, InputError
 from ..format.sample import encode_sample
 from ..sampling import create_sampler, sample_generator
@@ -47,7 +47,7 @@ from .flow import create_flow
 from .ordering import order_boundaries
 from .refine import refine_boundaries
 from .video import VideoSource, frames_needed, open_video, require_frames, select_frames
-from .writer import RunState, ShardWriter, read_run_state
+from .writer import RunState, ShardWriter, has_ledgers, read_run_state
 
 __all__ = ["FrameProcessor", "FrameResult", "resolve_device", "run_videos"]
 
@@ -456,12 +456,12 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
     """
     device = options.device if device is None else device
     resume, progress = options.resume, options.progress
-    out = Path(out)
+    out = out if storage.is_store(out) else Path(out)
     summary = summary or GenerateSummary(out=str(out))
     t_start = time.perf_counter()
     processor = FrameProcessor(config, device=device, batch_size=options.batch_size, timer=timer)
     timer = processor.timer
-    if not resume and any(out.glob("ledger-r*.jsonl")):
+    if not resume and has_ledgers(out):
         raise DynOccError(f"{out}: already holds shards; pass --resume to continue that run, or use an empty --out")
     if not resume:
         state = None
@@ -478,7 +478,8 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
     bar_v = tqdm(total=len(sources), desc=f"videos r{rank}", unit="video", disable=not bars, position=0)
     bar_f = tqdm(desc="frames", unit="frame", disable=not bars, position=1, leave=False)
     with ShardWriter(out, prefix=options.prefix, rank=rank, max_count=options.shard_size,
-                     max_bytes=options.shard_bytes, header=header, upload=options.upload) as shard_writer:
+                     max_bytes=options.shard_bytes, header=header, upload=options.upload,
+                     staging=options.staging) as shard_writer:
         writer = BackgroundWriter(shard_writer, config.jpeg_quality)
         try:
             _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start,

@@ -11,33 +11,48 @@ and ``--resume`` ends with exactly the samples of an uninterrupted run):
 On resume, committed ``.partial`` files are renamed (roll forward), uncommitted ones are deleted, and
 the ledgers tell which videos are finished and up to which frame each unfinished one got. The samples
 themselves are encoded by :mod:`dynocc_data.format.sample`; formats: ``docs/FORMAT.md``.
+
+**Remote outputs** (``out`` an fsspec URL such as ``s3://bucket/run``, through :mod:`dynocc_data.storage`): a shard
+is written to a local staging folder, uploaded whole with one ``put``, and only then committed in the ledger. An
+object cannot be appended to, so a remote ledger is one small object per record,
+``ledgers/ledger-r<rank>-<seq:09d>.json`` (created exclusively: a second writer of the same rank fails instead of
+overwriting), read back in name order. On resume, shards of the folder that no ledger record commits (uploaded,
+then killed before the record) are deleted, as uncommitted ``.partial`` files are locally.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import webdataset as wds
 
+from .. import storage
 from ..errors import DynOccError
 from ..format.files import PARTIAL, atomic_write_text, fsync_dir
 from ..format.index import INDEX_NAME, index_document
+from .ledger import LEDGER_FOLDER, Ledger, ObjectLedger, has_ledgers, open_ledgers, rank_ledger
 
 __all__ = [
+    "LEDGER_FOLDER",
     "Ledger",
+    "ObjectLedger",
     "RunState",
     "ShardWriter",
+    "has_ledgers",
+    "open_ledgers",
+    "rank_ledger",
     "read_run_state",
+    "repair_store",
     "run_upload",
     "upload_command",
     "write_index",
@@ -45,54 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-class Ledger:
-    """Append-only JSON-lines journal of one rank: run header, committed shards, finished videos.
-
-    Args:
-        path: the ledger file (``ledger-r<rank>.jsonl``); created by the first :meth:`append`.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one record as a JSON line and fsync it (the commit point of the protocol).
-
-        Args:
-            record: a JSON-serialisable mapping, written with sorted keys. A torn last line left by a crash is
-                first ended, so that it does not swallow this record.
-        """
-        line = json.dumps(dict(record), sort_keys=True) + "\n"
-        with open(self.path, "a+b") as f:
-            if f.tell() > 0:  # a torn last line (crash mid-write) gets its own line, not glued to this record
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
-            f.write(line.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def records(self) -> list[dict[str, Any]]:
-        """Read the ledger back.
-
-        Returns:
-            All complete records, in order (none when the file does not exist); torn lines from a crash are
-            ignored with a warning.
-        """
-        if not self.path.exists():
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.endswith("\n"):
-                    log.warning("%s: ignoring a torn last line (interrupted write)", self.path)
-                    break
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    log.warning("%s:%d: ignoring a torn line (interrupted write)", self.path, lineno)
-        return out
+_SHARD_RANK_RE = re.compile(r"^.+-r(\d+)-\d+\.tar$")
 
 
 @dataclass
@@ -117,10 +85,6 @@ class RunState:
         return sum(s["count"] for s in self.shards)
 
 
-def _ledger_paths(out: Path) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(str(out / "ledger-r*.jsonl")))
-
-
 def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
     """Read every ledger in ``out``.
 
@@ -135,10 +99,9 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
     Raises:
         DynOccError: with ``repair``, when a committed local shard is missing on disk.
     """
-    out = Path(out)
     state = RunState()
-    for path in _ledger_paths(out):
-        for rec in Ledger(path).records():
+    for ledger in open_ledgers(out).values():
+        for rec in ledger.records():
             kind = rec.get("type")
             if kind == "header":
                 state.headers.append(rec)
@@ -149,7 +112,10 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
                         state.last_frame[vid] = max(state.last_frame.get(vid, -1), max(frames))
             elif kind == "video":
                 state.videos[rec["video_id"]] = rec
-    if repair:
+    if repair and storage.is_store(out):
+        _repair_store(os.fspath(out), state)
+    elif repair:
+        out = Path(out)
         committed = {s["url"] for s in state.shards}
         for partial in sorted(out.glob(f"*.tar{PARTIAL}")):
             final = partial.with_name(partial.name[: -len(PARTIAL)])
@@ -162,6 +128,42 @@ def read_run_state(out: str | os.PathLike, *, repair: bool = False) -> RunState:
         for s in state.shards:
             if not s.get("remote") and not (out / s["url"]).exists():  # uploaded shards live elsewhere
                 raise DynOccError(f"{out / s['url']}: committed in the ledger but missing on disk")
+    return state
+
+
+def _repair_store(out: str, state: RunState, ranks: Callable[[int], bool] | None = None) -> None:
+    """On an object store: delete shards no ledger commits; check that the committed ones exist."""
+    committed = {s["url"] for s in state.shards}
+    names = set(storage.list_names(out))
+
+    def mine(name: str) -> bool:
+        match = _SHARD_RANK_RE.match(name)
+        return match is not None and (ranks is None or ranks(int(match.group(1))))
+
+    for name in sorted(names):
+        if mine(name) and name not in committed:
+            log.info("%s: removing a shard uploaded but not committed by an interrupted run", name)
+            storage.remove(storage.join(out, name))
+    for s in state.shards:
+        if not s.get("remote") and mine(s["url"]) and s["url"] not in names:
+            raise DynOccError(f"{storage.join(out, s['url'])}: committed in the ledger but missing")
+
+
+def repair_store(out: str, ranks: Callable[[int], bool] | None = None) -> RunState:
+    """Make a remote output consistent after an interruption (see the module docstring).
+
+    Args:
+        out: the output URL.
+        ranks: ``ranks(rank) -> bool`` accepts the ranks whose shards may be touched; ``None`` for all.
+
+    Returns:
+        The state of all ledgers.
+
+    Raises:
+        DynOccError: when a committed shard of an accepted rank is missing.
+    """
+    state = read_run_state(out)
+    _repair_store(out, state, ranks)
     return state
 
 
@@ -218,7 +220,7 @@ class ShardWriter:
     name. Use it as a context manager: a clean exit commits the last shard, an exception drops it.
 
     Args:
-        out: the output folder (created when missing).
+        out: the output folder (created when missing), or an fsspec URL (shards staged locally, then uploaded).
         prefix: the shard names' prefix.
         rank: this writer's rank, in shard and ledger names.
         max_count: a shard is committed when it holds this many samples.
@@ -227,6 +229,8 @@ class ShardWriter:
         upload: a shell command template such as ``aws s3 cp - s3://bucket/dir/{name}`` (optionally prefixed
             ``pipe:``): a finished shard is fed to it on stdin and committed (ledger record with ``remote: true``)
             only once the command exits 0; the local ``.partial`` copy is then deleted.
+        staging: with a URL ``out``, the local folder where shards are written before their upload (default: a
+            new temporary folder, removed on closing).
 
     Raises:
         DynOccError: when ``out`` cannot be written or ``upload`` is not a valid template.
@@ -234,24 +238,36 @@ class ShardWriter:
 
     def __init__(self, out: str | os.PathLike, *, prefix: str = "dynocc", rank: int = 0,
                  max_count: int = 1000, max_bytes: int = 1 << 30, header: Mapping[str, Any] | None = None,
-                 upload: str | None = None):
+                 upload: str | None = None, staging: str | os.PathLike | None = None):
         self._wds = wds
-        self.out = Path(out)
+        self.remote = storage.is_store(out)
+        self.out = os.fspath(out) if self.remote else Path(out)
         self.prefix, self.rank = prefix, rank
         self.max_count, self.max_bytes = max_count, max_bytes
         self.upload = upload_command(upload) if upload is not None else None
+        if self.remote and self.upload is not None:
+            raise DynOccError(f"{out}: --upload sends shards elsewhere, but --out is already remote; use one of them")
+        self._own_staging = self.remote and staging is None
+        self.staging = (Path(tempfile.mkdtemp(prefix=f"dynocc-staging-r{rank:03d}-")) if self._own_staging
+                        else Path(staging) if self.remote else self.out)
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".write-test-r{rank:03d}{PARTIAL}"
+            self.staging.mkdir(parents=True, exist_ok=True)
+            probe = self.staging / f".write-test-r{rank:03d}{PARTIAL}"
             probe.write_bytes(b"")
             probe.unlink()
+            if self.remote:
+                url = storage.join(self.out, f".write-test-r{rank:03d}")
+                storage.write_atomic(url, b"")
+                storage.remove(url)
         except OSError as e:
+            self._drop_staging()
             raise DynOccError(f"{self.out}: cannot write output ({e.strerror or e})") from None
-        self.ledger = Ledger(self.out / f"ledger-r{rank:03d}.jsonl")
+        self.ledger = rank_ledger(self.out, rank)
         if header is not None:
             self.ledger.append({"type": "header", **header})
         pattern = re.compile(rf"^{re.escape(prefix)}-r{rank:03d}-(\d+)\.tar$")
-        taken = [int(m.group(1)) for p in self.out.iterdir() if (m := pattern.match(p.name))]
+        names = storage.list_names(self.out) if self.remote else [p.name for p in self.out.iterdir()]
+        taken = [int(m.group(1)) for name in names if (m := pattern.match(name))]
         taken += [int(m.group(1)) for rec in self.ledger.records()
                   if rec.get("type") == "shard" and (m := pattern.match(str(rec.get("url", ""))))]
         self._seq = max(taken, default=-1) + 1
@@ -267,7 +283,7 @@ class ShardWriter:
     def _open(self) -> None:
         self._name = f"{self.prefix}-r{self.rank:03d}-{self._seq:06d}.tar"
         self._seq += 1
-        self._stream = open(self.out / (self._name + PARTIAL), "wb")
+        self._stream = open(self.staging / (self._name + PARTIAL), "wb")
         self._tar = self._wds.TarWriter(self._stream, encoder=False, mtime=0)
         self._count = 0
         self._frames = {}
@@ -289,7 +305,7 @@ class ShardWriter:
             self._tar.write(dict(sample))
         except OSError as e:
             self.abort()
-            raise DynOccError(f"{self.out / self._name}: write failed ({e.strerror or e})") from None
+            raise DynOccError(f"{self._url(self._name)}: write failed ({e.strerror or e})") from None
         self._count += 1
         self._frames.setdefault(video_id, []).append(int(frame))
         if self._count >= self.max_count or self._stream.tell() >= self.max_bytes:
@@ -316,7 +332,7 @@ class ShardWriter:
         """
         if self._tar is None:
             return
-        path = self.out / self._name
+        path = self.staging / self._name
         try:
             self._tar.close()  # closes the tar stream, not our file
             self._stream.flush()
@@ -332,15 +348,17 @@ class ShardWriter:
                     self.abort()
                     raise
                 rec["remote"] = True
+            elif self.remote:
+                storage.put_file(str(path) + PARTIAL, self._url(self._name))  # whole, before the commit
             self.ledger.append(rec)
-            if self.upload is None:
+            if self.upload is None and not self.remote:
                 os.replace(str(path) + PARTIAL, path)
             else:
                 Path(str(path) + PARTIAL).unlink()
-            fsync_dir(self.out)
+            fsync_dir(self.staging)
         except OSError as e:
             self.abort()
-            raise DynOccError(f"{path}: cannot finish shard ({e.strerror or e})") from None
+            raise DynOccError(f"{self._url(self._name)}: cannot finish shard ({e.strerror or e})") from None
         self.shards_written.append(rec)
         log.debug("committed %s (%d samples)", self._name, self._count)
         self._tar = self._stream = None
@@ -359,13 +377,25 @@ class ShardWriter:
                 self._stream.close()
             except OSError:
                 pass
-            Path(str(self.out / self._name) + PARTIAL).unlink(missing_ok=True)
+            Path(str(self.staging / self._name) + PARTIAL).unlink(missing_ok=True)
         self._tar = self._stream = None
         self._pending_videos = []
 
+    def _url(self, name: str) -> str:
+        """Where the shard ``name`` lives once committed."""
+        return storage.join(self.out, name) if self.remote else str(self.out / name)
+
+    def _drop_staging(self) -> None:
+        """Remove the temporary staging folder this writer made (nothing for a given ``staging``)."""
+        if self._own_staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
     def close(self) -> None:
-        """Commit the shard being written, as :meth:`commit`."""
-        self.commit()
+        """Commit the shard being written, as :meth:`commit`, and remove a temporary staging folder."""
+        try:
+            self.commit()
+        finally:
+            self._drop_staging()
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -375,6 +405,7 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+            self._drop_staging()
 
 
 def write_index(out: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -387,7 +418,6 @@ def write_index(out: str | os.PathLike, extra: Mapping[str, Any] | None = None) 
     Returns:
         The index object as written.
     """
-    out = Path(out)
     index = index_document(read_run_state(out).shards, extra)
-    atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(storage.join(out, INDEX_NAME), json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index

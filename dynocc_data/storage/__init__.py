@@ -5,18 +5,23 @@ scheme fsspec knows (``s3://``, ``gs://``, ``memory://``) is an object store, wh
 or not at all. This layer knows nothing of shards or samples: ``format/`` says what the bytes mean.
 """
 
+from .cache import ShardCache, parse_size
 from .fs import (
     PARTIAL,
     StorageError,
     atomic_write_text,
+    check_url,
     create_exclusive,
     exists,
     fsync_dir,
+    get_file,
     is_local,
+    is_store,
     join,
     list_names,
     local_path,
     makedirs,
+    open_read,
     put_file,
     read_bytes,
     read_text,
@@ -25,6 +30,6 @@ from .fs import (
     write_atomic,
 )
 
-__all__ = ["PARTIAL", "StorageError", "atomic_write_text", "create_exclusive", "exists", "fsync_dir", "is_local",
-           "join", "list_names", "local_path", "makedirs", "put_file", "read_bytes", "read_text", "remove",
-           "url_to_fs", "write_atomic"]
+__all__ = ["PARTIAL", "ShardCache", "StorageError", "atomic_write_text", "check_url", "create_exclusive", "exists",
+           "fsync_dir", "get_file", "is_local", "is_store", "join", "list_names", "local_path", "makedirs",
+           "open_read", "parse_size", "put_file", "read_bytes", "read_text", "remove", "url_to_fs", "write_atomic"]

@@ -19,11 +19,12 @@ import fsspec
 
 from ..errors import DynOccError
 
-__all__ = ["PARTIAL", "StorageError", "atomic_write_text", "create_exclusive", "exists", "fsync_dir", "is_local",
-           "join", "list_names", "local_path", "makedirs", "put_file", "read_bytes", "read_text", "remove",
-           "url_to_fs", "write_atomic"]
+__all__ = ["PARTIAL", "StorageError", "atomic_write_text", "check_url", "create_exclusive", "exists", "fsync_dir",
+           "get_file", "is_local", "is_store", "join", "list_names", "local_path", "makedirs", "open_read", "put_file",
+           "read_bytes", "read_text", "remove", "url_to_fs", "write_atomic"]
 
 PARTIAL = ".partial"  # suffix of every local file still being written
+_STREAM_SCHEMES = ("pipe", "http", "https")  # read by webdataset's gopen (a shell command, curl), not by fsspec
 
 
 class StorageError(DynOccError, OSError):
@@ -69,6 +70,44 @@ def is_local(url: str | os.PathLike) -> bool:
         Whether the local file system holds it.
     """
     return local_path(url) is not None
+
+
+def is_store(url: str | os.PathLike) -> bool:
+    """True for a URL of an fsspec file system other than the local one (``s3://``, ``gs://``, ``memory://``).
+
+    Args:
+        url: the path or URL.
+
+    Returns:
+        False for plain paths, ``file:`` URLs, ``pipe:`` commands and ``http(s)://`` URLs (which webdataset's
+        ``gopen`` reads through a shell or ``curl``); True for any other ``scheme://`` URL.
+    """
+    url = os.fspath(url)
+    return not is_local(url) and "://" in url and urlparse(url).scheme not in _STREAM_SCHEMES
+
+
+def check_url(url: str | os.PathLike) -> str:
+    """Check that a folder URL can be written through storage, before any work starts.
+
+    Args:
+        url: a local path, a ``file:`` URL or an fsspec URL.
+
+    Returns:
+        A plain path for local ones (``file:`` URLs become paths), the URL unchanged otherwise.
+
+    Raises:
+        StorageError: for ``pipe:`` and ``http(s)`` URLs (read-only here) and schemes without an installed fsspec
+            back end (e.g. ``s3://`` without ``s3fs``).
+    """
+    text = os.fspath(url)
+    path = local_path(text)
+    if path is not None:
+        return path
+    if not is_store(text):
+        raise StorageError(text, "not a folder that can be written (use a path or an fsspec URL such as "
+                                 "s3://bucket/prefix)")
+    url_to_fs(text)
+    return text
 
 
 def url_to_fs(url: str | os.PathLike) -> tuple[Any, str]:
@@ -327,6 +366,39 @@ def remove(url: str | os.PathLike, *, missing_ok: bool = True) -> None:
     except FileNotFoundError:
         if not missing_ok:
             raise
+
+
+def open_read(url: str | os.PathLike) -> Any:
+    """Open a file for streaming reads.
+
+    Args:
+        url: a local path or an fsspec URL.
+
+    Returns:
+        A binary file object (close it, or use it as a context manager).
+    """
+    path = local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    fs, inner = url_to_fs(url)
+    return fs.open(inner, "rb")
+
+
+def get_file(url: str | os.PathLike, local: str | os.PathLike) -> None:
+    """Download a whole file to a local path (which the caller renames into place).
+
+    Args:
+        url: the path or URL to copy.
+        local: the local file to write.
+    """
+    path = local_path(url)
+    if path is not None:
+        with open(path, "rb") as src, open(local, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        return
+    fs, inner = url_to_fs(url)
+    fs.get_file(inner, os.fspath(local))
 
 
 def put_file(local: str | os.PathLike, url: str | os.PathLike) -> None:

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn, get_args
 
-from .. import _version
+from .. import _version, storage
 from ..errors import DynOccError
 from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
@@ -139,6 +139,25 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--prefix", default="dynocc", help="shard name prefix")
 
 
+def output_url(text: str) -> str:
+    """An output folder: a path, a ``file:`` URL or an fsspec URL whose back end is installed (checked here).
+
+    Args:
+        text: the option's value.
+
+    Returns:
+        The path (``file:`` URLs become paths) or the URL.
+
+    Raises:
+        argparse.ArgumentTypeError: for ``pipe:``/``http(s)`` URLs and schemes without an installed fsspec back
+            end (e.g. ``s3://`` without ``s3fs``).
+    """
+    try:
+        return storage.check_url(text)
+    except storage.StorageError as err:
+        raise argparse.ArgumentTypeError(err.reason) from None
+
+
 def _generate_config(args: argparse.Namespace) -> GenerateConfig:
     """The :class:`GenerateConfig` of parsed options."""
     if args.flow == "raft":
@@ -196,7 +215,7 @@ def _cmd_generate_manifest(args: argparse.Namespace) -> int:
         raise DynOccError("--manifest: the inputs and --out come from the manifest; give neither")
     options = RunOptions(device=args.device, batch_size=args.batch_size, prefix=args.prefix,
                          shard_size=args.shard_size, progress=False, workers=args.workers,
-                         video_timeout=args.video_timeout, lease_ttl=args.lease_ttl)
+                         video_timeout=args.video_timeout, lease_ttl=args.lease_ttl, staging=args.staging)
     result = generate_manifest(args.manifest, _generate_config(args), options, chunk=args.chunk)
     if isinstance(result, ChunkMerge):
         return _print_chunk_merge(result, result.summary.out)
@@ -219,7 +238,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
                            batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
                            shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers,
-                           upload=args.upload, merge_timeout=args.merge_timeout)
+                           upload=args.upload, merge_timeout=args.merge_timeout, staging=args.staging)
     except WorkerFailure as e:
         _print_summary(e.result.summary)
         raise
@@ -466,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = command("plan", "probe the videos once and write a manifest of chunks of about equal frames")
     pl.add_argument("inputs", nargs="+", help="video files, folders (recursive), frame folders, .txt lists, URLs")
-    pl.add_argument("--out", required=True, help="output folder or URL of the run (gets manifest.json)")
+    pl.add_argument("--out", required=True, type=output_url,
+                    help="output folder or fsspec URL of the run (gets manifest.json)")
     size = pl.add_mutually_exclusive_group()
     size.add_argument("--chunk-frames", type=int_at_least(1), default=None, metavar="N",
                       help="about N frames per chunk")
@@ -477,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = command("generate", "make shards from videos")
     g.add_argument("inputs", nargs="*", help="video files, folders (recursive), frame folders, .txt lists, URLs")
-    g.add_argument("--out", default=None, help="output folder")
+    g.add_argument("--out", default=None, type=output_url, help="output folder, or an fsspec URL such as "
+                                                                "s3://bucket/prefix (needs its back end, e.g. s3fs)")
     g.add_argument("--manifest", default=None, metavar="URL",
                    help="run the chunks of this manifest (dynocc-data plan) instead of INPUT... --out")
     g.add_argument("--chunk", type=int_at_least(0), default=None, metavar="I",
@@ -495,13 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--upload", default=None, metavar="CMD",
                    help="shell command that receives each finished shard on stdin, {name} replaced by its file "
                         "name, e.g. 'aws s3 cp - s3://bucket/run/{name}'; --out keeps ledgers and index")
+    g.add_argument("--staging", default=None, metavar="DIR",
+                   help="with a URL --out: local folder for shards before their upload (default: a temporary one)")
     g.add_argument("--merge-timeout", type=positive_float, default=3600.0, metavar="S",
                    help="under torchrun/srun: seconds rank 0 waits for the other ranks before merging")
     _add_generation_options(g)
     g.set_defaults(func=cmd_generate)
 
     m = command("merge", "merge the per-rank ledgers and stats of a parallel run (index.json, stats.json)")
-    m.add_argument("out", help="the --out folder of the run")
+    m.add_argument("out", type=output_url, help="the --out folder (or URL) of the run")
     m.add_argument("--world-size", type=int_at_least(1), default=None, help="ranks of the run (default: from the "
                                                                             "markers)")
     m.add_argument("--upload", default=None, metavar="CMD", help="also upload index.json and stats.json "
