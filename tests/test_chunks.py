@@ -9,10 +9,12 @@ complete, none twice, every shard of the folder listed in ``index.json`` with it
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -20,12 +22,16 @@ import numpy as np
 import pytest
 from test_resume_kill import CONFIG, REPO, finished, read_samples, reference, videos  # noqa: F401
 
+from dynocc_data import storage
+from dynocc_data.format.index import read_index
 from dynocc_data.generation.chunks import chunk_from_env, done_chunks
 from dynocc_data.generation.launch import partition
 from dynocc_data.generation.manifest import balance, read_manifest
 from dynocc_data.generation.video import VideoSource
 from dynocc_data.storage.lease import acquire, lease_info
 from dynocc_data.tools.cli import main
+
+pytest_plugins = ["s3_server"]
 
 GEN = ["--stride", "2", "--gap", "2", "--shard-size", "2"]
 
@@ -247,3 +253,31 @@ def test_a_killed_chunk_resumes_to_the_samples_of_one_run(videos, reference, tmp
     assert read_samples(out) == reference
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["videos_skipped"], stats["videos_done"], stats["frames_written"], stats["failed"]) == (2, 2, 24, [])
+
+
+def store_samples(url: str) -> dict[str, tuple[bytes, bytes]]:
+    """key -> (pairs.npy, ordinal.npy) of the shards an index on a store lists, read through storage."""
+    samples = {}
+    for shard in read_index(url)["shards"]:
+        with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(shard["url"]))) as tf:
+            members: dict[str, dict[str, bytes]] = {}
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+        assert len(members) == shard["count"] and not set(members) & set(samples)
+        samples.update({k: (f["pairs.npy"], f["ordinal.npy"]) for k, f in members.items()})
+    return samples
+
+
+def test_chunks_on_s3_one_array_task_then_a_claimer_merge_like_one_local_process(videos, reference, s3_bucket):
+    url = f"{s3_bucket}/run"
+    plan(videos, url, "--chunks", "3")  # the manifest, ledger objects, markers, leases, index and stats on S3
+    assert main(["generate", "--manifest", url, "--chunk", "1", *GEN]) == 0
+    assert main(["generate", "--manifest", url, *GEN, "--workers", "1"]) == 0  # claims 0 and 2, then merges
+    assert done_chunks(url) == {0, 1, 2}
+    assert {n for n in storage.list_names(storage.join(url, "leases"))} == \
+        {"lease-c00000-000000.json", "lease-c00001-000000.json", "lease-c00002-000000.json"}
+    assert store_samples(url) == reference
+    stats = json.loads(storage.read_text(storage.join(url, "stats.json")))
+    assert (stats["chunks_done"], stats["videos_done"], stats["num_samples"], stats["failed"]) == (3, 4, 24, [])
+    assert not [n for n in storage.list_names(url) if n.endswith(".partial")]
