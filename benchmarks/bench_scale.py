@@ -4,6 +4,7 @@
     python benchmarks/bench_scale.py --skip-memory         # throughput only (about a minute with the clips cached)
     python benchmarks/bench_scale.py --cache /tmp/bench    # keep the rendered videos for the next run
     python benchmarks/bench_scale.py --restore             # only the loader's restore time (about a minute)
+    python benchmarks/bench_scale.py --plan                # planning time only (100,000 entries, 1,000 ranks)
 
 1. **Throughput**: a few synthetic 640x360 clips (``synthetic.make_scene``) generated with 1 and with 2 worker
    processes (``--workers``); prints frames/s (selected frames per second of wall time, process start
@@ -22,6 +23,12 @@
 3. **Loader restore** (``--restore``, alone): seconds from ``load_state_dict`` to the first item of a
    ``DynOccDataset`` (and to the first batch of a 2-worker ``StatefulDataLoader``) stopped at 0, 25, 50 and 90 %
    of an epoch, against reading and discarding the items before (see :func:`loader_restore`).
+4. **Planning** (``--plan`` runs only this part): seconds to deal ``--plan-entries`` (default 100,000) fake manifest
+   entries (random frame counts) into ``--plan-ranks`` (default 1,000) chunks with the manifest's heap-based
+   greedy (``manifest.balance``, O(n log k)), and to build and write the manifest JSON, against the greedy
+   ``launch.partition`` every rank computed before (O(n k)), measured in the same run on the same entries
+   (medians of ``--plan-repeats`` runs; ``partition`` ``--partition-repeats`` times, default 1, as it is slow). Both
+   deal the same groups (checked).
 
 Every generation run is ``python -m dynocc_data.tools.cli generate`` in a fresh process. No assertion: figures are
 printed (and written with ``--json``).
@@ -195,6 +202,54 @@ def memory(work: Path, args: argparse.Namespace) -> dict:
     return figures
 
 
+# ------------------------------------------------------------------------------------------------ planning
+
+import statistics  # noqa: E402
+
+from dynocc_data.generation.launch import partition  # noqa: E402
+from dynocc_data.generation.manifest import Chunk, Manifest, balance  # noqa: E402
+from dynocc_data.generation.video import VideoSource  # noqa: E402
+
+
+def planning(work: Path, args: argparse.Namespace) -> dict:
+    """Planning time of ``--plan-entries`` fake entries into ``--plan-ranks`` chunks: heap LPT vs ``partition``."""
+    n, k = args.plan_entries, args.plan_ranks
+    rng = np.random.default_rng(0)
+    frames = rng.integers(100, 100_000, size=n).tolist()
+    sources = [VideoSource(f"/data/clip{i:06d}.mp4", "file", f"clip{i:06d}.mp4") for i in range(n)]
+
+    def timed(fn, repeats: int) -> tuple[float, object]:
+        times, result = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), result
+
+    def plan_and_write() -> list[list[int]]:
+        groups = balance(frames, k)
+        manifest = Manifest(str(work), "0" * 12, {}, ("/data",),
+                            tuple(Chunk(c, tuple(sources[i] for i in g), tuple(frames[i] for i in g))
+                                  for c, g in enumerate(groups)))
+        (work / "manifest.json").write_text(json.dumps(manifest.to_dict()))
+        return groups
+
+    heap_s, groups = timed(lambda: balance(frames, k), args.plan_repeats)
+    write_s, _ = timed(plan_and_write, args.plan_repeats)
+    greedy_s, parts = timed(lambda: partition(sources, k, frames), args.partition_repeats)
+    same = [[int(s.rel[4:10]) for s in p] for p in parts] == groups
+    loads = [sum(frames[i] for i in g) for g in groups]
+    figures = {"entries": n, "ranks": k, "heap_lpt_s": round(heap_s, 4), "heap_lpt_and_manifest_s": round(write_s, 4),
+               "partition_s": round(greedy_s, 3), "speedup": round(greedy_s / heap_s, 1), "same_groups": same,
+               "max_over_mean_load": round(max(loads) / (sum(loads) / k), 5)}
+    print(f"  heap LPT (manifest.balance):      {heap_s:8.3f} s  (median of {args.plan_repeats})")
+    print(f"  heap LPT + manifest.json written: {write_s:8.3f} s  (median of {args.plan_repeats})")
+    print(f"  launch.partition (greedy O(n k)): {greedy_s:8.3f} s  (median of {args.partition_repeats})")
+    print(f"  speedup {figures['speedup']}x, same groups: {same}, heaviest chunk / mean: "
+          f"{figures['max_over_mean_load']}")
+    return figures
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=4, help="640x360 clips for the throughput part (default 4)")
@@ -210,10 +265,17 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--cache", default=None, help="folder keeping the rendered videos between runs")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--plan", action="store_true", help="only the planning part")
+    p.add_argument("--plan-entries", type=int, default=100_000)
+    p.add_argument("--plan-ranks", type=int, default=1_000)
+    p.add_argument("--plan-repeats", type=int, default=5)
+    p.add_argument("--partition-repeats", type=int, default=1)
     add_restore_arguments(p)
     args = p.parse_args()
     if args.restore:
         return restore_main(args)
+    if args.plan:
+        args.skip_throughput = args.skip_memory = True
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     figures = {"cpus": os.cpu_count(), "load_average_before": args.load_before}
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,6 +287,8 @@ def main() -> None:
         if not args.skip_memory:
             print(f"memory: {args.short_minutes:g}- and {args.long_minutes:g}-minute synthetic 1280x720 videos")
             figures["memory"] = memory(work, args)
+        print(f"planning: {args.plan_entries} fake manifest entries into {args.plan_ranks} chunks/ranks")
+        figures["planning"] = planning(work, args)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 

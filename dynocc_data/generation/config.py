@@ -250,6 +250,11 @@ class RunOptions:
         poll: seconds between two looks at the folder while waiting.
         staging: with an fsspec URL as the output, the local folder where shards are written before their upload
             (default: a temporary folder per rank).
+        video_timeout: seconds one video may take in a manifest run (``generate --manifest``) before its decode
+            or processing is abandoned (the worker process running it is killed) and the video recorded as failed;
+            ``None`` for no limit.
+        lease_ttl: seconds without a heartbeat after which another rank takes over a claimed chunk of a manifest
+            run (heartbeats come every ``lease_ttl / 3`` seconds).
 
     Raises:
         ConfigError: naming the option, when a value is out of range.
@@ -268,6 +273,8 @@ class RunOptions:
     merge_timeout: float = 3600.0
     poll: float = 1.0
     staging: str | None = None
+    video_timeout: float | None = None
+    lease_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         """Check every option (one-line :class:`ConfigError`)."""
@@ -287,3 +294,9 @@ class RunOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
                 raise ConfigError(name, f"must be a number of seconds {'>= 0' if low == 0 else '> 0'}, got {value!r}")
+        for name in ("video_timeout", "lease_ttl"):
+            value = getattr(self, name)
+            if name == "video_timeout" and value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(name, f"must be a number of seconds > 0, got {value!r}")

@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torchvision.io import encode_jpeg
@@ -46,7 +46,7 @@ from .cuts import blank_frames, check_grey, photometric_error
 from .flow import create_flow
 from .ordering import order_boundaries
 from .refine import refine_boundaries
-from .video import frames_needed, open_video, require_frames, select_frames
+from .video import VideoSource, frames_needed, open_video, require_frames, select_frames
 from .writer import RunState, ShardWriter, has_ledgers, read_run_state
 
 __all__ = ["FrameProcessor", "FrameResult", "resolve_device", "run_videos"]
@@ -429,7 +429,8 @@ class BackgroundWriter:
 
 def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options: RunOptions, *, rank: int = 0,
                device: str | torch.device | None = None, state: RunState | None = None,
-               timer: StageTimer | None = None, summary: GenerateSummary | None = None) -> GenerateSummary:
+               timer: StageTimer | None = None, summary: GenerateSummary | None = None,
+               on_video: Callable[[VideoSource], None] | None = None) -> GenerateSummary:
     """Process ``sources`` into shards of one rank.
 
     Args:
@@ -444,6 +445,7 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
             which only one process may do at a time).
         timer: collects the seconds per stage.
         summary: a summary to add to (default a new one).
+        on_video: called with each video as its processing starts (the per-video time limit's watchdog).
 
     Returns:
         The rank's summary.
@@ -481,7 +483,7 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
         writer = BackgroundWriter(shard_writer, config.jpeg_quality)
         try:
             _run_sources(sources, writer, processor, config, state, summary, rejected, bar_v, bar_f, t_start,
-                         log_videos=progress and not bars)
+                         log_videos=progress and not bars, on_video=on_video)
         finally:
             writer.close()
         timer.seconds["encode/write (background)"] += writer.seconds
@@ -496,7 +498,7 @@ def run_videos(sources, out: str | os.PathLike, config: GenerateConfig, options:
 
 def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, config: GenerateConfig, state,
                  summary: GenerateSummary, rejected: Counter, bar_v, bar_f, t_start: float, *,
-                 log_videos: bool = False) -> None:
+                 log_videos: bool = False, on_video: Callable[[VideoSource], None] | None = None) -> None:
     """The per-video loop of :func:`run_videos`; ``log_videos``: one plain log line per video (no terminal)."""
     timer = processor.timer
     for src in sources:
@@ -505,6 +507,8 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
         if state is not None and src.video_id in state.videos:
             summary.videos_skipped += 1
             continue
+        if on_video is not None:
+            on_video(src)
         last = state.last_frame.get(src.video_id, -1) if state is not None else -1
         written = pairs = 0
         video_rejected: Counter[str] = Counter()  # this video's rejections: the reason it made no pairs

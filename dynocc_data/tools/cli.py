@@ -2,6 +2,8 @@
 
     dynocc-data demo [--out DIR]                      generate from built-in scenes, read back, draw overlays
     dynocc-data generate INPUT... --out DIR [...]      videos / folders / frame folders / list files -> shards
+    dynocc-data plan INPUT... --out URL [--chunks K]   probe sizes once, write a manifest of balanced chunks
+    dynocc-data generate --manifest URL [--chunk I]    one chunk (or SLURM_ARRAY_TASK_ID), or claim chunks
     dynocc-data merge DIR                              index.json + stats.json from the ranks of a parallel run
     dynocc-data evaluate [--scenes N] [--seed S] ...   score the pipeline on synthetic scenes with ground truth
     dynocc-data show SHARDS --out DIR                  per-sample overlays and a contact sheet
@@ -30,8 +32,11 @@ from .. import _version, storage
 from ..errors import DynOccError
 from ..format.dense import DEPTH_KINDS
 from ..generation import GenerateConfig, generate
-from ..generation.config import DIS_DEFAULTS, DecoderName, FlowName
+from ..generation.chunks import ChunkMerge, generate_manifest, merge_chunks
+from ..generation.config import DIS_DEFAULTS, DecoderName, FlowName, RunOptions
 from ..generation.launch import WorkerFailure, merge_run, rank_from_env
+from ..generation.manifest import MANIFEST_NAME, plan_manifest, write_manifest
+from ..storage import exists, join
 from .convert import FORMATS as CONVERT_FORMATS
 from .convert import convert
 from .demo import run_demo
@@ -182,9 +187,53 @@ def _print_summary(summary) -> None:
 # ------------------------------------------------------------------------------------- commands
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``dynocc-data plan``: probe the inputs once and write the manifest of chunks."""
+    manifest = plan_manifest(args.inputs, args.out, _generate_config(args), chunk_frames=args.chunk_frames,
+                             chunks=args.chunks)
+    write_manifest(manifest)
+    weights = [c.weight for c in manifest.chunks]
+    videos = sum(len(c.videos) for c in manifest.chunks)
+    print(f"planned {videos} video(s) into {len(weights)} chunk(s) of {min(weights)} to {max(weights)} frames "
+          f"({len(manifest.input_errors)} input(s) rejected)")
+    print(f"wrote {manifest.url}; run: dynocc-data generate --manifest {args.out} [--chunk I] (same options)")
+    return 0
+
+
+def _print_chunk_merge(result: ChunkMerge, out: str) -> int:
+    _print_summary(result.summary)
+    for u in result.unfinished:
+        print(f"  chunk {u['chunk']} not finished: {len(u['unfinished'])} video(s)")
+    print(f"wrote {join(out, 'index.json')} ({result.index['num_samples']} samples) and {join(out, 'stats.json')} "
+          f"({result.chunks - len(result.unfinished)} of {result.chunks} chunks done)")
+    return 1 if result.unfinished else 0
+
+
+def _cmd_generate_manifest(args: argparse.Namespace) -> int:
+    """``generate --manifest``: one chunk, or claim chunks until all are done."""
+    if args.inputs or args.out:
+        raise DynOccError("--manifest: the inputs and --out come from the manifest; give neither")
+    options = RunOptions(device=args.device, batch_size=args.batch_size, prefix=args.prefix,
+                         shard_size=args.shard_size, progress=False, workers=args.workers,
+                         video_timeout=args.video_timeout, lease_ttl=args.lease_ttl, staging=args.staging)
+    result = generate_manifest(args.manifest, _generate_config(args), options, chunk=args.chunk)
+    if isinstance(result, ChunkMerge):
+        return _print_chunk_merge(result, result.summary.out)
+    if result is None:
+        print("nothing left to run here (chunk finished, or every chunk claimed and done; rank 0 merges)")
+    else:
+        _print_summary(result)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-
-
+    """``dynocc-data generate``: a whole run, or a manifest's chunks."""
+    if args.manifest is not None:
+        return _cmd_generate_manifest(args)
+    if args.chunk is not None:
+        raise DynOccError("--chunk needs --manifest (make one with dynocc-data plan)")
+    if not args.inputs or not args.out:
+        raise DynOccError("generate: give INPUT... and --out (or --manifest URL)")
     try:
         summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
                            batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
@@ -201,7 +250,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-
+    """``dynocc-data merge``: index.json and stats.json of a parallel run or of a manifest's chunks."""
+    if exists(join(args.out, MANIFEST_NAME)):
+        return _print_chunk_merge(merge_chunks(args.out), args.out)
     result = merge_run(args.out, world_size=args.world_size, upload=args.upload)
     _print_summary(result.summary)
     for f in result.failures:
@@ -432,10 +483,30 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[verbose], formatter_class=formatter)
 
+    pl = command("plan", "probe the videos once and write a manifest of chunks of about equal frames")
+    pl.add_argument("inputs", nargs="+", help="video files, folders (recursive), frame folders, .txt lists, URLs")
+    pl.add_argument("--out", required=True, type=output_url,
+                    help="output folder or fsspec URL of the run (gets manifest.json)")
+    size = pl.add_mutually_exclusive_group()
+    size.add_argument("--chunk-frames", type=int_at_least(1), default=None, metavar="N",
+                      help="about N frames per chunk")
+    size.add_argument("--chunks", type=int_at_least(1), default=None, metavar="K",
+                      help="K chunks (default: one per video)")
+    _add_generation_options(pl)
+    pl.set_defaults(func=cmd_plan)
+
     g = command("generate", "make shards from videos")
-    g.add_argument("inputs", nargs="+", help="video files, folders (recursive), frame folders, .txt lists, URLs")
-    g.add_argument("--out", required=True, type=output_url, help="output folder, or an fsspec URL such as "
-                                                                 "s3://bucket/prefix (needs its back end, e.g. s3fs)")
+    g.add_argument("inputs", nargs="*", help="video files, folders (recursive), frame folders, .txt lists, URLs")
+    g.add_argument("--out", default=None, type=output_url, help="output folder, or an fsspec URL such as "
+                                                                "s3://bucket/prefix (needs its back end, e.g. s3fs)")
+    g.add_argument("--manifest", default=None, metavar="URL",
+                   help="run the chunks of this manifest (dynocc-data plan) instead of INPUT... --out")
+    g.add_argument("--chunk", type=int_at_least(0), default=None, metavar="I",
+                   help="with --manifest: run only chunk I (default: SLURM_ARRAY_TASK_ID, else claim chunks)")
+    g.add_argument("--video-timeout", type=positive_float, default=None, metavar="S",
+                   help="with --manifest: abandon a video (recorded as failed) after S seconds")
+    g.add_argument("--lease-ttl", type=positive_float, default=60.0, metavar="S",
+                   help="with --manifest: take over a claimed chunk after S seconds without heartbeat")
     g.add_argument("--resume", action="store_true", help="skip videos (and frames) already in --out")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any input fails")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
