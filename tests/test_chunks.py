@@ -154,6 +154,8 @@ def test_bad_chunk_index_live_lease_and_options_are_one_line_errors(videos, tmp_
         assert "chunk 0: being processed by busy-host:7:slot0" in main_error(
             ["generate", "--manifest", str(out), "--chunk", "0", *GEN], capsys)
     assert "--chunk needs --manifest" in main_error(["generate", str(out), "--out", str(out), "--chunk", "0"], capsys)
+    assert "--video-timeout needs --manifest" in main_error(["generate", str(out), "--out", str(out),
+                                                            "--video-timeout", "5"], capsys)
     assert "no manifest here" in main_error(["generate", "--manifest", str(tmp_path / "none"), *GEN], capsys)
     assert not list(out.glob("*.tar")) and done_chunks(str(out)) == set()
 

@@ -230,8 +230,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``dynocc-data generate``: a whole run, or a manifest's chunks."""
     if args.manifest is not None:
         return _cmd_generate_manifest(args)
-    if args.chunk is not None:
-        raise DynOccError("--chunk needs --manifest (make one with dynocc-data plan)")
+    for flag, value in (("--chunk", args.chunk), ("--video-timeout", args.video_timeout)):
+        if value is not None:  # never accepted and then ignored: only a manifest run watches its videos
+            raise DynOccError(f"{flag} needs --manifest (make one with dynocc-data plan INPUT... --out URL)")
     if not args.inputs or not args.out:
         raise DynOccError("generate: give INPUT... and --out (or --manifest URL)")
     try:
