@@ -49,7 +49,7 @@ from dynocc_data import __version__
 from dynocc_data.errors import DynOccError, InputError
 from dynocc_data.generation import FrameProcessor, GenerateConfig, GenerateSummary
 from dynocc_data.generation.lock import hold_output
-from dynocc_data.generation.pipeline import _no_pairs_reason, resolve_device
+from dynocc_data.generation.pipeline import no_pairs_reason, resolve_device
 from dynocc_data.generation.video import (
     VideoSource,
     discover_videos,
@@ -60,7 +60,7 @@ from dynocc_data.generation.video import (
 )
 from dynocc_data.generation.writer import ShardWriter, run_upload, write_index
 from dynocc_data.storage import atomic_write_text
-from dynocc_data.tools.cli import _add_generation_options, _generate_config, int_at_least, positive_float
+from dynocc_data.tools.cli import add_generation_options, generation_config_from_args, int_at_least, positive_float
 
 log = logging.getLogger("ray_generate")
 
@@ -208,7 +208,7 @@ def write_results(rows: Iterator[dict[str, Any]], writer: ShardWriter, summary: 
             summary.videos_total += 1
             summary.videos_done += 1
             if written[vid] == 0:
-                reason = _no_pairs_reason(rejected.get(vid, Counter()), range(processed[vid]))
+                reason = no_pairs_reason(rejected.get(vid, Counter()), range(processed[vid]))
                 log.warning("%s: no pairs (%s)", row["rel"], reason)
                 summary.no_pairs.append({"video": row["rel"], "reason": reason})
             writer.video_done({"video_id": vid, "video": row["rel"], "status": "done", "samples": written[vid]})
@@ -331,7 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     r.add_argument("--decode-cpus", type=positive_float, default=1.0, help="CPUs reserved per decode task")
     r.add_argument("--upload", default=None, metavar="CMD",
                    help="shell command receiving each finished shard on stdin, {name} its file name")
-    _add_generation_options(p)
+    add_generation_options(p)
     return p.parse_args(argv)
 
 
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> GenerateSummary:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = _generate_config(args)
+    config = generation_config_from_args(args)
     # "cuda" is the actors' GPUs (the driver may have none); "auto" is decided by the driver's machine
     device = "cuda" if args.device == "cuda" else resolve_device(args.device).type
     if not ray.is_initialized():

@@ -61,7 +61,7 @@ from .. import storage
 from ..errors import DynOccError
 from ..storage.lease import Lease, acquire, lease_info
 from .config import GenerateConfig, GenerateSummary, RunOptions
-from .launch import _die_with_parent, exit_reason, limit_threads, prepare_state, rank_from_env, threads_per_worker
+from .launch import die_with_parent, exit_reason, limit_threads, prepare_state, rank_from_env, threads_per_worker
 from .ledger import rank_ledger
 from .manifest import Chunk, Manifest, read_manifest
 from .pipeline import resolve_device, run_videos
@@ -181,7 +181,7 @@ class _ChunkJob:
 
 def _chunk_child(job: _ChunkJob, conn: Any) -> None:
     """Entry point of a chunk's child process: announces each video on ``conn``, then sends the summary."""
-    _die_with_parent(job.parent_pid)
+    die_with_parent(job.parent_pid)
     logging.basicConfig(level=job.log_level, format=f"%(levelname)s %(name)s [chunk {job.index}]: %(message)s")
     if job.threads:
         limit_threads(job.threads)

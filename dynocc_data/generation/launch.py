@@ -108,6 +108,7 @@ __all__ = [
     "available_cores",
     "threads_per_worker",
     "limit_threads",
+    "die_with_parent",
     "resolve_workers",
     "repair_run",
     "read_markers",
@@ -629,8 +630,12 @@ def _run_rank(job: RankJob, state: RunState, progress: bool) -> GenerateSummary:
     return summary
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this worker die when the process that started it dies (so no orphan keeps writing shards)."""
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker die when the process that started it dies (so no orphan keeps writing shards).
+
+    Args:
+        parent_pid: the pid of the starting process.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -650,7 +655,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(job: RankJob) -> None:
     """Entry point of a spawned worker process: exit code 0 when all its videos were processed, 1 on error."""
     if job.parent_pid is not None:
-        _die_with_parent(job.parent_pid)
+        die_with_parent(job.parent_pid)
     logging.basicConfig(level=job.log_level, format=f"%(levelname)s %(name)s [rank {job.rank}]: %(message)s")
     if job.threads:
         limit_threads(job.threads)

@@ -49,7 +49,7 @@ from .refine import refine_boundaries
 from .video import VideoSource, frames_needed, open_video, require_frames, select_frames
 from .writer import RunState, ShardWriter, has_ledgers, read_run_state
 
-__all__ = ["FrameProcessor", "FrameResult", "resolve_device", "run_videos"]
+__all__ = ["FrameProcessor", "FrameResult", "no_pairs_reason", "resolve_device", "run_videos"]
 
 log = logging.getLogger(__name__)
 
@@ -551,7 +551,7 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
         summary.frames_written += written
         summary.pairs += pairs
         if written == 0 and last < 0:
-            reason = _no_pairs_reason(video_rejected, selected)
+            reason = no_pairs_reason(video_rejected, selected)
             log.warning("%s: no pairs (%s)", src.rel, reason)
             summary.no_pairs.append({"video": src.rel, "reason": reason})
         writer.video_done({"video_id": src.video_id, "video": src.rel, "status": "done", "samples": written})
@@ -565,7 +565,16 @@ def progress_bars(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
 
 
-def _no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:
+def no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:
+    """Why a video gave no sample, in words for the run summary.
+
+    Args:
+        rejected: rejection reason -> number of frames.
+        selected: the frames selected for processing.
+
+    Returns:
+        One short reason.
+    """
     if not selected:
         return "no frame has both flow neighbours"
     if rejected.get("blank frame"):

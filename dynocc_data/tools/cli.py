@@ -54,7 +54,7 @@ from .semireal import SEMIREAL_CONFIG
 from .stats import format_summary, shard_stats
 from .viz import show
 
-__all__ = ["main", "build_parser"]
+__all__ = ["add_generation_options", "build_parser", "generation_config_from_args", "main"]
 
 log = logging.getLogger("dynocc_data")
 
@@ -103,8 +103,12 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _add_generation_options(p: argparse.ArgumentParser) -> None:
-    """The options of a generation run (``generate`` and ``evaluate``)."""
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Add the options of a generation run (``generate``, ``plan``, ``evaluate``, the Ray recipe) to a parser.
+
+    Args:
+        p: the parser (or subcommand parser) to add them to.
+    """
     d = GenerateConfig()
     g = p.add_argument_group("frames")
     g.add_argument("--stride", type=int_at_least(1), default=d.stride, help="process every STRIDE-th frame")
@@ -158,8 +162,15 @@ def output_url(text: str) -> str:
         raise argparse.ArgumentTypeError(err.reason) from None
 
 
-def _generate_config(args: argparse.Namespace) -> GenerateConfig:
-    """The :class:`GenerateConfig` of parsed options."""
+def generation_config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    """The :class:`GenerateConfig` of options parsed with :func:`add_generation_options`.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The validated config.
+    """
     if args.flow == "raft":
         flow_options = {"size": args.raft_size, "weights": args.raft_weights, "num_flow_updates": args.raft_iters}
     elif args.dis_preset:
@@ -189,7 +200,7 @@ def _print_summary(summary) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """``dynocc-data plan``: probe the inputs once and write the manifest of chunks."""
-    manifest = plan_manifest(args.inputs, args.out, _generate_config(args), chunk_frames=args.chunk_frames,
+    manifest = plan_manifest(args.inputs, args.out, generation_config_from_args(args), chunk_frames=args.chunk_frames,
                              chunks=args.chunks)
     write_manifest(manifest)
     weights = [c.weight for c in manifest.chunks]
@@ -216,7 +227,7 @@ def _cmd_generate_manifest(args: argparse.Namespace) -> int:
     options = RunOptions(device=args.device, batch_size=args.batch_size, prefix=args.prefix,
                          shard_size=args.shard_size, progress=False, workers=args.workers,
                          video_timeout=args.video_timeout, lease_ttl=args.lease_ttl, staging=args.staging)
-    result = generate_manifest(args.manifest, _generate_config(args), options, chunk=args.chunk)
+    result = generate_manifest(args.manifest, generation_config_from_args(args), options, chunk=args.chunk)
     if isinstance(result, ChunkMerge):
         return _print_chunk_merge(result, result.summary.out)
     if result is None:
@@ -236,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.inputs or not args.out:
         raise DynOccError("generate: give INPUT... and --out (or --manifest URL)")
     try:
-        summary = generate(args.inputs, args.out, _generate_config(args), device=args.device,
+        summary = generate(args.inputs, args.out, generation_config_from_args(args), device=args.device,
                            batch_size=args.batch_size, resume=args.resume, strict=args.strict, prefix=args.prefix,
                            shard_size=args.shard_size, progress=not args.no_progress, workers=args.workers,
                            upload=args.upload, merge_timeout=args.merge_timeout, staging=args.staging)
@@ -337,7 +348,7 @@ def _write_eval(args: argparse.Namespace, doc: dict) -> Path:
 
 
 def _evaluate_static(args: argparse.Namespace) -> int:
-    res = evaluate_static_camera(args.static_camera, args.out, _generate_config(args), device=args.device,
+    res = evaluate_static_camera(args.static_camera, args.out, generation_config_from_args(args), device=args.device,
                                  batch_size=args.batch_size, progress=not args.no_progress)
     path = _write_eval(args, {"mode": "static-camera", **res.to_dict()})
     if not args.json:
@@ -354,7 +365,7 @@ def _evaluate_semireal(args: argparse.Namespace) -> int:
     if args.frames:
         scene_config = replace(scene_config, num_frames=args.frames)
     res = evaluate_semireal(args.background, args.out, num_scenes=args.scenes, seed=args.scene_seed[0],
-                            scene_config=scene_config, generate_config=_generate_config(args),
+                            scene_config=scene_config, generate_config=generation_config_from_args(args),
                             coverage_radius=args.radius, device=args.device, batch_size=args.batch_size,
                             progress=not args.no_progress)
     path = _write_eval(args, {"mode": "semi-real", **res.to_dict(), "scene_config": json.loads(scene_config.to_json())})
@@ -384,7 +395,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for seed in args.scene_seed:
         work = out if len(args.scene_seed) == 1 else out / f"seed_{seed}"
         res = evaluate_synthetic(work, num_scenes=args.scenes, seed=seed, scene_config=scene_config,
-                                 generate_config=_generate_config(args), coverage_radius=args.radius,
+                                 generate_config=generation_config_from_args(args), coverage_radius=args.radius,
                                  device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
         rows.append((f"seeds {seed}-{seed + args.scenes - 1}", res))
     total = pooled([r for _, r in rows])
@@ -493,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="about N frames per chunk")
     size.add_argument("--chunks", type=int_at_least(1), default=None, metavar="K",
                       help="K chunks (default: one per video)")
-    _add_generation_options(pl)
+    add_generation_options(pl)
     pl.set_defaults(func=cmd_plan)
 
     g = command("generate", "make shards from videos")
@@ -521,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a URL --out: local folder for shards before their upload (default: a temporary one)")
     g.add_argument("--merge-timeout", type=positive_float, default=3600.0, metavar="S",
                    help="under torchrun/srun: seconds rank 0 waits for the other ranks before merging")
-    _add_generation_options(g)
+    add_generation_options(g)
     g.set_defaults(func=cmd_generate)
 
     m = command("merge", "merge the per-rank ledgers and stats of a parallel run (index.json, stats.json)")
@@ -553,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the scores as JSON instead of the summary")
     e.add_argument("--per-scene", action="store_true", help="also print one line per scene")
     e.add_argument("--no-progress", action="store_true", help="no progress bar (there is none off a terminal)")
-    _add_generation_options(e)
+    add_generation_options(e)
     e.set_defaults(func=cmd_evaluate)
 
     d = command("demo", "generate from built-in scenes, read back, write an overlay (no download)")
