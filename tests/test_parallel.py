@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_runs import RUN_CONFIG as CONFIG
+from fixtures_runs import write_run_videos
 
 from dynocc_data.errors import DynOccError
 from dynocc_data.format.index import read_index
 from dynocc_data.format.sample import REQUIRED_FIELDS, encode_sample
-from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation import generate
 from dynocc_data.generation.launch import (
     Plan,
     WorkerFailure,
@@ -42,15 +44,13 @@ from dynocc_data.generation.writer import ShardWriter, read_run_state
 from dynocc_data.tools.cli import main
 from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
-CONFIG = GenerateConfig(stride=2, gap=2)
-VELOCITIES = [(0.0, 2.0), (1.0, 3.0), (0.0, 4.0), (1.0, 2.0)]
-SEEDS = [0, 1, 2, 4]  # scenes whose every selected frame yields pairs (seed 3's square shares its ground's hue)
 CLI_ARGS = ["--stride", "2", "--gap", "2", "--shard-size", "3", "--no-progress"]
 
 
 def read_samples(out: Path, index_dir: Path | None = None) -> dict[str, tuple[bytes, bytes]]:
-    """key -> (pairs.npy, ordinal.npy) bytes of every sample of the shards listed in ``index.json``; checks that
-    every sample is complete, no key appears twice and no shard exists outside the index."""
+    """Key -> (pairs.npy, ordinal.npy) bytes of every sample of the shards listed in ``index.json``; checks that
+    every sample is complete, no key appears twice and no shard exists outside the index.
+    """
     index = read_index(index_dir or out)
     samples: dict[str, tuple[bytes, bytes]] = {}
     for shard in index["shards"]:
@@ -77,12 +77,7 @@ def by_video(samples: dict, *names: str) -> dict:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    for i, v in enumerate(VELOCITIES):
-        write_scene(moving_square_scene(size=(96, 128), num_frames=16, velocity=v, seed=SEEDS[i]), folder, f"v{i}")
-    for gt in folder.glob("*.gt.npz"):
-        gt.unlink()
-    return folder
+    return write_run_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")

@@ -21,24 +21,23 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_runs import RUN_CONFIG as CONFIG
+from fixtures_runs import VELOCITIES, write_run_videos
 
 from dynocc_data.format.index import read_index
 from dynocc_data.format.sample import REQUIRED_FIELDS
-from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation import generate
 from dynocc_data.generation.launch import read_markers
 from dynocc_data.generation.writer import Ledger
-from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = GenerateConfig(stride=2, gap=2)
-VELOCITIES = [(0.0, 2.0), (1.0, 3.0), (0.0, 4.0), (1.0, 2.0)]
-SEEDS = [0, 1, 2, 4]  # scenes whose every selected frame yields pairs (seed 3's square shares its ground's hue)
 ARGS = ["--stride", "2", "--gap", "2", "--shard-size", "2", "--no-progress"]
 
 
 def read_samples(out: Path) -> dict[str, tuple[bytes, bytes]]:
-    """key -> (pairs.npy, ordinal.npy) of the shards in ``index.json``; every sample complete, no key twice, no
-    shard outside the index and no ``.partial`` file."""
+    """Key -> (pairs.npy, ordinal.npy) of the shards in ``index.json``; every sample complete, no key twice, no
+    shard outside the index and no ``.partial`` file.
+    """
     index = read_index(out)
     samples: dict[str, tuple[bytes, bytes]] = {}
     for shard in index["shards"]:
@@ -60,12 +59,7 @@ def read_samples(out: Path) -> dict[str, tuple[bytes, bytes]]:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    for i, v in enumerate(VELOCITIES):
-        write_scene(moving_square_scene(size=(96, 128), num_frames=16, velocity=v, seed=SEEDS[i]), folder, f"v{i}")
-    for gt in folder.glob("*.gt.npz"):
-        gt.unlink()
-    return folder
+    return write_run_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")

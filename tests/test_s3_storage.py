@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from fixtures_runs import RUN_CONFIG as CONFIG
+from fixtures_runs import VELOCITIES, write_run_videos
 from fixtures_shards import write_shards
 from torch.utils.data import DataLoader
 
@@ -25,31 +27,22 @@ from dynocc_data import storage
 from dynocc_data.datasets.dynocc import DynOccDataset
 from dynocc_data.errors import DynOccError, InputError
 from dynocc_data.format.index import load_index, read_index
-from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation import generate
 from dynocc_data.generation.launch import merge_run, read_markers
 from dynocc_data.generation.lock import FOLDER_LOCK, OutputBusyError, hold_output
 from dynocc_data.generation.writer import LEDGER_FOLDER, read_run_state
 from dynocc_data.storage import ShardCache, parse_size
 from dynocc_data.tools.cli import main
 from dynocc_data.tools.stats import shard_stats
-from dynocc_data.tools.synthetic import moving_square_scene, write_scene
 
 pytest_plugins = ["s3_server"]
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = GenerateConfig(stride=2, gap=2)
-VELOCITIES = [(0.0, 2.0), (1.0, 3.0), (0.0, 4.0), (1.0, 2.0)]
-SEEDS = [0, 1, 2, 4]  # as in test_resume_kill: every selected frame of these scenes yields pairs
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    for i, v in enumerate(VELOCITIES):
-        write_scene(moving_square_scene(size=(96, 128), num_frames=16, velocity=v, seed=SEEDS[i]), folder, f"v{i}")
-    for gt in folder.glob("*.gt.npz"):
-        gt.unlink()
-    return folder
+    return write_run_videos(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")

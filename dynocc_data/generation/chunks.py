@@ -61,7 +61,7 @@ from .. import storage
 from ..errors import DynOccError
 from ..storage.lease import Lease, acquire, lease_info
 from .config import GenerateConfig, GenerateSummary, RunOptions
-from .launch import die_with_parent, exit_reason, limit_threads, prepare_state, rank_from_env, threads_per_worker
+from .launch import exit_reason, prepare_state, rank_from_env, start_child, threads_per_worker
 from .ledger import rank_ledger
 from .manifest import Chunk, Manifest, read_manifest
 from .pipeline import resolve_device, run_videos
@@ -181,12 +181,8 @@ class _ChunkJob:
 
 def _chunk_child(job: _ChunkJob, conn: Any) -> None:
     """Entry point of a chunk's child process: announces each video on ``conn``, then sends the summary."""
-    die_with_parent(job.parent_pid)
-    logging.basicConfig(level=job.log_level, format=f"%(levelname)s %(name)s [chunk {job.index}]: %(message)s")
-    if job.threads:
-        limit_threads(job.threads)
-    if job.device.startswith("cuda"):
-        torch.cuda.set_device(job.device)
+    start_child(job.parent_pid, label=f"chunk {job.index}", log_level=job.log_level, threads=job.threads,
+                device=job.device)
     gate, hang, crash = os.environ.get(GATE_ENV), os.environ.get(HANG_ENV), os.environ.get(CRASH_ENV)
     while gate and not os.path.exists(gate):
         time.sleep(0.1)

@@ -109,6 +109,7 @@ __all__ = [
     "threads_per_worker",
     "limit_threads",
     "die_with_parent",
+    "start_child",
     "resolve_workers",
     "repair_run",
     "read_markers",
@@ -652,15 +653,29 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="dynocc-parent-watch", daemon=True).start()
 
 
+def start_child(parent_pid: int | None, *, label: str, log_level: int, threads: int, device: str) -> None:
+    """Set up a spawned worker or chunk process: die with the parent, log with a label, share threads, pick a GPU.
+
+    Args:
+        parent_pid: the starting process (``None``: not tied to one).
+        label: what the log lines of this process say it is (``rank 3``, ``chunk 12``).
+        log_level: the logging level of the parent.
+        threads: torch/OpenCV threads for this process (0 leaves the default).
+        device: the torch device; a CUDA device becomes the current one.
+    """
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    logging.basicConfig(level=log_level, format=f"%(levelname)s %(name)s [{label}]: %(message)s")
+    if threads:
+        limit_threads(threads)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+
+
 def _worker_main(job: RankJob) -> None:
     """Entry point of a spawned worker process: exit code 0 when all its videos were processed, 1 on error."""
-    if job.parent_pid is not None:
-        die_with_parent(job.parent_pid)
-    logging.basicConfig(level=job.log_level, format=f"%(levelname)s %(name)s [rank {job.rank}]: %(message)s")
-    if job.threads:
-        limit_threads(job.threads)
-    if job.device.startswith("cuda"):
-        torch.cuda.set_device(job.device)
+    start_child(job.parent_pid, label=f"rank {job.rank}", log_level=job.log_level, threads=job.threads,
+                device=job.device)
     try:
         state = read_run_state(job.out) if job.options.resume else RunState()  # the parent repaired and checked
         _run_rank(job, state, progress=False)
