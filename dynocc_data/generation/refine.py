@@ -138,7 +138,7 @@ def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1
 
 
 def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor],
-                      config: RefineConfig = RefineConfig()):
+                      config: RefineConfig = RefineConfig(), *, stages: dict | None = None):
     """Shift ordered points towards their front side, then keep those whose pair pixels verify.
 
     Args:
@@ -148,20 +148,27 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
         flows: ``flows[k]`` [B,2,H,W] leads to the frames ``targets[k]``.
         targets: the neighbour frames, as ``image``.
         config: the placement and verification parameters.
+        stages: when a dict, the points after each step (``placed``, ``margin``, ``shadow``, ``final``) are put in
+            it, to measure what each step keeps.
 
     Returns:
-        The shifted points that pass the margin check (with ``min_margin``), in segments of at least
-        ``min_segment`` points.
+        The shifted points that pass the margin check (with ``min_margin``) and the shadow test, in segments of at
+        least ``min_segment`` points.
     """
-    out = ordered.shifted(torch.full((len(ordered),), float(config.shift), device=ordered.normal.device))
+    stages = {} if stages is None else stages
+    out = stages["placed"] = ordered.shifted(torch.full((len(ordered),), float(config.shift),
+                                                        device=ordered.normal.device))
     if config.min_margin is not None and len(out):
         margin = side_margins(out, image, flows, targets, offset=config.pair_offset,
                               motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step)
         out = out.shifted(torch.zeros_like(margin), margin >= config.min_margin)
+    stages["margin"] = out
     if config.min_colour_angle is not None and len(out):
         angle = colour_angles(out, image, offset=config.pair_offset, patch=config.patch, step=config.patch_step)
         out = out.shifted(torch.zeros_like(angle), angle >= config.min_colour_angle)
+    stages["shadow"] = out
     if config.min_segment > 1 and len(out):
         _, seg, count = torch.unique(out.segment, return_inverse=True, return_counts=True)
         out = out.shifted(torch.zeros(len(out), device=out.normal.device), count[seg] >= config.min_segment)
+    stages["final"] = out
     return out
