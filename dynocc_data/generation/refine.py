@@ -32,7 +32,7 @@ import torch
 from .boundaries import sample_bilinear
 from .cuts import patch_residuals
 
-__all__ = ["RefineConfig", "side_margins", "colour_angles", "refine_boundaries"]
+__all__ = ["RefineConfig", "side_margins", "colour_angles", "brightness_ratios", "refine_boundaries"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class RefineConfig:
         patch_step: ...``patch_step`` pixels apart (1, 2: nine samples spread over 5x5 pixels).
         min_colour_angle: keep points whose two pair pixels' mean colours (same patch) differ in direction by at
             least this many degrees (the shadow test, see module doc); None keeps every point.
+        shadow_ratios: the colour test applies only where the front pair point's brightness over the back one's
+            lies in ``[low, high)``: a shadow darkens, so an edge whose front side is brighter cannot be one.
         min_segment: finally drop segments with fewer surviving points: real occlusion boundaries are long and
             coherent, flow artefacts are short fragments.
     """
@@ -60,6 +62,7 @@ class RefineConfig:
     patch: int = 1
     patch_step: float = 2.0
     min_colour_angle: float | None = 8.0
+    shadow_ratios: tuple[float, float] = (0.0, 1.5)
     min_segment: int = 20
 
 
@@ -105,6 +108,21 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
     return torch.minimum(*margins)
 
 
+def _pair_means(ordered, image: torch.Tensor, *, offset: float, patch: int, step: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean RGB [N,3] of the patches at the front pair pixel p + offset·n and at the back one p - offset·n."""
+    n = len(ordered)
+    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
+    oy, ox = (o.reshape(1, -1) for o in torch.meshgrid(r, r, indexing="ij"))
+    P = oy.shape[1]
+    b = ordered.b[:, None].expand(n, P).reshape(-1)
+    y, x = ordered.y.to(image.dtype)[:, None], ordered.x.to(image.dtype)[:, None]
+    ny, nx = ordered.normal[:, :1], ordered.normal[:, 1:]
+    front, back = (sample_bilinear(image, b, (y + s * offset * ny + oy).reshape(-1),
+                                   (x + s * offset * nx + ox).reshape(-1)).view(n, P, -1).mean(1) for s in (1.0, -1.0))
+    return front, back
+
+
 def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1, step: float = 1.0) -> torch.Tensor:
     """Angle in degrees [N] between the mean RGB colours of the patches at the two pair points p ± offset·n.
 
@@ -122,19 +140,34 @@ def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1
     Returns:
         float [N] angles in degrees, 0..90 for non-negative colours.
     """
-    n = len(ordered)
-    if n == 0:
+    if len(ordered) == 0:
         return image.new_zeros(0)
-    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
-    oy, ox = (o.reshape(1, -1) for o in torch.meshgrid(r, r, indexing="ij"))
-    P = oy.shape[1]
-    b = ordered.b[:, None].expand(n, P).reshape(-1)
-    y, x = ordered.y.to(image.dtype)[:, None], ordered.x.to(image.dtype)[:, None]
-    ny, nx = ordered.normal[:, :1], ordered.normal[:, 1:]
-    means = [sample_bilinear(image, b, (y + s * offset * ny + oy).reshape(-1),
-                             (x + s * offset * nx + ox).reshape(-1)).view(n, P, -1).mean(1) for s in (1.0, -1.0)]
-    cos = (means[0] * means[1]).sum(1) / (means[0].norm(dim=1) * means[1].norm(dim=1)).clamp_min(1e-6)
+    front, back = _pair_means(ordered, image, offset=offset, patch=patch, step=step)
+    cos = (front * back).sum(1) / (front.norm(dim=1) * back.norm(dim=1)).clamp_min(1e-6)
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+def brightness_ratios(ordered, image: torch.Tensor, *, offset: float, patch: int = 1, step: float = 1.0
+                      ) -> torch.Tensor:
+    """Mean brightness of the front pair point's patch over the back one's [N] (the patches of :func:`colour_angles`).
+
+    A cast shadow moves with its object, so on a shadow's outline the front side (the side that moves with the
+    outline) is the shadowed one: the ratio is below 1. Where it is 1 or more the front side is not a shadow.
+
+    Args:
+        ordered: ordered boundary points (normals point to the front side).
+        image: float RGB [B,3,H,W] in 0..1, the frames of the points.
+        offset: distance of the two pair points from the boundary, px.
+        patch: half-size of the patch grid.
+        step: spacing of the patch samples, px.
+
+    Returns:
+        float [N], >= 0.
+    """
+    if len(ordered) == 0:
+        return image.new_zeros(0)
+    front, back = _pair_means(ordered, image, offset=offset, patch=patch, step=step)
+    return front.mean(1) / back.mean(1).clamp_min(1e-4)
 
 
 def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor],
@@ -165,7 +198,9 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
     stages["margin"] = out
     if config.min_colour_angle is not None and len(out):
         angle = colour_angles(out, image, offset=config.pair_offset, patch=config.patch, step=config.patch_step)
-        out = out.shifted(torch.zeros_like(angle), angle >= config.min_colour_angle)
+        ratio = brightness_ratios(out, image, offset=config.pair_offset, patch=config.patch, step=config.patch_step)
+        could_be_shadow = (ratio >= config.shadow_ratios[0]) & (ratio < config.shadow_ratios[1])
+        out = out.shifted(torch.zeros_like(angle), (angle >= config.min_colour_angle) | ~could_be_shadow)
     stages["shadow"] = out
     if config.min_segment > 1 and len(out):
         _, seg, count = torch.unique(out.segment, return_inverse=True, return_counts=True)
