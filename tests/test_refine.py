@@ -212,7 +212,7 @@ def test_brightness_ratios_known_values():
 def test_shadow_test_spares_a_front_side_much_brighter_than_the_back():
     """Grey on grey: a shadow only darkens, so a front twice as bright as the back is kept whatever the hue; a
     darker front of the same hue (a shadow) and a front barely brighter are still dropped."""
-    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, shadow_ratios=(0.0, 1.5), min_segment=1)
+    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, shadow_exempt_ratio=1.5, min_segment=1)
     pt = _vertical_point()
     flows = [torch.zeros(1, 2, 32, 32)]
     for back, front, kept in (((0.2, 0.2, 0.2), (0.4, 0.4, 0.4), 1), ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2), 0),
@@ -220,4 +220,6 @@ def test_shadow_test_spares_a_front_side_much_brighter_than_the_back():
         image = _two_colour_image(back, front)
         assert len(refine_boundaries(pt, image, flows, [image], cfg)) == kept, (back, front)
     image = _two_colour_image((0.2, 0.2, 0.2), (0.4, 0.4, 0.4))
-    assert len(refine_boundaries(pt, image, flows, [image], dataclasses.replace(cfg, shadow_ratios=(0.0, 2.5)))) == 0
+    for ratio in (2.5, None):  # the default (None) applies the colour test everywhere
+        kept = refine_boundaries(pt, image, flows, [image], dataclasses.replace(cfg, shadow_exempt_ratio=ratio))
+        assert len(kept) == 0, ratio
