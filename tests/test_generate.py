@@ -19,10 +19,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from dynocc_data.errors import DynOccError
+from dynocc_data.errors import ConfigError, DynOccError
 from dynocc_data.format.index import read_index
 from dynocc_data.format.sample import decode_sample
 from dynocc_data.generation import GenerateConfig, generate
+from dynocc_data.generation.config import frame_steps
 from dynocc_data.generation.video import make_video_id, select_frames
 from dynocc_data.tools.synthetic import (
     intensity_edges_scene,
@@ -447,3 +448,31 @@ def test_bikes_frames_across_hard_cuts_are_rejected(shared_videos, tmp_path):
     assert not [t for t in written if spans_cut(t)], (written, cuts)
     assert summary.frames_rejected.get("unreliable flow (shot cut?)", 0) >= len(across)
     assert_clean(out)
+
+
+def test_gap_is_counted_at_the_reference_frame_rate():
+    """The gap counts frames at 25 fps: a slower video uses proportionally fewer, never fewer than 1; stride stays."""
+
+    assert frame_steps(4, 4, 25.0, 25.0) == (4, 4)
+    assert frame_steps(4, 4, 29.97, 25.0) == (4, 4)  # faster videos keep the configured frames
+    assert frame_steps(4, 4, 12.5, 25.0) == (4, 2)
+    assert frame_steps(4, 4, 10.0, 25.0) == (4, 2)  # 1.6 rounds to 2
+    assert frame_steps(4, 1, 5.0, 25.0) == (4, 1)
+    assert frame_steps(4, 4, 12.5, None) == (4, 4)
+    assert frame_steps(4, 4, 0.0, 25.0) == (4, 4)  # unknown rate: as configured
+    with pytest.raises(ConfigError, match="reference_fps"):
+        GenerateConfig(reference_fps=0)
+
+
+def test_slow_video_uses_the_shorter_gap(tmp_path):
+    """A 12 fps video with gap 4 (counted at 25 fps) selects and records the frames of gap 2."""
+    scene = moving_square_scene(SIZE, FRAMES, velocity=(0.0, 3.0), seed=1, side=60)
+    video = write_frames(scene.frames, tmp_path / "slow.mp4", fps=12)
+    cfg = dataclasses.replace(CFG, gap=4)
+    for name, config, gap, allowed in (("out", cfg, 2, select_frames(FRAMES, stride=2, gap=2)),
+                                       ("fixed", dataclasses.replace(cfg, reference_fps=None), 4, [4, 6])):
+        run([video], tmp_path / name, config)
+        metas = [json.loads(s["json"]) for s in read_raw(tmp_path / name).values()]
+        assert metas, f"the slow square video made no samples ({name})"
+        assert {m["gap"] for m in metas} == {gap}
+        assert {m["frame"] for m in metas} <= set(allowed)

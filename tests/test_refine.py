@@ -6,13 +6,21 @@ previous one by (-DX, 0). The flows are the exact ones. Boundary points sit on t
 whose true outline is the line x = LEFT - 0.5.
 """
 
+import dataclasses
+
 import cv2
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from dynocc_data.generation.ordering import OrderedBoundaries
-from dynocc_data.generation.refine import RefineConfig, colour_angles, refine_boundaries, side_margins
+from dynocc_data.generation.refine import (
+    RefineConfig,
+    brightness_ratios,
+    colour_angles,
+    refine_boundaries,
+    side_margins,
+)
 
 H, W = 64, 96
 TOP, LEFT, SIDE = 12, 36, 40
@@ -190,3 +198,28 @@ def test_refine_drops_points_between_a_shadow_and_its_ground():
     surfaces = _two_colour_image((0.6, 0.4, 0.2), (0.2, 0.3, 0.6))
     assert len(refine_boundaries(pt, shadow, flows, [shadow], cfg)) == 0
     assert len(refine_boundaries(pt, surfaces, flows, [surfaces], cfg)) == 1
+
+
+def test_brightness_ratios_known_values():
+    """Front (the +x side here) over back brightness: 0.5 for a front half as bright, 2 for twice as bright."""
+    pt = _vertical_point()
+    assert brightness_ratios(pt, _two_colour_image((0.6, 0.4, 0.2), (0.3, 0.2, 0.1)), offset=6.0).item() == \
+        pytest.approx(0.5, rel=1e-4)
+    assert brightness_ratios(pt, _two_colour_image((0.2, 0.2, 0.2), (0.4, 0.4, 0.4)), offset=6.0).item() == \
+        pytest.approx(2.0, rel=1e-4)
+
+
+def test_shadow_test_spares_a_front_side_much_brighter_than_the_back():
+    """Grey on grey: a shadow only darkens, so a front twice as bright as the back is kept whatever the hue; a
+    darker front of the same hue (a shadow) and a front barely brighter are still dropped."""
+    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, shadow_exempt_ratio=1.5, min_segment=1)
+    pt = _vertical_point()
+    flows = [torch.zeros(1, 2, 32, 32)]
+    for back, front, kept in (((0.2, 0.2, 0.2), (0.4, 0.4, 0.4), 1), ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2), 0),
+                              ((0.3, 0.3, 0.3), (0.36, 0.36, 0.36), 0)):
+        image = _two_colour_image(back, front)
+        assert len(refine_boundaries(pt, image, flows, [image], cfg)) == kept, (back, front)
+    image = _two_colour_image((0.2, 0.2, 0.2), (0.4, 0.4, 0.4))
+    for ratio in (2.5, None):  # the default (None) applies the colour test everywhere
+        kept = refine_boundaries(pt, image, flows, [image], dataclasses.replace(cfg, shadow_exempt_ratio=ratio))
+        assert len(kept) == 0, ratio

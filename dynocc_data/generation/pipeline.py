@@ -164,6 +164,7 @@ class FrameProcessor:
         self.flow = create_flow(config.flow, device=flow_device, **config.flow_options)
         self.sampler = create_sampler(config.sampler, max_pairs=config.max_pairs, **config.sampler_options)
         self.timer = timer or StageTimer(self.device)
+        self.gap = config.gap  # the flow gap of the video being processed (see :meth:`process`)
         self._params = config.to_dict()
         self._flow_params = {"backend": config.flow, **getattr(self.flow, "params", {})}
 
@@ -196,7 +197,7 @@ class FrameProcessor:
             self.flows[p] = f
 
     def _compute_maps(self, frames: Sequence[int], num_frames: int) -> None:
-        g = self.config.gap
+        g = self.gap
         todo = [m for m in frames if m not in self.bnds]
         if not todo:
             return
@@ -215,7 +216,7 @@ class FrameProcessor:
                     self.dists[m] = dist[i]
 
     def _order(self, chunk: Sequence[int]):
-        g = self.config.gap
+        g = self.gap
         with self.timer("order"):
             bnd = Boundaries.cat([self.bnds[t] for t in chunk])
             flows = [torch.stack([self.flows[(t, t + g)] for t in chunk]),
@@ -244,7 +245,7 @@ class FrameProcessor:
 
     # ------------------------------------------------------------------ public
     def process(self, frames: Iterator[tuple[int, torch.Tensor]], selected: Sequence[int], num_frames: int,
-                *, video_id: str, meta: dict[str, Any]) -> Iterator[FrameResult]:
+                *, video_id: str, meta: dict[str, Any], gap: int | None = None) -> Iterator[FrameResult]:
         """Process the selected frames of one video.
 
         Args:
@@ -253,12 +254,13 @@ class FrameProcessor:
             selected: the selected frames (``video.select_frames``), increasing.
             num_frames: the frames of the video that decode.
             video_id: the video's id, the prefix of the sample keys.
-            meta: the video-level metadata (video, orig_size, size, scale, fps).
+            meta: the video-level metadata (video, orig_size, size, scale, fps, stride, gap).
+            gap: the flow gap of this video (:meth:`GenerateConfig.frame_steps`); None: the configured one.
 
         Yields:
             One :class:`FrameResult` per selected frame, in order.
         """
-        g = self.config.gap
+        self.gap = g = self.config.gap if gap is None else gap
         self._reset()
         frames = iter(frames)
         have = -1
@@ -286,7 +288,7 @@ class FrameProcessor:
         When the device runs out of memory the chunk is retried in halves, and later chunks use the smaller batch
         size.
         """
-        g = self.config.gap
+        g = self.gap
         try:
             self._compute_maps(sorted({t + s for t in chunk for s in (-g, 0, g)}), num_frames)
             ordered, unreliable, blank = self._order(chunk)
@@ -517,15 +519,16 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
                 with timer("decode"):
                     reader = stack.enter_context(open_video(src, backend=config.decoder, max_side=config.max_side,
                                                             device=str(processor.device)))
-                    require_frames(reader, 2 * config.gap + 1)
-                selected = select_frames(reader.num_frames, stride=config.stride, gap=config.gap,
-                                         max_frames=config.max_frames)
+                    stride, gap = config.frame_steps(reader.fps)
+                    require_frames(reader, 2 * gap + 1)
+                selected = select_frames(reader.num_frames, stride=stride, gap=gap, max_frames=config.max_frames)
                 todo = [t for t in selected if t > last]
                 meta = {"video": src.rel, "orig_size": list(reader.orig_size), "size": list(reader.size),
-                        "scale": float(reader.scale), "fps": float(reader.fps)}
-                needed = frames_needed(todo, config.gap, num_frames=reader.num_frames)
+                        "scale": float(reader.scale), "fps": float(reader.fps), "stride": stride, "gap": gap}
+                needed = frames_needed(todo, gap, num_frames=reader.num_frames)
                 frames = prefetch(_frame_tensors(reader, needed))
-                for res in processor.process(frames, todo, reader.num_frames, video_id=src.video_id, meta=meta):
+                for res in processor.process(frames, todo, reader.num_frames, video_id=src.video_id, meta=meta,
+                                                  gap=gap):
                     summary.frames_processed += 1
                     bar_f.update(1)
                     if res.rejected is not None:

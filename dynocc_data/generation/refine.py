@@ -32,7 +32,7 @@ import torch
 from .boundaries import sample_bilinear
 from .cuts import patch_residuals
 
-__all__ = ["RefineConfig", "side_margins", "colour_angles", "refine_boundaries"]
+__all__ = ["RefineConfig", "side_margins", "colour_angles", "brightness_ratios", "refine_boundaries"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class RefineConfig:
         patch_step: ...``patch_step`` pixels apart (1, 2: nine samples spread over 5x5 pixels).
         min_colour_angle: keep points whose two pair pixels' mean colours (same patch) differ in direction by at
             least this many degrees (the shadow test, see module doc); None keeps every point.
+        shadow_exempt_ratio: the colour test spares points whose front pair point is at least this many times as
+            bright as the back one (:func:`brightness_ratios`): a shadow darkens the side that moves with it, so
+            such an edge cannot be one (grey-on-grey outlines such as a light car on asphalt survive); None: the
+            colour test everywhere (default: 1.5 gains frames and pairs on grey footage but costs 0.3 points of
+            precision on synthetic scenes, see the README).
         min_segment: finally drop segments with fewer surviving points: real occlusion boundaries are long and
             coherent, flow artefacts are short fragments.
     """
@@ -60,6 +65,7 @@ class RefineConfig:
     patch: int = 1
     patch_step: float = 2.0
     min_colour_angle: float | None = 8.0
+    shadow_exempt_ratio: float | None = None
     min_segment: int = 20
 
 
@@ -105,6 +111,21 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
     return torch.minimum(*margins)
 
 
+def _pair_means(ordered, image: torch.Tensor, *, offset: float, patch: int, step: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean RGB [N,3] of the patches at the front pair pixel p + offset·n and at the back one p - offset·n."""
+    n = len(ordered)
+    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
+    oy, ox = (o.reshape(1, -1) for o in torch.meshgrid(r, r, indexing="ij"))
+    P = oy.shape[1]
+    b = ordered.b[:, None].expand(n, P).reshape(-1)
+    y, x = ordered.y.to(image.dtype)[:, None], ordered.x.to(image.dtype)[:, None]
+    ny, nx = ordered.normal[:, :1], ordered.normal[:, 1:]
+    front, back = (sample_bilinear(image, b, (y + s * offset * ny + oy).reshape(-1),
+                                   (x + s * offset * nx + ox).reshape(-1)).view(n, P, -1).mean(1) for s in (1.0, -1.0))
+    return front, back
+
+
 def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1, step: float = 1.0) -> torch.Tensor:
     """Angle in degrees [N] between the mean RGB colours of the patches at the two pair points p ± offset·n.
 
@@ -122,23 +143,38 @@ def colour_angles(ordered, image: torch.Tensor, *, offset: float, patch: int = 1
     Returns:
         float [N] angles in degrees, 0..90 for non-negative colours.
     """
-    n = len(ordered)
-    if n == 0:
+    if len(ordered) == 0:
         return image.new_zeros(0)
-    r = torch.arange(-patch, patch + 1, device=image.device, dtype=image.dtype) * step
-    oy, ox = (o.reshape(1, -1) for o in torch.meshgrid(r, r, indexing="ij"))
-    P = oy.shape[1]
-    b = ordered.b[:, None].expand(n, P).reshape(-1)
-    y, x = ordered.y.to(image.dtype)[:, None], ordered.x.to(image.dtype)[:, None]
-    ny, nx = ordered.normal[:, :1], ordered.normal[:, 1:]
-    means = [sample_bilinear(image, b, (y + s * offset * ny + oy).reshape(-1),
-                             (x + s * offset * nx + ox).reshape(-1)).view(n, P, -1).mean(1) for s in (1.0, -1.0)]
-    cos = (means[0] * means[1]).sum(1) / (means[0].norm(dim=1) * means[1].norm(dim=1)).clamp_min(1e-6)
+    front, back = _pair_means(ordered, image, offset=offset, patch=patch, step=step)
+    cos = (front * back).sum(1) / (front.norm(dim=1) * back.norm(dim=1)).clamp_min(1e-6)
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
 
 
+def brightness_ratios(ordered, image: torch.Tensor, *, offset: float, patch: int = 1, step: float = 1.0
+                      ) -> torch.Tensor:
+    """Mean brightness of the front pair point's patch over the back one's [N] (the patches of :func:`colour_angles`).
+
+    A cast shadow moves with its object, so on a shadow's outline the front side (the side that moves with the
+    outline) is the shadowed one: the ratio is below 1. Where it is 1 or more the front side is not a shadow.
+
+    Args:
+        ordered: ordered boundary points (normals point to the front side).
+        image: float RGB [B,3,H,W] in 0..1, the frames of the points.
+        offset: distance of the two pair points from the boundary, px.
+        patch: half-size of the patch grid.
+        step: spacing of the patch samples, px.
+
+    Returns:
+        float [N], >= 0.
+    """
+    if len(ordered) == 0:
+        return image.new_zeros(0)
+    front, back = _pair_means(ordered, image, offset=offset, patch=patch, step=step)
+    return front.mean(1) / back.mean(1).clamp_min(1e-4)
+
+
 def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor],
-                      config: RefineConfig = RefineConfig()):
+                      config: RefineConfig = RefineConfig(), *, stages: dict | None = None):
     """Shift ordered points towards their front side, then keep those whose pair pixels verify.
 
     Args:
@@ -148,20 +184,31 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
         flows: ``flows[k]`` [B,2,H,W] leads to the frames ``targets[k]``.
         targets: the neighbour frames, as ``image``.
         config: the placement and verification parameters.
+        stages: when a dict, the points after each step (``placed``, ``margin``, ``shadow``, ``final``) are put in
+            it, to measure what each step keeps.
 
     Returns:
-        The shifted points that pass the margin check (with ``min_margin``), in segments of at least
-        ``min_segment`` points.
+        The shifted points that pass the margin check (with ``min_margin``) and the shadow test, in segments of at
+        least ``min_segment`` points.
     """
-    out = ordered.shifted(torch.full((len(ordered),), float(config.shift), device=ordered.normal.device))
+    stages = {} if stages is None else stages
+    out = stages["placed"] = ordered.shifted(torch.full((len(ordered),), float(config.shift),
+                                                        device=ordered.normal.device))
     if config.min_margin is not None and len(out):
         margin = side_margins(out, image, flows, targets, offset=config.pair_offset,
                               motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step)
         out = out.shifted(torch.zeros_like(margin), margin >= config.min_margin)
+    stages["margin"] = out
     if config.min_colour_angle is not None and len(out):
         angle = colour_angles(out, image, offset=config.pair_offset, patch=config.patch, step=config.patch_step)
-        out = out.shifted(torch.zeros_like(angle), angle >= config.min_colour_angle)
+        keep = angle >= config.min_colour_angle
+        if config.shadow_exempt_ratio is not None:
+            keep |= brightness_ratios(out, image, offset=config.pair_offset, patch=config.patch,
+                                      step=config.patch_step) >= config.shadow_exempt_ratio
+        out = out.shifted(torch.zeros_like(angle), keep)
+    stages["shadow"] = out
     if config.min_segment > 1 and len(out):
         _, seg, count = torch.unique(out.segment, return_inverse=True, return_counts=True)
         out = out.shifted(torch.zeros(len(out), device=out.normal.device), count[seg] >= config.min_segment)
+    stages["final"] = out
     return out

@@ -103,6 +103,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _positive_or_zero(text: str) -> float:
+    """Parse a finite number >= 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     """Add the options of a generation run (``generate``, ``plan``, ``evaluate``, the Ray recipe) to a parser.
 
@@ -112,7 +123,11 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     d = GenerateConfig()
     g = p.add_argument_group("frames")
     g.add_argument("--stride", type=int_at_least(1), default=d.stride, help="process every STRIDE-th frame")
-    g.add_argument("--gap", type=int_at_least(1), default=d.gap, help="flow between frames GAP apart")
+    g.add_argument("--gap", type=int_at_least(1), default=d.gap,
+                   help="flow between frames GAP apart (counted at --reference-fps: slower videos use fewer)")
+    g.add_argument("--reference-fps", type=_positive_or_zero, default=d.reference_fps,
+                   help="the frame rate GAP is counted at: a slower video uses GAP*fps/this frames, at least 1 "
+                        "(0: GAP frames whatever the rate)")
     g.add_argument("--max-side", type=int_at_least(0), default=d.max_side,
                    help="resize so the longer side is at most this (>= 16); 0 keeps the size")
     g.add_argument("--max-frames", type=int_at_least(1), default=None,
@@ -177,7 +192,8 @@ def generation_config_from_args(args: argparse.Namespace) -> GenerateConfig:
         flow_options = {"preset": args.dis_preset}
     else:
         flow_options = dict(DIS_DEFAULTS)
-    return GenerateConfig(stride=args.stride, gap=args.gap, max_side=args.max_side or None,
+    return GenerateConfig(stride=args.stride, gap=args.gap, reference_fps=args.reference_fps or None,
+                          max_side=args.max_side or None,
                           max_frames=args.max_frames, flow=args.flow, flow_options=flow_options, decoder=args.decoder,
                           max_pairs=args.max_pairs, jpeg_quality=args.jpeg_quality, seed=args.seed)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..datasets.dynocc import DynOccDataset
 from ..generation import generate
+from ..generation.config import frame_steps
 from ..generation.video import open_video, select_frames
 from .reference import MASK_CATEGORIES, MaskEvalResult, MovingMaskConfig, classify_pairs_by_mask, reference_mask
 from .scoring import (
@@ -105,19 +106,37 @@ def read_run_params(shards: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
-def selected_frames(num_frames: Mapping[str, int], params: Mapping[str, Any]) -> dict[str, list[int]]:
+def video_steps(params: Mapping[str, Any], fps: float) -> tuple[int, int]:
+    """The stride and flow gap a run used on a video of ``fps`` frames per second.
+
+    Args:
+        params: the run's parameters (``stride``, ``gap``, ``reference_fps``; defaults 4, 4, None).
+        fps: the video's frame rate.
+
+    Returns:
+        ``(stride, gap)`` in frames (:func:`~dynocc_data.generation.config.frame_steps`).
+    """
+    return frame_steps(params.get("stride", 4), params.get("gap", 4), fps, params.get("reference_fps"))
+
+
+def selected_frames(num_frames: Mapping[str, int], params: Mapping[str, Any],
+                    fps: Mapping[str, float] | None = None) -> dict[str, list[int]]:
     """Every frame the generator selected in each video.
 
     Args:
         num_frames: video -> its frame count.
-        params: the run's parameters (``gap``, ``stride``, ``max_frames``; defaults 4, 4, None).
+        params: the run's parameters (``gap``, ``stride``, ``reference_fps``, ``max_frames``; defaults 4, 4,
+            None, None).
+        fps: video -> its frame rate (a video not in it: the configured stride and gap).
 
     Returns:
         video -> the selected frames.
     """
-    gap, stride = params.get("gap", 4), params.get("stride", 4)
-    return {name: select_frames(n, stride=stride, gap=gap, max_frames=params.get("max_frames"))
-            for name, n in num_frames.items()}
+    out = {}
+    for name, n in num_frames.items():
+        stride, gap = video_steps(params, (fps or {}).get(name, 0.0))
+        out[name] = select_frames(n, stride=stride, gap=gap, max_frames=params.get("max_frames"))
+    return out
 
 
 def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, coverage_radius: float = 4.0,
@@ -143,12 +162,14 @@ def evaluate_shards(shards: str | os.PathLike, scene_dir: str | os.PathLike, *, 
     scenes = load_scenes(scene_dir)
     stats = json.loads((shards / "stats.json").read_text()) if (shards / "stats.json").exists() else {}
     params = read_run_params(shards)
-    selected = selected_frames({name: gt.num_frames for name, gt in scenes.items()}, params)
+    selected = selected_frames({name: gt.num_frames for name, gt in scenes.items()}, params,
+                               {name: gt.fps for name, gt in scenes.items()})
     for name in {f["video"] for f in stats.get("failed", [])} & set(scenes):
         log.warning("%s failed during generation; its boundaries count as uncovered", name)
     items = DynOccDataset(str(shards), strategy="stored", keep_boundary=False)
-    return score_items(items, scenes, coverage_radius=coverage_radius, selected=selected,
-                       gap=params.get("gap", 4), min_motion=min_motion)
+    gaps = {name: video_steps(params, gt.fps)[1] for name, gt in scenes.items()}
+    return score_items(items, scenes, coverage_radius=coverage_radius, selected=selected, gap=gaps,
+                       min_motion=min_motion)
 
 
 def evaluate_synthetic(out: str | os.PathLike, *, num_scenes: int = 4, seed: int = 1000,
@@ -188,19 +209,20 @@ def _video_key(video: str | os.PathLike) -> str:
     return Path(video).name
 
 
-def _read_clips(videos: list[str], max_side: int | None) -> dict[str, np.ndarray]:
-    """Every frame of each video at the size ``generate`` works at, keyed like ``meta["video"]``.
+def _read_clips(videos: list[str], max_side: int | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every frame of each video at the size ``generate`` works at, and its frame rate, keyed like ``meta["video"]``.
 
     Raises:
         ValueError: two videos have the same file name (their items could not be told apart).
     """
     clips: dict[str, np.ndarray] = {}
+    rates: dict[str, float] = {}
     for video in videos:
         key = _video_key(video)
         if key in clips:
             raise ValueError(f"{video}: another input has the same file name {key!r}")
-        clips[key] = read_video_frames(video, max_side=max_side)[0]
-    return clips
+        clips[key], rates[key] = read_video_frames(video, max_side=max_side)
+    return clips, rates
 
 
 def evaluate_static_camera(videos: list[str], out: str | os.PathLike, generate_config=None, *,
@@ -225,10 +247,10 @@ def evaluate_static_camera(videos: list[str], out: str | os.PathLike, generate_c
     shards = Path(out) / "shards"
     generate([str(v) for v in videos], shards, generate_config, progress=progress, **generate_kwargs)
     params = read_run_params(shards)
-    clips = _read_clips(videos, params.get("max_side", 640))
+    clips, rates = _read_clips(videos, params.get("max_side", 640))
     per_video = {key: MaskEvalResult() for key in clips}
     for key, frames in clips.items():
-        per_video[key].frames_selected = len(selected_frames({key: len(frames)}, params)[key])
+        per_video[key].frames_selected = len(selected_frames({key: len(frames)}, params, rates)[key])
     masks: dict[tuple[str, int], np.ndarray] = {}
     for item in DynOccDataset(str(shards), strategy="stored", keep_boundary=False):
         key, t = item["meta"]["video"], int(item["meta"]["frame"])
@@ -297,9 +319,9 @@ def count_real_clips(videos: list[str], out: str | os.PathLike, generate_config=
     per_video = {}
     for video in videos:
         with open_video(str(video), max_side=params.get("max_side", 640)) as reader:
-            n = reader.num_frames
+            n, fps = reader.num_frames, float(reader.fps)
         per_video[_video_key(video)] = MaskEvalResult(
-            frames_selected=len(selected_frames({"v": n}, params)["v"]))
+            frames_selected=len(selected_frames({"v": n}, params, {"v": fps})["v"]))
     for item in DynOccDataset(str(shards), strategy="stored", keep_boundary=False):
         res = per_video[item["meta"]["video"]]
         res.frames_written += 1

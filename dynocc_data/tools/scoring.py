@@ -430,7 +430,8 @@ def _unknown_mask(gt: Any, t: int) -> np.ndarray | None:
 
 
 def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *, coverage_radius: float = 4.0,
-                selected: Mapping[str, Iterable[int]] | None = None, gap: int = 2, min_motion: float = 1.0,
+                selected: Mapping[str, Iterable[int]] | None = None, gap: int | Mapping[str, int] = 2,
+                min_motion: float = 1.0,
                 rel_tol: float = 0.01, near_edge: float = 16.0) -> EvalResult:
     """Score items of the item contract against scene ground truth.
 
@@ -445,7 +446,8 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
         coverage_radius: a boundary pixel is covered when a pair midpoint lies within this many pixels.
         selected: video -> every frame the generator selected, so that frames without a sample count against
             coverage; by default only the items' frames.
-        gap: the flow gap of the run (the moving boundary is judged over it).
+        gap: the flow gap of the run (the moving boundary is judged over it), or video -> its gap (a run counts
+            its gap at a reference frame rate, so slower videos use a shorter one).
         min_motion: least relative motion in pixels for a boundary pixel to count as moving.
         rel_tol: see :func:`classify_pairs`.
         near_edge: see :func:`classify_pairs`.
@@ -492,7 +494,8 @@ def score_items(items: Iterable[Mapping[str, Any]], scenes: Mapping[str, Any], *
             dist = near_midpoints(np.concatenate(m) if m else np.zeros((0, 2)), tuple(gt.depth.shape[1:]))
             near, near_old = dist <= coverage_radius, dist <= LEGACY_RADIUS
             for motion in ("any", "across"):
-                boundary = gt.moving_boundary(t, gap, min_motion=min_motion, motion=motion)
+                boundary = gt.moving_boundary(t, gap if isinstance(gap, int) else gap[name], min_motion=min_motion,
+                                              motion=motion)
                 n, c, c_old = int(boundary.sum()), int((boundary & near).sum()), int((boundary & near_old).sum())
                 if motion == "any":
                     res.boundary_any += n
