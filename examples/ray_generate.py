@@ -49,7 +49,7 @@ from dynocc_data import __version__
 from dynocc_data.errors import DynOccError, InputError
 from dynocc_data.generation import FrameProcessor, GenerateConfig, GenerateSummary
 from dynocc_data.generation.lock import hold_output
-from dynocc_data.generation.pipeline import no_pairs_reason, resolve_device
+from dynocc_data.generation.pipeline import no_pairs_reason, resolve_device, video_meta
 from dynocc_data.generation.video import (
     VideoSource,
     discover_videos,
@@ -95,16 +95,15 @@ def decode_windows(row: dict[str, Any], *, config: GenerateConfig, window: int) 
     src = VideoSource(row["path"], row["kind"], row["rel"])
     try:
         with open_video(src, backend=config.decoder, max_side=config.max_side, device="cpu") as reader:
-            require_frames(reader, 2 * config.gap + 1)
-            selected = select_frames(reader.num_frames, stride=config.stride, gap=config.gap,
-                                     max_frames=config.max_frames)
-            meta = json.dumps({"video": src.rel, "orig_size": list(reader.orig_size), "size": list(reader.size),
-                               "scale": float(reader.scale), "fps": float(reader.fps)})
+            stride, gap = config.frame_steps(reader.fps)  # the gap counts frames at config.reference_fps
+            require_frames(reader, 2 * gap + 1)
+            selected = select_frames(reader.num_frames, stride=stride, gap=gap, max_frames=config.max_frames)
+            meta = json.dumps(video_meta(src, reader, stride=stride, gap=gap))
             if not selected:
                 yield _window_row(src, meta=meta, num_frames=reader.num_frames)
             for start in range(0, len(selected), window):
                 chunk = selected[start:start + window]
-                needed = frames_needed(chunk, config.gap, num_frames=reader.num_frames)
+                needed = frames_needed(chunk, gap, num_frames=reader.num_frames)
                 decoded = list(reader.iter_frames(needed))
                 yield _window_row(src, meta=meta, num_frames=reader.num_frames,
                                   last=start + window >= len(selected), selected=np.asarray(chunk, np.int64),
@@ -159,8 +158,9 @@ class PipelineActor:
             tensors = ((int(j), torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).contiguous())
                        for j, f in frames)
             selected = batch["selected"][i].tolist()
+            meta = json.loads(batch["meta"][i])
             for res in self.processor.process(tensors, selected, int(batch["num_frames"][i]),
-                                              video_id=str(batch["video_id"][i]), meta=json.loads(batch["meta"][i])):
+                                              video_id=str(batch["video_id"][i]), meta=meta, gap=meta["gap"]):
                 if res.rejected is not None:
                     emit(i, "rejected", res.frame, res.rejected, num_boundary=res.num_boundary)
                 else:

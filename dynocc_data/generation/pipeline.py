@@ -49,7 +49,7 @@ from .refine import refine_boundaries
 from .video import VideoSource, frames_needed, open_video, require_frames, select_frames
 from .writer import RunState, ShardWriter, has_ledgers, read_run_state
 
-__all__ = ["FrameProcessor", "FrameResult", "no_pairs_reason", "resolve_device", "run_videos"]
+__all__ = ["FrameProcessor", "FrameResult", "no_pairs_reason", "resolve_device", "run_videos", "video_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -523,8 +523,7 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
                     require_frames(reader, 2 * gap + 1)
                 selected = select_frames(reader.num_frames, stride=stride, gap=gap, max_frames=config.max_frames)
                 todo = [t for t in selected if t > last]
-                meta = {"video": src.rel, "orig_size": list(reader.orig_size), "size": list(reader.size),
-                        "scale": float(reader.scale), "fps": float(reader.fps), "stride": stride, "gap": gap}
+                meta = video_meta(src, reader, stride=stride, gap=gap)
                 needed = frames_needed(todo, gap, num_frames=reader.num_frames)
                 frames = prefetch(_frame_tensors(reader, needed))
                 for res in processor.process(frames, todo, reader.num_frames, video_id=src.video_id, meta=meta,
@@ -566,6 +565,22 @@ def _run_sources(sources, writer: BackgroundWriter, processor: FrameProcessor, c
 def progress_bars(progress: bool) -> bool:
     """Progress bars only when asked for and on a terminal (redirected logs get plain lines instead)."""
     return bool(progress) and sys.stderr.isatty()
+
+
+def video_meta(src: VideoSource, reader: Any, *, stride: int, gap: int) -> dict[str, Any]:
+    """The video-level metadata every sample of a video carries (``meta`` of :meth:`FrameProcessor.process`).
+
+    Args:
+        src: the video.
+        reader: its open reader (``orig_size``, ``size``, ``scale``, ``fps``).
+        stride: the frame stride used for this video (:meth:`GenerateConfig.frame_steps`).
+        gap: the flow gap used for this video.
+
+    Returns:
+        ``video``, ``orig_size``, ``size``, ``scale``, ``fps``, ``stride`` and ``gap``, JSON-ready.
+    """
+    return {"video": src.rel, "orig_size": list(reader.orig_size), "size": list(reader.size),
+            "scale": float(reader.scale), "fps": float(reader.fps), "stride": int(stride), "gap": int(gap)}
 
 
 def no_pairs_reason(rejected: Counter, selected: Sequence[int]) -> str:
