@@ -73,6 +73,32 @@ def test_motion_blur_smears_a_moving_object_along_its_motion():
     assert smeared < crisp
 
 
+def test_object_speeds_are_per_second_so_half_the_frame_rate_moves_twice_as_far_per_frame():
+    # the same scene (seed, textures) over a 25 fps clip and over the same clip at 12.5 fps (every other frame); with
+    # an odd length at 25 fps both clips have their middle frame (where objects are placed) at the same instant
+    fast = moving_square_scene((96, 128), 17, velocity=(0.0, 1.0), seed=3).frames
+    slow = fast[::2]
+    cfg = dataclasses.replace(CFG, speed=(10.0, 10.0), cast_shadows=False)
+    for seed in (0, 3):
+        a = make_semireal_scene(fast, dataclasses.replace(cfg, fps=25.0), seed=seed, textures=fast)
+        b = make_semireal_scene(slow, dataclasses.replace(cfg, fps=12.5), seed=seed, textures=fast)
+        assert b.fps == 12.5 and len(b.frames) == 9
+        np.testing.assert_array_equal(b.layer_depth, a.layer_depth)
+        step_a = np.linalg.norm(np.diff(a.transforms[:, 1:, :, 2], axis=0), axis=-1)  # [16, objects] px per frame
+        step_b = np.linalg.norm(np.diff(b.transforms[:, 1:, :, 2], axis=0), axis=-1)
+        assert step_a.mean() > 1.0  # the objects do move (about 2 px a frame at 25 fps)
+        # between frames t and t+1 at 12.5 fps an object moves twice as far as between 2t and 2t+1 at 25 fps, and
+        # as far as between 2t and 2t+2: frame t at 12.5 fps shows the objects where frame 2t at 25 fps does
+        np.testing.assert_allclose(step_b, 2 * step_a[0::2], rtol=0.01)
+        np.testing.assert_allclose(step_b, step_a[0::2] + step_a[1::2], rtol=0.06)
+        np.testing.assert_allclose(b.transforms[:, 1:, :, :2], a.transforms[0::2, 1:, :, :2], atol=1e-9)
+        np.testing.assert_allclose(b.transforms[:, 1:, :, 2], a.transforms[0::2, 1:, :, 2], atol=0.5)
+        # the ground truth follows: the same labels and depths at the same instants
+        assert (b.labels == a.labels[0::2]).mean() > 0.995
+        for lid in (1, 2):
+            assert (b.labels == lid).any() and (b.depth[b.labels == lid] == np.float32(b.layer_depth[lid])).all()
+
+
 def test_written_scenes_score_pairs_touching_objects_and_leave_footage_pairs_unscored(tmp_path):
     src = write_scene(moving_square_scene((96, 128), 12, velocity=(0.0, 1.0), seed=4), tmp_path / "src", "clip")[0]
     videos = make_semireal_scenes(src, tmp_path / "scenes", 2, seed=10, config=dataclasses.replace(CFG, num_frames=8))

@@ -16,6 +16,12 @@ photographed things rather than synthetic layers:
 
 The camera of the footage may move; the composited objects move in image coordinates, and the ground-truth motion
 of the footage layer is taken as zero (so coverage on semi-real scenes counts the objects' own motion only).
+
+The objects' motion is physical: the config's rates (``speed``, ``rotation``, ``scale_change``, per frame) are per
+frame of a video at :data:`SPEED_FPS` (``generate``'s reference rate, which its flow gap counts frames at), so over
+footage at 12.5 fps an object moves twice as far between frames and the same distance over the flow gap's span of
+time (``generate`` halves the gap there) as over 25 fps footage. Without it, slow footage gave objects too slow to
+order and fast footage made them easy, whatever the method did.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..generation.config import GenerateConfig
 from ..generation.video import open_video
 from .synthetic import (
     _REF_WIDTH,
@@ -43,12 +50,15 @@ from .synthetic import (
     write_scene,
 )
 
-__all__ = ["SEMIREAL_CONFIG", "make_semireal_scene", "make_semireal_scenes", "read_video_frames"]
+__all__ = ["SEMIREAL_CONFIG", "SPEED_FPS", "make_semireal_scene", "make_semireal_scenes", "read_video_frames"]
 
 log = logging.getLogger(__name__)
 
 SEMIREAL_CONFIG = SceneConfig(cast_shadows=True, num_objects=(2, 4), noise_sigma=0.0)
 """Defaults of semi-real scenes (the footage brings its own noise; frame size comes from the footage)."""
+
+SPEED_FPS = float(GenerateConfig.reference_fps)  # type: ignore[arg-type]  # a number by default, never None
+"""Frame rate that the scene config's per-frame rates are counted at: ``GenerateConfig``'s default reference rate."""
 
 _SHUTTER = 0.5  # exposure as a share of the frame interval
 _SUBFRAMES = 5  # positions averaged for motion blur
@@ -140,7 +150,11 @@ class _Object:
 
 
 def _make_object(rng: np.random.Generator, cfg: SceneConfig, footage: np.ndarray, light: float) -> _Object:
-    """An object with a photo texture and an irregular matte, moving smoothly with some rotation."""
+    """An object with a photo texture and an irregular matte, moving smoothly with some rotation.
+
+    Its rates are the config's per frame at :data:`SPEED_FPS`, scaled to the footage's rate ``cfg.fps``.
+    """
+    frame_time = SPEED_FPS / cfg.fps  # one footage frame, in frames at SPEED_FPS
     focal = cfg.focal * cfg.width
     depth = rng.uniform(*cfg.object_depth)
     radius = focal * rng.uniform(*cfg.object_size) / depth
@@ -154,10 +168,11 @@ def _make_object(rng: np.random.Generator, cfg: SceneConfig, footage: np.ndarray
     rgb *= (1 + gx * (xx / alpha.shape[1] - 0.5) * 2 + gy * (yy / alpha.shape[0] - 0.5) * 2)[..., None]
     rgba = np.concatenate([np.clip(rgb, 0, 255) * alpha[..., None], alpha[..., None]], axis=-1).astype(np.float32)
     heading = rng.uniform(0, 2 * np.pi)
-    own = _smooth_path(rng, cfg.num_frames, speed * np.array([np.cos(heading), np.sin(heading)]))
+    own = _smooth_path(rng, cfg.num_frames, speed * np.array([np.cos(heading), np.sin(heading)]),
+                       frame_time=frame_time)
     mid = (cfg.num_frames - 1) // 2
     placed = np.array([rng.uniform(0.15, 0.85) * cfg.width, rng.uniform(0.2, 0.8) * cfg.height])
-    steps = np.arange(cfg.num_frames) - mid
+    steps = (np.arange(cfg.num_frames) - mid) * frame_time
     angle = rng.uniform(0, 2 * np.pi) + np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation)) * steps
     scale = np.exp(rng.uniform(-cfg.scale_change, cfg.scale_change) * steps)
     transforms = _similarity(centre, placed + own - own[mid], angle, scale)
@@ -219,7 +234,8 @@ def make_semireal_scene(footage: np.ndarray, config: SceneConfig | None = None, 
     Args:
         footage: uint8 [T,H,W,3] RGB frames of the background (T >= 2, H and W even to be written as video).
         config: objects, speeds, depths and shadows (:data:`SEMIREAL_CONFIG` by default); its frame size and
-            count are replaced by the footage's.
+            count are replaced by the footage's; its ``fps`` is the footage's rate (speeds are per frame at
+            :data:`SPEED_FPS` and scale by ``SPEED_FPS / fps``).
         seed: seed of every random choice.
         textures: frames to cut object textures from (default: ``footage``).
 

@@ -734,15 +734,21 @@ def _shape_mask(outline: np.ndarray, pad: int = 3) -> tuple[np.ndarray, np.ndarr
     return mask.astype(np.float32) / 255.0, centre
 
 
-def _smooth_path(rng: np.random.Generator, num_frames: int, velocity: np.ndarray, wobble: float = 0.3) -> np.ndarray:
-    """Cumulative image displacement [T,2] (x, y) of a smooth motion around ``velocity`` px/frame, zero at t=0."""
-    t = np.arange(num_frames - 1, dtype=np.float64)
+def _smooth_path(rng: np.random.Generator, num_frames: int, velocity: np.ndarray, wobble: float = 0.3,
+                 frame_time: float = 1.0) -> np.ndarray:
+    """Cumulative image displacement [T,2] (x, y) of a smooth motion around ``velocity`` px/frame, zero at t=0.
+
+    ``frame_time`` is the duration of one of the ``num_frames`` frames in the frames ``velocity`` and the wobble's
+    periods count (2: a clip at half the rate, each frame moving twice as far); the random draws do not depend on it.
+    """
+    t = np.arange(num_frames - 1, dtype=np.float64) * frame_time
     period = rng.uniform(15, 60, size=2)
     phase = rng.uniform(0, 2 * np.pi, size=2)
     gain = 1 + wobble * np.sin(2 * np.pi * t / period[0] + phase[0])
     turn = 0.5 * wobble * np.sin(2 * np.pi * t / period[1] + phase[1])  # radians of slow heading change
     c, s = np.cos(turn), np.sin(turn)
-    vel = gain[:, None] * np.stack([c * velocity[0] - s * velocity[1], s * velocity[0] + c * velocity[1]], axis=1)
+    vel = frame_time * gain[:, None] * np.stack([c * velocity[0] - s * velocity[1], s * velocity[0] + c * velocity[1]],
+                                                axis=1)
     return np.concatenate([np.zeros((1, 2)), np.cumsum(vel, axis=0)])
 
 
