@@ -97,6 +97,9 @@ def test_object_speeds_are_per_second_so_half_the_frame_rate_moves_twice_as_far_
         assert (b.labels == a.labels[0::2]).mean() > 0.995
         for lid in (1, 2):
             assert (b.labels == lid).any() and (b.depth[b.labels == lid] == np.float32(b.layer_depth[lid])).all()
+        # faster footage keeps the per-frame rates, as generate keeps its gap in frames above 25 fps
+        c = make_semireal_scene(fast, dataclasses.replace(cfg, fps=30.0), seed=seed, textures=fast)
+        np.testing.assert_array_equal(c.transforms, a.transforms)
 
 
 def test_written_scenes_score_pairs_touching_objects_and_leave_footage_pairs_unscored(tmp_path):

@@ -17,11 +17,12 @@ photographed things rather than synthetic layers:
 The camera of the footage may move; the composited objects move in image coordinates, and the ground-truth motion
 of the footage layer is taken as zero (so coverage on semi-real scenes counts the objects' own motion only).
 
-The objects' motion is physical: the config's rates (``speed``, ``rotation``, ``scale_change``, per frame) are per
-frame of a video at :data:`SPEED_FPS` (``generate``'s reference rate, which its flow gap counts frames at), so over
-footage at 12.5 fps an object moves twice as far between frames and the same distance over the flow gap's span of
-time (``generate`` halves the gap there) as over 25 fps footage. Without it, slow footage gave objects too slow to
-order and fast footage made them easy, whatever the method did.
+The objects move the same distance over ``generate``'s flow gap whatever the footage's rate: the config's rates
+(``speed``, ``rotation``, ``scale_change``, per frame) are per frame of a video at :data:`SPEED_FPS` (``generate``'s
+reference rate, which its flow gap counts frames at). Over slower footage they scale by ``SPEED_FPS / fps`` (at
+12.5 fps an object moves twice as far between frames, and ``generate`` halves the gap there); over faster footage
+they stay per frame, as ``generate`` keeps its gap in frames there. Without it, slow footage gave objects too slow
+to order, whatever the method did.
 """
 
 from __future__ import annotations
@@ -152,9 +153,10 @@ class _Object:
 def _make_object(rng: np.random.Generator, cfg: SceneConfig, footage: np.ndarray, light: float) -> _Object:
     """An object with a photo texture and an irregular matte, moving smoothly with some rotation.
 
-    Its rates are the config's per frame at :data:`SPEED_FPS`, scaled to the footage's rate ``cfg.fps``.
+    Its rates are the config's per frame at :data:`SPEED_FPS`, scaled up for slower footage (``cfg.fps``).
     """
-    frame_time = SPEED_FPS / cfg.fps  # one footage frame, in frames at SPEED_FPS
+    # one footage frame, in frames at SPEED_FPS; faster footage keeps the per-frame rates, as generate keeps its gap
+    frame_time = max(1.0, SPEED_FPS / cfg.fps)
     focal = cfg.focal * cfg.width
     depth = rng.uniform(*cfg.object_depth)
     radius = focal * rng.uniform(*cfg.object_size) / depth
@@ -235,7 +237,7 @@ def make_semireal_scene(footage: np.ndarray, config: SceneConfig | None = None, 
         footage: uint8 [T,H,W,3] RGB frames of the background (T >= 2, H and W even to be written as video).
         config: objects, speeds, depths and shadows (:data:`SEMIREAL_CONFIG` by default); its frame size and
             count are replaced by the footage's; its ``fps`` is the footage's rate (speeds are per frame at
-            :data:`SPEED_FPS` and scale by ``SPEED_FPS / fps``).
+            :data:`SPEED_FPS` and scale by ``SPEED_FPS / fps`` below that rate).
         seed: seed of every random choice.
         textures: frames to cut object textures from (default: ``footage``).
 
