@@ -106,8 +106,7 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         return image.new_zeros(0)
     y, x = ordered.y.to(image.dtype), ordered.x.to(image.dtype)
     ny, nx = ordered.normal[:, 0], ordered.normal[:, 1]
-    motions = [[sample_bilinear(flow, ordered.b, y + s * motion_offset * ny, x + s * motion_offset * nx)
-                for s in (1.0, -1.0)] for flow in flows]  # per neighbour: front, back motion
+    motions = _side_motions(ordered, flows, motion_offset)  # per neighbour: front, back motion
     margins = []
     for side in (0, 1):  # front point, back point
         s = 1.0 if side == 0 else -1.0
@@ -119,6 +118,16 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
             best = torch.maximum(best, res_back - res_front if side == 0 else res_front - res_back)
         margins.append(best)
     return torch.minimum(*margins)
+
+
+def _side_motions(ordered, flows: list[torch.Tensor], motion_offset: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per flow, the front and back motions [N,2]: the flow sampled at p + motion_offset·n and p - motion_offset·n."""
+    if not flows:
+        return []
+    y, x = ordered.y.to(flows[0].dtype), ordered.x.to(flows[0].dtype)
+    dy, dx = motion_offset * ordered.normal[:, 0], motion_offset * ordered.normal[:, 1]
+    return [(sample_bilinear(flow, ordered.b, y + dy, x + dx), sample_bilinear(flow, ordered.b, y - dy, x - dx))
+            for flow in flows]
 
 
 def motion_contrasts(ordered, flows: list[torch.Tensor], *, motion_offset: float) -> torch.Tensor:
@@ -139,12 +148,8 @@ def motion_contrasts(ordered, flows: list[torch.Tensor], *, motion_offset: float
     n = len(ordered)
     if n == 0 or not flows:
         return torch.zeros(n, device=ordered.normal.device)
-    y, x = ordered.y.to(flows[0].dtype), ordered.x.to(flows[0].dtype)
-    dy, dx = motion_offset * ordered.normal[:, 0], motion_offset * ordered.normal[:, 1]
     total = torch.zeros(n, dtype=flows[0].dtype, device=flows[0].device)
-    for flow in flows:
-        front = sample_bilinear(flow, ordered.b, y + dy, x + dx)
-        back = sample_bilinear(flow, ordered.b, y - dy, x - dx)
+    for front, back in _side_motions(ordered, flows, motion_offset):
         larger = torch.maximum(front.norm(dim=1), back.norm(dim=1)).clamp_min(1e-3)
         total += (front - back).norm(dim=1) / larger
     return total / len(flows)
