@@ -23,6 +23,8 @@ from ..errors import DynOccError
 
 __all__ = ["LEDGER_FOLDER", "Ledger", "ObjectLedger", "has_ledgers", "open_ledgers", "rank_ledger"]
 
+MAX_RECORD_BYTES = 1 << 24  # a record lists one shard's frames or one video: kilobytes; never read a huge object whole
+
 log = logging.getLogger(__name__)
 
 LEDGER_FOLDER = "ledgers"  # remote outputs: one object per ledger record in this sub-folder
@@ -125,13 +127,14 @@ class ObjectLedger:
         """Read the ledger back.
 
         Returns:
-            All records, in order (none when there are none); unreadable objects are ignored with a warning.
+            All records, in order (none when there are none); unreadable or oversized objects (more than
+            ``MAX_RECORD_BYTES``, far beyond any record this package writes) are ignored with a warning.
         """
         out = []
         for name in self._names():
             url = storage.join(self.folder, name)
             try:
-                out.append(json.loads(storage.read_text(url)))
+                out.append(json.loads(storage.read_text(url, max_bytes=MAX_RECORD_BYTES)))
             except FileNotFoundError:
                 continue
             except ValueError:
