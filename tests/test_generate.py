@@ -182,9 +182,10 @@ def test_square_outline_and_depth_order(squares, scenes):
         dist, corner = np.concatenate(dist), np.concatenate(corner)
         straight = corner > 10  # flow rounds the square's corners off
         assert len(dist) > 300
-        assert np.median(dist) <= 2.0, name
-        assert (dist[straight] <= 3.0).mean() >= 0.95, name
-        assert dist.max() <= 6.0, name
+        # snapped onto the outline: half of the points on it (0.5 px: the pixel beside it), nearly all within 3 px
+        assert np.median(dist) <= 0.5, name
+        assert (dist[straight] <= 3.0).mean() >= 0.92, name
+        assert dist.max() <= 7.0, name
         assert np.concatenate(front_in).mean() >= 0.95, name
         assert np.concatenate(agree).mean() >= 0.97, name  # pairs agree with the ground-truth depth
         assert np.concatenate(closer_in).mean() >= 0.97, name  # the closer point is on the square

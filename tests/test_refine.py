@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from dynocc_data.generation.ordering import OrderedBoundaries
+from dynocc_data.errors import ConfigError
 from dynocc_data.generation.refine import (
     RefineConfig,
     brightness_ratios,
     colour_angles,
+    colour_edge_offsets,
+    edge_margins,
     motion_contrasts,
     refine_boundaries,
     side_margins,
@@ -110,7 +113,12 @@ def test_margins_vanish_on_a_textureless_image():
     m = side_margins(left_edge(LEFT), flat, FLOWS, [flat, flat], offset=6.0, motion_offset=10.0, patch=1,
                      step=2.0)
     assert torch.allclose(m, torch.zeros_like(m), atol=1e-6)
-    assert (m < RefineConfig().min_margin).all()  # so verification drops them
+    # plain pixels are not evidence against a pair: the margin check lets them through...
+    assert (m >= RefineConfig().min_margin).all()
+    # ...and the edge test, which finds no evidence that the outline moves with the front side, drops them
+    e = edge_margins(left_edge(LEFT), flat, FLOWS, [flat, flat], motion_offset=10.0, patch=1, step=2.0)
+    assert torch.allclose(e, torch.zeros_like(e), atol=1e-6)
+    assert (e < RefineConfig().min_edge_margin).all()
 
 
 def test_margins_of_no_points():
@@ -120,7 +128,8 @@ def test_margins_of_no_points():
 def test_refine_shifts_along_the_normal_and_drops_short_segments():
     long = left_edge(LEFT - 2, rows=range(TOP, TOP + 30), segment=3)
     short = left_edge(LEFT - 2, rows=range(TOP + 32, TOP + 37), segment=7)  # 5 points
-    cfg = RefineConfig(shift=2.0, min_margin=None, min_segment=20, min_colour_angle=None)
+    cfg = RefineConfig(snap_behind=None, shift=2.0, min_margin=None, min_edge_margin=None, min_segment=20,
+                       min_colour_angle=None)
     out = refine_boundaries(cat(long, short), IMAGE, FLOWS, TARGETS, cfg)
     assert len(out) == 30
     assert out.segment.unique().tolist() == [3]
@@ -130,8 +139,7 @@ def test_refine_shifts_along_the_normal_and_drops_short_segments():
     diag = OrderedBoundaries(torch.zeros(1, dtype=torch.long), torch.tensor([30]), torch.tensor([40]),
                              torch.tensor([[0.6, -0.8]]), torch.ones(1), torch.zeros(1, dtype=torch.long),
                              torch.ones(1))
-    moved = refine_boundaries(diag, IMAGE, FLOWS, TARGETS, RefineConfig(shift=5.0, min_margin=None, min_segment=1,
-                                                                           min_colour_angle=None))
+    moved = refine_boundaries(diag, IMAGE, FLOWS, TARGETS, dataclasses.replace(cfg, shift=5.0, min_segment=1))
     assert torch.allclose(torch.stack([moved.y, moved.x], 1), torch.tensor([[33.0, 36.0]]))
 
 
@@ -141,7 +149,7 @@ def test_refine_keeps_verified_points_and_drops_misplaced_ones():
     # 10 px inside the square with the normal pointing out: after the shift (to LEFT + 8) the "front" pair
     # pixel is on the square while the front motion is the background's -> dropped
     bad = left_edge(LEFT + 10, normal_x=-1.0, rows=range(TOP + 4, TOP + 34), segment=1)
-    cfg = RefineConfig(shift=2.0, pair_offset=6.0, motion_offset=10.0, min_segment=20,
+    cfg = RefineConfig(snap_behind=None, shift=2.0, pair_offset=6.0, motion_offset=10.0, min_segment=20,
                        min_colour_angle=None)  # grey test images: the shadow test is tested below
     out = refine_boundaries(cat(good, bad), IMAGE, FLOWS, TARGETS, cfg)
     assert out.segment.unique().tolist() == [0]
@@ -159,7 +167,8 @@ def test_refine_works_per_batch_item():
     targets = [torch.cat([t, torch.full_like(t, 0.5)]) for t in TARGETS]
     pts = cat(left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), b=0),
               left_edge(LEFT - 2, rows=range(TOP + 4, TOP + 34), segment=1, b=1))
-    out = refine_boundaries(pts, image, flows, targets, RefineConfig(min_segment=20, min_colour_angle=None))
+    out = refine_boundaries(pts, image, flows, targets, RefineConfig(snap_behind=None, min_segment=20,
+                                                                     min_colour_angle=None))
     assert out.b.unique().tolist() == [0] and len(out) == 30
 
 
@@ -192,7 +201,8 @@ def test_colour_angles_known_values():
 
 def test_refine_drops_points_between_a_shadow_and_its_ground():
     """The shadow test keeps an edge between two hues and drops one between a colour and its darker self."""
-    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, min_motion_contrast=None, min_segment=1)
+    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_edge_margin=None, min_colour_angle=8.0,
+                       min_motion_contrast=None, min_segment=1)
     pt = _vertical_point()
     flows, targets = [torch.zeros(1, 2, 32, 32)], [torch.zeros(1, 3, 32, 32)]
     shadow = _two_colour_image((0.6, 0.4, 0.2), (0.3, 0.2, 0.1))
@@ -213,8 +223,8 @@ def test_brightness_ratios_known_values():
 def test_shadow_test_spares_a_front_side_much_brighter_than_the_back():
     """Grey on grey: a shadow only darkens, so a front twice as bright as the back is kept whatever the hue; a
     darker front of the same hue (a shadow) and a front barely brighter are still dropped."""
-    cfg = RefineConfig(shift=0.0, min_margin=None, min_colour_angle=8.0, shadow_exempt_ratio=1.5,
-                       min_motion_contrast=None, min_segment=1)
+    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_edge_margin=None, min_colour_angle=8.0,
+                       shadow_exempt_ratio=1.5, min_motion_contrast=None, min_segment=1)
     pt = _vertical_point()
     flows = [torch.zeros(1, 2, 32, 32)]
     for back, front, kept in (((0.2, 0.2, 0.2), (0.4, 0.4, 0.4), 1), ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2), 0),
@@ -245,7 +255,8 @@ def test_one_motion_test_drops_a_flow_edge_inside_a_rigid_object_and_keeps_its_o
     torch.testing.assert_close(contrast[n:], torch.full((n,), 1 / 12))  # 1 px of 12
     # the one-motion test alone (no pixel check: on this textured square it sees the 1 px error too, on a plain
     # roof it cannot; grey test images: no shadow test)
-    alone = RefineConfig(min_segment=20, min_colour_angle=None, min_margin=None)
+    alone = RefineConfig(snap_behind=None, min_segment=20, min_colour_angle=None, min_margin=None,
+                         min_edge_margin=None)
     assert alone.min_motion_contrast == 0.2
     out = refine_boundaries(cat(outline, internal), image, flows, targets, alone)
     assert out.segment.tolist() == [0] * n  # every outline point, no point of the fake edge
@@ -254,7 +265,7 @@ def test_one_motion_test_drops_a_flow_edge_inside_a_rigid_object_and_keeps_its_o
                                 dataclasses.replace(alone, min_motion_contrast=None))
     assert (without.segment == 1).sum() == n
     # with every check on, the outline keeps all its points
-    full = RefineConfig(min_segment=20, min_colour_angle=None)
+    full = RefineConfig(snap_behind=None, min_segment=20, min_colour_angle=None)
     assert len(refine_boundaries(outline, image, flows, targets, full)) == n
 
 
@@ -270,3 +281,100 @@ def test_one_motion_test_keeps_moving_objects_over_a_moving_background():
     assert contrast(1.0, 0.0) == pytest.approx(1.0)
     assert contrast(10.0, 9.5) < RefineConfig().min_motion_contrast
     assert motion_contrasts(left_edge(LEFT, rows=range(0)), FLOWS, motion_offset=10.0).shape == (0,)
+
+
+# ------------------------------------------------------------------ snapping to the outline, the back motion, the edge test
+
+
+def test_colour_edge_offsets_find_the_strongest_edge_along_the_normal():
+    # a step from one colour to another between columns 15 and 16 (the outline at x = 15.5), and a weaker step at
+    # x = 23.5; points on the row 16 with normals along +x
+    img = _two_colour_image((0.2, 0.3, 0.6), (0.6, 0.4, 0.2))
+    img[..., 24:] += 0.1
+    pts = cat(*(_vertical_point(x=x) for x in (10.5, 17.5, 20.5)))
+    offsets = colour_edge_offsets(pts, img, behind=3.0, ahead=14.0)
+    # from 5 px behind the outline, from 2 px ahead of it (the flow edge on the front side): onto x = 15.5;
+    # from x = 20.5 the outline is 5 px behind, out of reach: the weaker edge ahead is the strongest in range
+    torch.testing.assert_close(offsets, torch.tensor([5.0, -2.0, 3.0]))
+    assert colour_edge_offsets(pts.select(torch.zeros(3, dtype=torch.bool)), img, behind=3.0, ahead=14.0).shape == (0,)
+
+
+def _plain_scene(smear: int):
+    """A red textured square moving 4 px a gap over a static, nearly plain blue ground, and flows that spread
+    the square's motion ``smear`` px onto the ground on its left (as patch flow does)."""
+    rng = np.random.default_rng(5)
+    ground = np.empty((H, W, 3), np.float32)
+    ground[:] = (0.25, 0.3, 0.55)
+    ground += rng.normal(0, 0.01, (H, W, 1)).astype(np.float32)
+    square = np.clip(np.array([0.75, 0.35, 0.2], np.float32) * (0.8 + 0.4 * texture(SIDE, SIDE, seed=6)), 0, 1)
+
+    def at(shift):
+        img = ground.copy()
+        img[TOP:TOP + SIDE, LEFT + shift:LEFT + shift + SIDE] = square
+        return torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+
+    flows = []
+    for d in (DX, -DX):
+        flow = true_flow(d)
+        flow[0, 0, TOP:TOP + SIDE, LEFT - smear:LEFT] = d
+        flows.append(flow)
+    return at(0), flows, [at(DX), at(-DX)]
+
+
+def test_refine_snaps_a_smeared_flow_edge_onto_the_outline():
+    image, flows, targets = _plain_scene(smear=12)
+    found = left_edge(LEFT - 12, segment=0)  # the flow edge: 12 px out on the ground, normal towards the square
+    cfg = RefineConfig(min_segment=20)  # every default check on
+    out = refine_boundaries(found, image, flows, targets, cfg)
+    assert len(out) == len(found)
+    # on the outline (x = LEFT - 0.5; in whole steps from a whole pixel: one of the two pixels beside it), so that
+    # the pair points 6 px either side are on the two surfaces
+    assert ((out.x == LEFT - 1) | (out.x == LEFT)).all()
+    # the old fixed shift leaves them 10 px out on the ground, where both pair points are ground: the margin check
+    # and the one-motion test drop them all
+    assert len(refine_boundaries(found, image, flows, targets, dataclasses.replace(cfg, snap_behind=None))) == 0
+
+
+def test_back_motion_is_read_beyond_the_smeared_band():
+    image, flows, targets = _plain_scene(smear=12)
+    on_outline = left_edge(LEFT - 0.5)
+    # 10 px behind the outline is still inside the smear: both sides seem to move alike
+    same = motion_contrasts(on_outline, flows, motion_offset=10.0)
+    torch.testing.assert_close(same, torch.zeros(len(on_outline)))
+    # beyond the flow edge (11.5 px behind the outline + 10) the ground's own motion (none) is read
+    reach = torch.full((len(on_outline),), 21.5)
+    torch.testing.assert_close(motion_contrasts(on_outline, flows, motion_offset=10.0, back_reach=reach),
+                               torch.ones(len(on_outline)))
+    # and the pair pixels can be told apart: each side's own motion explains them better (a little on the plain
+    # ground, whose noise is all the texture it has); read inside the smear, the two motions are one and tell nothing
+    kw = dict(offset=6.0, motion_offset=10.0, patch=1, step=2.0)
+    assert (side_margins(on_outline, image, flows, targets, back_reach=reach, **kw) > 0.003).all()
+    torch.testing.assert_close(side_margins(on_outline, image, flows, targets, **kw), torch.zeros(len(on_outline)))
+
+
+def test_edge_margins_tell_which_side_the_outline_moves_with():
+    on_outline = left_edge(LEFT - 0.5)
+    kw = dict(motion_offset=10.0, patch=1, step=2.0)
+    right = edge_margins(on_outline, IMAGE, FLOWS, TARGETS, **kw)
+    # the square is in front: its outline moves with it (clearly on most rows, a little where the two textures
+    # happen to match across the outline)
+    assert (right > 0).all() and right.median() > 0.05
+    assert (right >= RefineConfig().min_edge_margin).float().mean() > 0.9
+    # the same outline with the order the wrong way round (the ground said to be in front): the exact opposite
+    wrong = edge_margins(left_edge(LEFT - 0.5, normal_x=-1.0), IMAGE, FLOWS, TARGETS, **kw)
+    torch.testing.assert_close(wrong, -right)
+    # a painted edge on static ground, next to which the flow is wrong (the right side said to move 4 px): the
+    # edge stays with the ground, so the test says no
+    painted = _two_colour_image((0.2, 0.3, 0.6), (0.6, 0.4, 0.2))
+    flow = torch.zeros(1, 2, 32, 32)
+    flow[0, 0, :, 16:] = 4.0
+    margin = edge_margins(_vertical_point(), painted, [flow], [painted], **kw)
+    assert margin.item() < -0.05
+
+
+def test_refine_config_rejects_a_negative_distance():
+    with pytest.raises(ConfigError, match="refine.snap_ahead"):
+        RefineConfig(snap_ahead=-1.0)
+    with pytest.raises(ConfigError, match="refine.motion_offset"):
+        RefineConfig(motion_offset=None)
+    assert RefineConfig(snap_behind=None).snap_behind is None

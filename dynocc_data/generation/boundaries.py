@@ -68,8 +68,8 @@ class BoundaryConfig:
     min_strength: float = 0.04
     min_cosine: float = 0.25
     jump_radius: float = 3.0
-    low: float = 0.5
-    high: float = 1.0
+    low: float = 0.3
+    high: float = 0.7
     min_length: int = 12
 
 

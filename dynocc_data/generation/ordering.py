@@ -48,7 +48,7 @@ class OrderConfig:
     residual_patch: int = 0
 
     pool_radius: int = 8
-    min_confidence: float = 0.8
+    min_confidence: float = 0.5
     min_votes: float = 2.0
 
 
