@@ -82,6 +82,9 @@ class RefineConfig:
             of them (:func:`motion_contrasts`, the one-motion test, see module doc); None keeps every point.
         min_segment: finally drop segments with fewer surviving points: real occlusion boundaries are long and
             coherent, flow artefacts are short fragments.
+
+    Raises:
+        ConfigError: naming the option, when a distance is negative or not a number.
     """
 
     snap_behind: float | None = 3.0
