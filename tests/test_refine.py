@@ -128,7 +128,7 @@ def test_margins_of_no_points():
 def test_refine_shifts_along_the_normal_and_drops_short_segments():
     long = left_edge(LEFT - 2, rows=range(TOP, TOP + 30), segment=3)
     short = left_edge(LEFT - 2, rows=range(TOP + 32, TOP + 37), segment=7)  # 5 points
-    cfg = RefineConfig(snap_behind=None, shift=2.0, min_margin=None, min_edge_margin=None, min_segment=20,
+    cfg = RefineConfig(snap_behind=None, shift=2.0, min_margin=None, min_mover_margin=None, min_edge_margin=None, min_segment=20,
                        min_colour_angle=None)
     out = refine_boundaries(cat(long, short), IMAGE, FLOWS, TARGETS, cfg)
     assert len(out) == 30
@@ -201,7 +201,7 @@ def test_colour_angles_known_values():
 
 def test_refine_drops_points_between_a_shadow_and_its_ground():
     """The shadow test keeps an edge between two hues and drops one between a colour and its darker self."""
-    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_edge_margin=None, min_colour_angle=8.0,
+    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_mover_margin=None, min_edge_margin=None, min_colour_angle=8.0,
                        min_motion_contrast=None, min_segment=1)
     pt = _vertical_point()
     flows, targets = [torch.zeros(1, 2, 32, 32)], [torch.zeros(1, 3, 32, 32)]
@@ -223,7 +223,7 @@ def test_brightness_ratios_known_values():
 def test_shadow_test_spares_a_front_side_much_brighter_than_the_back():
     """Grey on grey: a shadow only darkens, so a front twice as bright as the back is kept whatever the hue; a
     darker front of the same hue (a shadow) and a front barely brighter are still dropped."""
-    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_edge_margin=None, min_colour_angle=8.0,
+    cfg = RefineConfig(snap_behind=None, shift=0.0, min_margin=None, min_mover_margin=None, min_edge_margin=None, min_colour_angle=8.0,
                        shadow_exempt_ratio=1.5, min_motion_contrast=None, min_segment=1)
     pt = _vertical_point()
     flows = [torch.zeros(1, 2, 32, 32)]
@@ -256,7 +256,7 @@ def test_one_motion_test_drops_a_flow_edge_inside_a_rigid_object_and_keeps_its_o
     # the one-motion test alone (no pixel check: on this textured square it sees the 1 px error too, on a plain
     # roof it cannot; grey test images: no shadow test)
     alone = RefineConfig(snap_behind=None, min_segment=20, min_colour_angle=None, min_margin=None,
-                         min_edge_margin=None)
+                         min_mover_margin=None, min_edge_margin=None)
     assert alone.min_motion_contrast == 0.2
     out = refine_boundaries(cat(outline, internal), image, flows, targets, alone)
     assert out.segment.tolist() == [0] * n  # every outline point, no point of the fake edge
@@ -378,3 +378,30 @@ def test_refine_config_rejects_a_negative_distance():
     with pytest.raises(ConfigError, match="refine.motion_offset"):
         RefineConfig(motion_offset=None)
     assert RefineConfig(snap_behind=None).snap_behind is None
+
+
+def test_a_motion_that_no_texture_shows_is_no_occlusion():
+    # a static scene: a plain wall (rows 0-31) above a textured floor (rows 32-63), a crease between them. Nothing
+    # moves, but the flow to the previous frame says the wall moves 4 px (filled in over a plain surface, as DIS
+    # does beside a skirting board); the order test made the floor the front side (the crease stays with it)
+    rng = np.random.default_rng(7)
+    img = np.empty((H, W, 3), np.float32)
+    img[:32] = (0.85, 0.85, 0.82) + rng.normal(0, 0.002, (32, W, 1)).astype(np.float32)
+    img[32:] = texture(H - 32, W, seed=8) * np.array([1.0, 0.7, 0.45], np.float32)
+    image = torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
+    wrong = torch.zeros(1, 2, H, W)
+    wrong[0, 0, :32] = 4.0
+    flows, targets = [torch.zeros(1, 2, H, W), wrong], [image, image]
+    n = 40
+    crease = OrderedBoundaries(torch.zeros(n, dtype=torch.long), torch.full((n,), 31.5), torch.arange(20.0, 60.0),
+                               torch.tensor([[1.0, 0.0]] * n), torch.ones(n), torch.zeros(n, dtype=torch.long),
+                               torch.full((n,), 4.0))
+    kw = dict(offset=6.0, motion_offset=10.0, patch=1, step=2.0)
+    margins = side_margins(crease, image, flows, targets, per_side=True, **kw)
+    assert (margins[:, 0] > 0.02).all()  # the floor's pixels say it does not move 4 px...
+    assert (margins[:, 1].abs() < 0.005).all()  # ...the wall's pixels say nothing either way
+    cfg = RefineConfig(snap_behind=None, shift=0.0, min_segment=1)
+    without = refine_boundaries(crease, image, flows, targets, dataclasses.replace(cfg, min_mover_margin=None))
+    assert len(without) == n  # every other test passes: the crease stays with the floor, the colours differ
+    # the side that moves more is the wall, and nothing in its pixels shows that motion: dropped
+    assert len(refine_boundaries(crease, image, flows, targets, cfg)) == 0

@@ -17,7 +17,10 @@ Corrections applied to ordered boundary points before pairs are sampled:
   band onto which the occluder's motion was smeared (after snapping, that band lies between the outline and
   the flow edge). The point's own side must not explain its pixels worse than the other side does by more than
   ``-min_margin``: this drops points that landed on the wrong surface, while a pixel of plain background that
-  neither motion explains better keeps its pair.
+  neither motion explains better keeps its pair. But the side that moves more must show it: its own motion must
+  explain its pair pixels better than the other side's by ``min_mover_margin``. Flow over a plain surface is
+  filled in from around it and can be wrong by pixels (a white wall beside a static skirting board, 3-5 px
+  where nothing moves); such a motion, carried by no texture, is no evidence of an occlusion.
 * **Edge test.** An occlusion boundary moves with its occluder. A patch centred on the (snapped) outline,
   warped with the front side's motion, must match the neighbouring frames better than with the back side's
   motion (by ``min_edge_margin``). This decides the order photometrically on the exact outline, where the
@@ -67,6 +70,9 @@ class RefineConfig:
         min_margin: keep points whose two pair pixels are explained by their own side's motion at least this much
             better than by the other's (mean absolute RGB difference, 0..1; negative: at most that much worse);
             None keeps every point.
+        min_mover_margin: keep points where the side that moves more (mean flow length over the neighbours) has a
+            margin of at least this: the relative motion must show in the pixels of the side that carries it (the
+            plain wall whose flow is wrong beside a static crease, see module doc); None keeps every point.
         min_edge_margin: keep points whose outline patch is explained at least this much better by the front side's
             motion than by the back side's (the edge test, see module doc); None keeps every point.
         patch: the patch compared is a (2·patch+1)² grid of samples...
@@ -93,6 +99,7 @@ class RefineConfig:
     pair_offset: float = 6.0
     motion_offset: float = 10.0
     min_margin: float | None = -0.01
+    min_mover_margin: float | None = 0.005
     min_edge_margin: float | None = 0.003
     patch: int = 1
     patch_step: float = 2.0
@@ -150,7 +157,7 @@ def colour_edge_offsets(ordered, image: torch.Tensor, *, behind: float, ahead: f
 
 def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
                  offset: float, motion_offset: float, patch: int = 1, step: float = 1.0,
-                 back_reach: torch.Tensor | None = None) -> torch.Tensor:
+                 back_reach: torch.Tensor | None = None, per_side: bool = False) -> torch.Tensor:
     """How much better each side's own motion explains the pixels where its pair point will go.
 
     For the front point p + offset·n and the back point p - offset·n, warp a small patch to every
@@ -168,10 +175,12 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         step: ...this many pixels apart.
         back_reach: [N] distance behind each point at which the back motion is sampled (beyond the smeared band);
             None: ``motion_offset``.
+        per_side: return both sides' margins instead of the smaller.
 
     Returns:
-        The smaller of the two sides' margins [N]: near 0 where the pixels cannot tell the motions apart (no
-        texture), negative where a point sits on the wrong surface.
+        The smaller of the two sides' margins [N] (with ``per_side``: [N,2], front point then back point): near 0
+        where the pixels cannot tell the motions apart (no texture), negative where a point sits on the wrong
+        surface.
     """
     n = len(ordered)
     if n == 0:
@@ -189,7 +198,7 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
                                                   step=step)
             best = torch.maximum(best, res_back - res_front if side == 0 else res_front - res_back)
         margins.append(best)
-    return torch.minimum(*margins)
+    return torch.stack(margins, 1) if per_side else torch.minimum(*margins)
 
 
 def edge_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
@@ -225,6 +234,16 @@ def edge_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
                                               patch=patch, step=step)
         total += res_back - res_front
     return total / len(flows)
+
+
+def _mover(ordered, flows: list[torch.Tensor], motion_offset: float, back_reach: torch.Tensor | None) -> torch.Tensor:
+    """Per point, the side whose motion is longer (mean over the flows): int64 [N], 0 front, 1 back."""
+    front = torch.zeros(len(ordered), device=ordered.normal.device)
+    back = torch.zeros_like(front)
+    for f, b in _side_motions(ordered, flows, motion_offset, back_reach):
+        front += f.norm(dim=1)
+        back += b.norm(dim=1)
+    return (back > front).long()
 
 
 def _side_motions(ordered, flows: list[torch.Tensor], motion_offset: float,
@@ -374,10 +393,17 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
                                       step=config.patch_step) >= config.shadow_exempt_ratio
         keep_where(keep)
     stages["shadow"] = out
-    if config.min_margin is not None and len(out):
-        keep_where(side_margins(out, image, flows, targets, offset=config.pair_offset,
-                                motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step,
-                                back_reach=reach) >= config.min_margin)
+    if (config.min_margin is not None or config.min_mover_margin is not None) and len(out):
+        margins = side_margins(out, image, flows, targets, offset=config.pair_offset,
+                               motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step,
+                               back_reach=reach, per_side=True)
+        keep = torch.ones(len(out), dtype=torch.bool, device=margins.device)
+        if config.min_margin is not None:
+            keep &= margins.amin(1) >= config.min_margin
+        if config.min_mover_margin is not None:
+            keep &= margins.gather(1, _mover(out, flows, config.motion_offset, reach)[:, None])[:, 0] \
+                >= config.min_mover_margin
+        keep_where(keep)
     stages["margin"] = out
     if config.min_edge_margin is not None and len(out):
         keep_where(edge_margins(out, image, flows, targets, motion_offset=config.motion_offset, patch=config.patch,
