@@ -53,12 +53,8 @@ def main() -> None:
         chosen = _spread(frames, args.per_video)
         tiles, captions = [], []
         for frame in chosen:
-            shape = None
-            for side, items in (("before", before), ("after", after)):
-                item = items.get((video, frame))
-                if item is None:
-                    continue
-                shape = tuple(item["image"].shape[-2:])
+            shape = next(tuple(items[(video, frame)]["image"].shape[-2:]) for items in (before, after)
+                         if (video, frame) in items)  # the frame is in one run at least
             for side, items in (("before", before), ("after", after)):
                 item = items.get((video, frame))
                 if item is None:

@@ -52,6 +52,9 @@ from ..errors import ConfigError
 from .boundaries import sample_bilinear
 from .cuts import patch_residuals
 
+SideMotions = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per flow, the front and the back side's motion [N,2] of every point (see ``_side_motions``)."""
+
 __all__ = ["RefineConfig", "colour_edge_offsets", "side_margins", "edge_margins", "motion_contrasts",
            "colour_angles", "brightness_ratios", "refine_boundaries"]
 
@@ -157,7 +160,8 @@ def colour_edge_offsets(ordered, image: torch.Tensor, *, behind: float, ahead: f
 
 def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
                  offset: float, motion_offset: float, patch: int = 1, step: float = 1.0,
-                 back_reach: torch.Tensor | None = None, per_side: bool = False) -> torch.Tensor:
+                 back_reach: torch.Tensor | None = None, per_side: bool = False,
+                 motions: SideMotions | None = None) -> torch.Tensor:
     """How much better each side's own motion explains the pixels where its pair point will go.
 
     For the front point p + offset·n and the back point p - offset·n, warp a small patch to every
@@ -176,6 +180,8 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         back_reach: [N] distance behind each point at which the back motion is sampled (beyond the smeared band);
             None: ``motion_offset``.
         per_side: return both sides' margins instead of the smaller.
+        motions: the sides' motions per flow as :func:`refine_boundaries` already sampled them (then ``flows``,
+            ``motion_offset`` and ``back_reach`` are not read again); None samples them.
 
     Returns:
         The smaller of the two sides' margins [N] (with ``per_side``: [N,2], front point then back point): near 0
@@ -187,7 +193,8 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         return image.new_zeros(0)
     y, x = ordered.y.to(image.dtype), ordered.x.to(image.dtype)
     ny, nx = ordered.normal[:, 0], ordered.normal[:, 1]
-    motions = _side_motions(ordered, flows, motion_offset, back_reach)  # per neighbour: front, back motion
+    if motions is None:  # per neighbour: front, back motion
+        motions = _side_motions(ordered, flows, motion_offset, back_reach)
     margins = []
     for side in (0, 1):  # front point, back point
         s = 1.0 if side == 0 else -1.0
@@ -203,7 +210,7 @@ def side_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
 
 def edge_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], targets: list[torch.Tensor], *,
                  motion_offset: float, patch: int = 1, step: float = 1.0,
-                 back_reach: torch.Tensor | None = None) -> torch.Tensor:
+                 back_reach: torch.Tensor | None = None, motions: SideMotions | None = None) -> torch.Tensor:
     """Does the outline move with its front side? The edge test's margin [N].
 
     A patch centred on each point (so holding both sides of the outline) is warped to every neighbour with the
@@ -221,6 +228,7 @@ def edge_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
         patch: the patch is a (2·patch+1)² grid of samples...
         step: ...this many pixels apart.
         back_reach: [N] distance behind each point at which the back motion is sampled; None: ``motion_offset``.
+        motions: already sampled motions, as in :func:`side_margins`.
 
     Returns:
         float [N] (mean absolute RGB difference, -1..1).
@@ -228,26 +236,25 @@ def edge_margins(ordered, image: torch.Tensor, flows: list[torch.Tensor], target
     n = len(ordered)
     if n == 0 or not flows:
         return image.new_zeros(n)
+    if motions is None:
+        motions = _side_motions(ordered, flows, motion_offset, back_reach)
     total = image.new_zeros(n)
-    for (front, back), target in zip(_side_motions(ordered, flows, motion_offset, back_reach), targets):
+    for (front, back), target in zip(motions, targets):
         res_front, res_back = patch_residuals(image, target, ordered.b, ordered.y, ordered.x, [front, back],
                                               patch=patch, step=step)
         total += res_back - res_front
     return total / len(flows)
 
 
-def _mover(ordered, flows: list[torch.Tensor], motion_offset: float, back_reach: torch.Tensor | None) -> torch.Tensor:
-    """Per point, the side whose motion is longer (mean over the flows): int64 [N], 0 front, 1 back."""
-    front = torch.zeros(len(ordered), device=ordered.normal.device)
-    back = torch.zeros_like(front)
-    for f, b in _side_motions(ordered, flows, motion_offset, back_reach):
-        front += f.norm(dim=1)
-        back += b.norm(dim=1)
+def _mover(motions: SideMotions) -> torch.Tensor:
+    """Per point, the side whose motion is longer (summed over the flows): int64 [N], 0 front, 1 back."""
+    front = torch.stack([f.norm(dim=1) for f, _ in motions]).sum(0)
+    back = torch.stack([b.norm(dim=1) for _, b in motions]).sum(0)
     return (back > front).long()
 
 
 def _side_motions(ordered, flows: list[torch.Tensor], motion_offset: float,
-                  back_reach: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  back_reach: torch.Tensor | None = None) -> SideMotions:
     """Per flow, the front and back motions [N,2]: the flow at p + motion_offset·n and at p - back_reach·n."""
     if not flows:
         return []
@@ -259,7 +266,7 @@ def _side_motions(ordered, flows: list[torch.Tensor], motion_offset: float,
 
 
 def motion_contrasts(ordered, flows: list[torch.Tensor], *, motion_offset: float,
-                     back_reach: torch.Tensor | None = None) -> torch.Tensor:
+                     back_reach: torch.Tensor | None = None, motions: SideMotions | None = None) -> torch.Tensor:
     """How different the two sides' motions are, as a share of the larger one [N] (mean over the flows).
 
     ``|f(p + d·n) - f(p - d·n)| / max(|f(p + d·n)|, |f(p - d·n)|)`` with ``d = motion_offset``: near 0 where both
@@ -271,6 +278,7 @@ def motion_contrasts(ordered, flows: list[torch.Tensor], *, motion_offset: float
         flows: ``flows[k]`` [B,2,H,W], the flows of the points' frames.
         motion_offset: distance off the boundary at which each side's motion is sampled, px.
         back_reach: [N] distance behind each point at which the back motion is sampled; None: ``motion_offset``.
+        motions: already sampled motions, as in :func:`side_margins`.
 
     Returns:
         float [N], 0..2.
@@ -279,7 +287,9 @@ def motion_contrasts(ordered, flows: list[torch.Tensor], *, motion_offset: float
     if n == 0 or not flows:
         return torch.zeros(n, device=ordered.normal.device)
     total = torch.zeros(n, dtype=flows[0].dtype, device=flows[0].device)
-    for front, back in _side_motions(ordered, flows, motion_offset, back_reach):
+    if motions is None:
+        motions = _side_motions(ordered, flows, motion_offset, back_reach)
+    for front, back in motions:
         larger = torch.maximum(front.norm(dim=1), back.norm(dim=1)).clamp_min(1e-3)
         total += (front - back).norm(dim=1) / larger
     return total / len(flows)
@@ -372,17 +382,17 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
     else:
         offset = torch.full((len(ordered),), float(config.shift), device=ordered.normal.device)
     out = stages["placed"] = ordered.shifted(offset)
-    # the back side's motion is read beyond the flow edge (where the point was before it moved), outside the band
-    # onto which the flow smeared the occluder's motion
-    reach = config.motion_offset + offset.clamp_min(0)
+    # the sides' motions, sampled once for every test: the back side's beyond the flow edge (where the point was
+    # before it moved), outside the band onto which the flow smeared the occluder's motion
+    motions = _side_motions(out, flows, config.motion_offset, config.motion_offset + offset.clamp_min(0))
 
     def keep_where(keep: torch.Tensor) -> None:
-        nonlocal out, reach
-        out = out.shifted(torch.zeros(len(out), device=out.normal.device), keep)
-        reach = reach[keep]
+        nonlocal out, motions
+        out = out.select(keep)
+        motions = [(front[keep], back[keep]) for front, back in motions]
 
     if config.min_motion_contrast is not None and len(out):
-        keep_where(motion_contrasts(out, flows, motion_offset=config.motion_offset, back_reach=reach)
+        keep_where(motion_contrasts(out, flows, motion_offset=config.motion_offset, motions=motions)
                    >= config.min_motion_contrast)
     stages["motion"] = out
     if config.min_colour_angle is not None and len(out):
@@ -396,18 +406,17 @@ def refine_boundaries(ordered, image: torch.Tensor, flows: list[torch.Tensor], t
     if (config.min_margin is not None or config.min_mover_margin is not None) and len(out):
         margins = side_margins(out, image, flows, targets, offset=config.pair_offset,
                                motion_offset=config.motion_offset, patch=config.patch, step=config.patch_step,
-                               back_reach=reach, per_side=True)
+                               per_side=True, motions=motions)
         keep = torch.ones(len(out), dtype=torch.bool, device=margins.device)
         if config.min_margin is not None:
             keep &= margins.amin(1) >= config.min_margin
-        if config.min_mover_margin is not None:
-            keep &= margins.gather(1, _mover(out, flows, config.motion_offset, reach)[:, None])[:, 0] \
-                >= config.min_mover_margin
+        if config.min_mover_margin is not None and motions:
+            keep &= margins.gather(1, _mover(motions)[:, None])[:, 0] >= config.min_mover_margin
         keep_where(keep)
     stages["margin"] = out
     if config.min_edge_margin is not None and len(out):
         keep_where(edge_margins(out, image, flows, targets, motion_offset=config.motion_offset, patch=config.patch,
-                                step=config.patch_step, back_reach=reach) >= config.min_edge_margin)
+                                step=config.patch_step, motions=motions) >= config.min_edge_margin)
     stages["edge"] = out
     if config.min_segment > 1 and len(out):
         _, seg, count = torch.unique(out.segment, return_inverse=True, return_counts=True)
